@@ -62,9 +62,8 @@ def atomic_write_json(obj: Any, path: str | os.PathLike) -> None:
 
 
 def atomic_save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
