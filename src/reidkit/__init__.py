@@ -1,3 +1,38 @@
-"""reidkit: person re-identification toolkit."""
+"""reidkit: person re-identification toolkit.
+
+High-level flow (data -> model -> engine):
+    >>> from reidkit import TrainConfig, train_embedding, Extractor
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+__all__ = ["Extractor", "TrainConfig", "build_model", "evaluate_rank", "load_dataset", "train_embedding"]
+
+if TYPE_CHECKING:
+    from .data import load_dataset
+    from .engine.config import TrainConfig
+    from .engine.extractor import Extractor
+    from .engine.trainer import train_embedding
+    from .metrics import evaluate_rank
+    from .models import build_model
+
+_LAZY = {
+    "Extractor": "reidkit.engine.extractor",
+    "TrainConfig": "reidkit.engine.config",
+    "train_embedding": "reidkit.engine.trainer",
+    "build_model": "reidkit.models",
+    "evaluate_rank": "reidkit.metrics",
+    "load_dataset": "reidkit.data",
+}
+
+
+def __getattr__(name: str):
+    # Lazy so that `import reidkit` (and the CLI start-up) does not pay for torch/matplotlib imports.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'reidkit' has no attribute {name!r}")

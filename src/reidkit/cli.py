@@ -33,6 +33,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     evaluate_command(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .engine.train_cli import run_train
+
+    run_train(args.config, args.overrides, data=args.data, out=args.out, resume=args.resume, no_val=args.no_val,
+              show_progress=not args.quiet)
+
+
+def _cmd_extract(args: argparse.Namespace) -> None:
+    from .engine.train_cli import run_extract
+
+    run_extract(args.checkpoint, args.data, args.out, device=args.device, flip=args.flip,
+                show_progress=not args.quiet)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .engine.demo import run_demo
 
@@ -79,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (overrides: section.key=value)")
+    p.add_argument("--config", type=Path, help="YAML config (e.g. configs/cuhk03np_cpu.yaml)")
+    p.add_argument("--data", type=Path, help="dataset root (overrides data.root)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, curves")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-val", action="store_true", help="train on all identities (no validation carve-out)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=10 model.pooling=max")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("extract", help="embed the query/gallery (or all) images of a dataset with a checkpoint")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="dataset root, image folder or manifest")
+    p.add_argument("--out", type=Path, required=True, help="output .npz (features + ids + paths)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--flip", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report folder")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))

@@ -1,0 +1,79 @@
+"""Typed training configuration for embedding models (YAML + `section.key=value` CLI overrides)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .transforms import AugmentConfig
+
+
+@dataclass
+class ModelConfig:
+    name: str = "embedding"
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    pooling: str = "gem"  # avg | max | gem
+    embedding_dim: int | None = None  # optional FC to this size
+    bnneck: bool = True
+    dropout: float = 0.0
+    last_stride: int | None = None  # 1 keeps a larger final map (strong-baseline practice); None = backbone default
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset root (Market layout, image folder or manifest); `--data` overrides
+    validation: str = "carve"  # carve: hold out `val_ids` training identities | dataset: use query/gallery | none
+    val_ids: int = 150
+    split_seed: int = 0
+    height: int = 256
+    width: int = 128
+    resize: str = "stretch"  # stretch | pad (keep aspect)
+
+
+@dataclass
+class LossConfig:
+    id_loss: str = "ce"  # "ce" (label-smoothed) or "none"
+    id_weight: float = 1.0
+    label_smooth: float = 0.1
+    metric_loss: str = "triplet_batch_hard"  # any metric loss name of reidkit.losses, or "none"
+    metric_weight: float = 1.0
+    margin: float = 0.3
+    soft_margin: bool = False
+    # Mutual learning (two students): weights of the KL and metric mutual terms.
+    mutual_kl_weight: float = 1.0
+    mutual_metric_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 30
+    pretrain_epochs: int = 0  # classification-only phase before the ranking loss joins
+    p: int = 16  # identities per batch
+    k: int = 4  # images per identity
+    accum_steps: int = 1  # gradient accumulation -> effective batch p*k*accum_steps
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 2
+    scheduler: str = "cosine"  # cosine | step
+    milestones: list[int] = field(default_factory=lambda: [20, 40])
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    students: int = 1  # 2 = deep mutual learning of two copies of the model, each with its own optimiser
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    num_threads: int = 0  # torch CPU threads (0 = torch default)
+    eval_every: int = 1
+    flip_tta: bool = False  # average embeddings of the image and its mirror at validation
+    max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable

@@ -1,0 +1,78 @@
+"""`reidkit demo`: synthetic data -> train an embedding model on CPU -> evaluate -> report folder."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.records import split_arrays
+from ..data.synth import SynthConfig, generate_market_dataset
+from ..metrics import compute_distance_matrix, evaluate_rank_full, plot_cmc, ranked_list_grid, summarize
+from ..utils import atomic_write_json
+from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from .features import embed_tensor
+from .trainer import EmbeddingTrainer
+
+DEMO_SYNTH = SynthConfig(num_train_ids=120, num_test_ids=60, num_cameras=3, images_per_camera=3, seed=0)
+
+
+def demo_config(seed: int, minutes: float, device: str) -> TrainConfig:
+    return TrainConfig(
+        model=ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="gem"),
+        data=DataConfig(validation="dataset", height=128, width=64),
+        optim=OptimConfig(epochs=24, p=16, k=4, lr=1e-3, warmup_epochs=2, pretrain_epochs=2),
+        seed=seed, device=device, max_minutes=minutes, eval_every=4,
+    )
+
+
+def run_demo(out: str | Path, seed: int = 0, minutes: float = 3.0, device: str = "auto",
+             show_progress: bool = True) -> dict:
+    out = Path(out)
+    started = time.perf_counter()
+    synth = SynthConfig(**{**DEMO_SYNTH.__dict__, "seed": seed})
+    data_root = generate_market_dataset(out / "data", synth, show_progress=show_progress)
+    cfg = demo_config(seed, minutes, device)
+    trainer = EmbeddingTrainer(cfg, out / "train", data_root, show_progress=show_progress)
+    trainer.setup()
+    untrained = trainer.evaluate()[0]  # the same network before any training step: the baseline to beat
+    result = trainer.fit()
+
+    # Final weights (the best checkpoint's numbers are in result["best"]).
+    q_paths, q_pids, q_cams = split_arrays(trainer.splits.query)
+    g_paths, g_pids, g_cams = split_arrays(trainer.splits.gallery)
+    model = trainer.models[0]
+    kw = dict(mean=trainer.mean, std=trainer.std, device=trainer.device)
+    distmat = compute_distance_matrix(embed_tensor(model, trainer.query_images, **kw).numpy(),
+                                      embed_tensor(model, trainer.gallery_images, **kw).numpy(), metric="cosine")
+    full = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
+    trained = summarize(full.cmc, full.mAP, full.mINP)
+    plot_cmc({"trained": full.cmc[:20]}, out / "cmc.png", title="CMC on synthetic test identities")
+    rng = np.random.default_rng(seed)
+    shown = np.sort(rng.choice(len(q_paths), size=min(8, len(q_paths)), replace=False))
+    ranked_list_grid([q_paths[i] for i in shown], g_paths, distmat[shown], q_pids[shown], g_pids,
+                     q_cams[shown], g_cams, out / "ranked_list.png", topk=10)
+    report = {
+        "dataset": {"synthetic": synth.__dict__, "train_images": len(trainer.splits.train),
+                    "query": len(q_paths), "gallery": len(g_paths)},
+        "untrained": untrained,
+        "trained": trained,
+        "best_epoch": result["best"],
+        "epochs_done": result["epochs_done"],
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "checkpoint": str(out / "train" / "best.pt"),
+    }
+    atomic_write_json(report, out / "metrics.json")
+    _print_report(report, out)
+    return report
+
+
+def _print_report(report: dict, out: Path) -> None:
+    print("\nreidkit demo — synthetic test identities (market protocol)")
+    print(f"{'model':10s} {'R1':>6s} {'R5':>6s} {'R10':>6s} {'mAP':>6s} {'mINP':>6s}")
+    for name in ("untrained", "trained"):
+        m = report[name]
+        print(f"{name:10s} {m['rank1']:6.1f} {m['rank5']:6.1f} {m['rank10']:6.1f} {m['mAP']:6.1f} {m['mINP']:6.1f}")
+    print(f"\nreport written to {out}/: metrics.json, cmc.png, ranked_list.png, train/training_curves.png "
+          f"({report['wall_seconds']} s)")

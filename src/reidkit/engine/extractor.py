@@ -1,0 +1,90 @@
+"""Feature extraction with a trained checkpoint: `Extractor(checkpoint).embed(images_or_paths)`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data import load_dataset
+from ..data.records import split_arrays
+from ..data.store import load_image_tensor
+from ..errors import ReIDError
+from ..utils import resolve_device
+from .checkpoint import model_from_checkpoint
+from .features import embed_tensor
+from .transforms import resize_image
+
+ImageLike = str | Path | Image.Image | np.ndarray
+
+
+class Extractor:
+    """Embeds images with a reidkit checkpoint.
+
+    >>> ext = Extractor("runs/x/best.pt")
+    >>> feats = ext.embed(["a.jpg", "b.jpg"])        # (2, D) float32, L2-normalised
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 128, flip: bool = False,
+                 resize: str | None = None):
+        self.device = resolve_device(device)
+        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device)
+        self.model.to(self.device).eval()
+        self.checkpoint = Path(checkpoint)
+        self.config = payload.get("config", {})
+        self.input_size = tuple(self.model.input_size)
+        self.resize = resize or self.config.get("data", {}).get("resize", "stretch")
+        self.batch_size, self.flip = batch_size, flip
+        self.mean, self.std = self.model.input_mean, self.model.input_std
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.embedding_dim)
+
+    def _to_uint8(self, items: Sequence[ImageLike]) -> torch.Tensor:
+        paths = [i for i in items if isinstance(i, (str, Path))]
+        if len(paths) == len(items):
+            return load_image_tensor(paths, self.input_size, self.resize, show_progress=False)
+        arrays = []
+        for i, item in enumerate(items):
+            if isinstance(item, (str, Path)):
+                arrays.append(load_image_tensor([item], self.input_size, self.resize, show_progress=False)[0])
+            elif isinstance(item, Image.Image):
+                arrays.append(torch.from_numpy(resize_image(item.convert("RGB"), self.input_size, self.resize))
+                              .permute(2, 0, 1))
+            elif isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[2] == 3:
+                img = Image.fromarray(item.astype(np.uint8))
+                arrays.append(torch.from_numpy(resize_image(img, self.input_size, self.resize)).permute(2, 0, 1))
+            else:
+                raise ReIDError(f"images[{i}]: expected a path, PIL image or HxWx3 uint8 array, got {type(item)}")
+        return torch.stack(arrays)
+
+    def embed_uint8(self, images: torch.Tensor, show_progress: bool = False) -> np.ndarray:
+        """uint8 tensor (N,3,H,W) already at input size -> (N, D) float32."""
+        return embed_tensor(self.model, images, mean=self.mean, std=self.std, device=self.device,
+                            batch_size=self.batch_size, flip=self.flip, show_progress=show_progress).numpy()
+
+    def embed(self, images: Sequence[ImageLike], show_progress: bool = False) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.embed_uint8(self._to_uint8(list(images)), show_progress)
+
+
+def extract_split_features(checkpoint: str | Path, data_root: str | Path, device: str = "auto",
+                           show_progress: bool = True, flip: bool = False) -> dict[str, np.ndarray]:
+    """Query/gallery features of a dataset, in the layout `reidkit evaluate --features` reads."""
+    dataset = load_dataset(data_root)
+    if not dataset.query or not dataset.gallery:
+        raise ReIDError(f"{data_root}: needs query and gallery splits to evaluate")
+    ext = Extractor(checkpoint, device=device, flip=flip)
+    out: dict[str, np.ndarray] = {}
+    for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
+        paths, pids, camids = split_arrays(records)
+        images = load_image_tensor(paths, ext.input_size, ext.resize, show_progress, desc=f"loading {split}")
+        out[f"{split}_features"] = ext.embed_uint8(images, show_progress)
+        key = split[0]
+        out[f"{key}_pids"], out[f"{key}_camids"], out[f"{key}_paths"] = pids, camids, np.asarray(paths)
+    return out

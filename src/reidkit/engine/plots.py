@@ -1,0 +1,37 @@
+"""Training-curve picture from the JSONL log rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..utils import atomic_path  # noqa: E402
+
+
+def plot_training_curves(rows: list[dict], path: str | Path) -> None:
+    if not rows:
+        return
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+    for key in loss_keys:
+        ax_loss.plot(epochs, [r.get(key, float("nan")) for r in rows], label=key[5:])
+    ax_loss.plot(epochs, [r["loss"] for r in rows], "k--", label="total")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax_loss.legend(fontsize=8)
+    val_rows = [r for r in rows if "val" in r]
+    if val_rows:
+        for metric in ("rank1", "mAP"):
+            ax_val.plot([r["epoch"] for r in val_rows], [r["val"][metric] for r in val_rows], "o-", label=metric)
+        ax_val.set(xlabel="epoch", ylabel="%", title="validation", ylim=(0, 100))
+        ax_val.legend(fontsize=8)
+    else:
+        ax_val.set_axis_off()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny synthetic Market-layout dataset generated once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CUHK03_TRAIN = SHARED / "datasets" / "cuhk03np-detected" / "bounding_box_train"
+
+
+@pytest.fixture(scope="session")
+def tiny_market(tmp_path_factory) -> Path:
+    """12 train ids, 6 test ids, 2 cameras, 3 images per camera, 64x32 pixels."""
+    from reidkit.data.synth import SynthConfig, generate_market_dataset
+
+    cfg = SynthConfig(num_train_ids=12, num_test_ids=6, num_cameras=2, images_per_camera=3, height=64, width=32,
+                      seed=3)
+    return generate_market_dataset(tmp_path_factory.mktemp("synth") / "tiny", cfg, show_progress=False)
+
+
+@pytest.fixture
+def cuhk03_train() -> Path:
+    if not CUHK03_TRAIN.is_dir():
+        pytest.skip("../shared CUHK03-NP data not present")
+    return CUHK03_TRAIN
