@@ -1,0 +1,43 @@
+"""Losses for re-identification; build any of them from a config with `build_loss(name, **cfg)`.
+
+Call conventions (each class says which in its `inputs` attribute):
+    "logits"            loss(logits, labels)                                       ce
+    "embeddings"        loss(embeddings, labels[, indices_tuple])                  metric losses, center
+    "embeddings+local"  loss(embeddings, labels, local_features[, indices_tuple])  aligned_triplet
+    "students"          loss(logits=[...], embeddings=[...])                       mutual
+Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels[, indices_tuple])`.
+"""
+
+from .aligned import AlignedTripletLoss
+from .base import MetricLoss, reduce_losses
+from .classification import CenterLoss, CrossEntropyLabelSmooth
+from .distance import METRICS, check_metric, pairwise_distance
+from .mutual import MutualLearningLoss
+from .pair import ContrastiveLoss, MarginSampleMiningLoss
+from .quadruplet import QuadrupletLoss
+from .registry import build_loss, list_losses, loss_class, loss_parameters, register_loss
+from .triplet import BatchHardTripletLoss, ImprovedTripletLoss, SoftHardTripletLoss, TripletLoss
+
+__all__ = [
+    "METRICS",
+    "AlignedTripletLoss",
+    "BatchHardTripletLoss",
+    "CenterLoss",
+    "ContrastiveLoss",
+    "CrossEntropyLabelSmooth",
+    "ImprovedTripletLoss",
+    "MarginSampleMiningLoss",
+    "MetricLoss",
+    "MutualLearningLoss",
+    "QuadrupletLoss",
+    "SoftHardTripletLoss",
+    "TripletLoss",
+    "build_loss",
+    "check_metric",
+    "list_losses",
+    "loss_class",
+    "loss_parameters",
+    "pairwise_distance",
+    "reduce_losses",
+    "register_loss",
+]
