@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .transforms import AugmentConfig
 
@@ -39,6 +40,7 @@ class LossConfig:
     metric_weight: float = 1.0
     margin: float = 0.3
     soft_margin: bool = False
+    metric_params: dict[str, Any] = field(default_factory=dict)  # extra loss arguments, e.g. {alpha: 0.3, beta: 0.15}
     # Mutual learning (two students): weights of the KL and metric mutual terms.
     mutual_kl_weight: float = 1.0
     mutual_metric_weight: float = 1.0

@@ -25,8 +25,7 @@ from ..data.records import ReIDDataset, relabel, split_arrays
 from ..data.split import carve_validation_records
 from ..data.store import load_image_tensor
 from ..errors import ConfigError, TrainingError
-from ..losses import MutualLearningLoss, build_loss
-from ..losses.distance import pairwise_distance
+from ..losses import MutualLearningLoss, build_loss, loss_parameters
 from ..metrics import compute_distance_matrix, evaluate_rank_full, summarize
 from ..models import build_model
 from ..utils import atomic_write_json, atomic_write_text, progress, resolve_device, seed_everything
@@ -140,9 +139,13 @@ class EmbeddingTrainer:
             raise ConfigError(f"loss.id_loss={lc.id_loss!r}: expected ce or none")
         self.metric_loss = None
         if lc.metric_loss != "none":
-            self.metric_loss = build_loss(lc.metric_loss, margin=lc.margin, soft_margin=lc.soft_margin)
-        self.mutual_loss = MutualLearningLoss(kl_weight=lc.mutual_kl_weight,
-                                              metric_weight=lc.mutual_metric_weight) if len(self.models) > 1 else None
+            accepted = loss_parameters(lc.metric_loss)
+            common = {k: v for k, v in (("margin", lc.margin), ("soft_margin", lc.soft_margin)) if k in accepted}
+            self.metric_loss = build_loss(lc.metric_loss, **common, **lc.metric_params)
+        self.mutual_loss = None
+        if len(self.models) > 1:
+            self.mutual_loss = MutualLearningLoss(num_students=len(self.models), kl_weight=lc.mutual_kl_weight,
+                                                  metric_weight=lc.mutual_metric_weight)
 
     # --------------------------------------------------------------- training
     def _student_loss(self, out: dict[str, Any], labels: torch.Tensor, ranking: bool) -> dict[str, torch.Tensor]:
@@ -163,8 +166,8 @@ class EmbeddingTrainer:
             for name, value in self._student_loss(out, labels, ranking).items():
                 parts[name if len(outs) == 1 else f"s{i}_{name}"] = value
         if self.mutual_loss is not None:
-            dists = [pairwise_distance(o["features"], o["features"]) for o in outs]
-            parts.update(self.mutual_loss([o["logits"] for o in outs], dists))
+            parts.update(self.mutual_loss.parts(logits=[o["logits"] for o in outs],
+                                                embeddings=[o["features"] for o in outs]))
         return parts
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
