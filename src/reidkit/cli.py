@@ -23,7 +23,7 @@ def _cmd_split(args: argparse.Namespace) -> None:
     from .data.split import carve_validation
 
     summary = carve_validation(args.train_dir, args.out, num_val_ids=args.val_ids, seed=args.seed,
-                               fmt=args.format)
+                               fmt=args.format, show_progress=not args.quiet)
     print(summary)
 
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-ids", type=int, default=150, help="number of validation identities")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("market", "manifest"), default="market")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("evaluate", help="rank-k / mAP / mINP from a distance matrix, features or a checkpoint")

@@ -46,7 +46,8 @@ def prepare_splits(cfg: TrainConfig, data_root: str | Path | None = None) -> ReI
     mode = cfg.data.validation
     if mode == "carve":
         carved = carve_validation_records(dataset.train, cfg.data.val_ids, cfg.data.split_seed)
-        return ReIDDataset(carved.train, carved.query, carved.gallery, name=f"{dataset.name} (val carve-out)")
+        return ReIDDataset(carved.train, carved.query, carved.gallery, name=f"{dataset.name} (val carve-out)",
+                          notes=dataset.notes)
     if mode == "dataset":
         if not dataset.query or not dataset.gallery:
             raise ConfigError(f"data.validation=dataset but {root} has no query/gallery split")
