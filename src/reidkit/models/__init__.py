@@ -1,5 +1,8 @@
 """Models: `build_model(name, **cfg)` builds any registered model (see `list_models()`)."""
 
+from .backbones import build_backbone, list_backbones
+from .backbones.pretrained import LoadReport, load_user_weights
 from .registry import build_model, list_models, register_model
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["LoadReport", "build_backbone", "build_model", "list_backbones", "list_models", "load_user_weights",
+           "register_model"]

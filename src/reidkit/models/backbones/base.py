@@ -1,0 +1,79 @@
+"""Backbone contract and registry: `build_backbone(name, pretrained=False, **kw)`.
+
+Every backbone maps an RGB batch (N,3,H,W), normalised with its own `input_mean`/`input_std` (0..1 scale),
+to its final feature map (N, out_channels, h, w). `output_stride` is H/h for inputs divisible by it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ...errors import ModelError
+
+# Normalisation of torchvision-style ImageNet training (RGB scaled to 0..1).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set these attributes and implement `forward` -> final feature map."""
+
+    out_channels: int
+    output_stride: int
+    input_mean: tuple[float, float, float] = IMAGENET_MEAN
+    input_std: tuple[float, float, float] = IMAGENET_STD
+    # Where the loaded ImageNet weights came from (None = random init); for logs and model cards.
+    weights_source: str | None = None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final feature map, named as in timm for code that expects it (e.g. a local/part branch)."""
+        return self(x)
+
+
+BackboneBuilder = Callable[..., Backbone]
+_BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    def decorator(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in _BACKBONES and _BACKBONES[name] is not fn:
+            raise ModelError(f"backbone name {name!r} registered twice")
+        _BACKBONES[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, pretrained: bool = False, **kwargs) -> Backbone:
+    """Build backbone `name`; `pretrained=True` loads its offline ImageNet weights (ModelError if it has none).
+
+    Options a backbone does not take raise a ModelError naming the options it does take.
+    """
+    if name not in _BACKBONES:
+        raise ModelError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
+    builder = _BACKBONES[name]
+    accepted = [p for p in inspect.signature(builder).parameters if p != "pretrained"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ModelError(f"backbone {name!r} does not take option(s) {unknown}; it takes {accepted or 'none'}")
+    return builder(pretrained=pretrained, **kwargs)
+
+
+def check_last_stride(name: str, last_stride: int) -> None:
+    if last_stride not in (1, 2):
+        raise ModelError(f"{name}: last_stride={last_stride!r}; expected 1 or 2")
+
+
+def no_offline_weights(name: str) -> ModelError:
+    return ModelError(
+        f"{name} has no offline ImageNet weights in reidkit; build it with pretrained=False and load your own "
+        "with reidkit.models.embedding.load_user_weights(model.backbone, path)"
+    )
