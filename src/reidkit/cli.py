@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--features", type=Path, help=".npz with query/gallery features and ids")
     src.add_argument("--checkpoint", type=Path, help="model checkpoint; needs --data")
     p.add_argument("--data", type=Path, help="dataset root (Market layout or manifest) for --checkpoint")
-    p.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
+    p.add_argument("--metric", choices=("euclidean", "cosine", "l2"), default="euclidean",
+                   help="euclidean = squared L2 (torchreid convention), l2 = true distance, cosine")
     p.add_argument("--protocol", choices=("market", "cuhk03"), default="market",
                    help="market: multi-shot with same-camera filtering; cuhk03: classic single-gallery-shot")
     p.add_argument("--ap", choices=("torchreid", "market-official"), default="torchreid",

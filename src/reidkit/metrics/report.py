@@ -1,0 +1,142 @@
+"""`reidkit evaluate` and the metric summary other modules report (trainer, demo)."""
+
+from __future__ import annotations
+
+import argparse
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError, ReIDError
+from ..utils import atomic_write_json
+from .distance import compute_distance_matrix
+from .plots import plot_cmc, ranked_list_grid
+from .rank import MetricInputError, RankResult, evaluate_rank_full
+
+ID_KEYS = ("q_pids", "g_pids", "q_camids", "g_camids")
+DISTMAT_KEYS = ("distmat", *ID_KEYS)
+FEATURE_KEYS = ("query_features", "gallery_features", *ID_KEYS)
+PATH_KEYS = ("q_paths", "g_paths")
+
+
+def summarize(cmc: Sequence[float] | np.ndarray, mAP: float, mINP: float | None = None, *,
+              num_valid_queries: int | None = None, num_skipped_queries: int | None = None,
+              ranks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Headline numbers as percentages: {"rank1", "rank5", "rank10", "mAP", "mINP"} (+ query counts if given).
+
+    A rank beyond the end of `cmc` (gallery smaller than 10) takes the curve's last value, where it is flat.
+    `mINP=None` is reported as None.
+    """
+    cmc = np.asarray(cmc, dtype=np.float64).ravel()
+    if cmc.size == 0:
+        raise MetricInputError("cmc: empty curve")
+    # CMC values are float32 (7 significant digits): rounding drops float32->float64 noise like 3.99999991.
+    summary: dict[str, Any] = {f"rank{k}": round(100.0 * float(cmc[min(k, cmc.size) - 1]), 5) for k in ranks}
+    summary["mAP"] = 100.0 * float(mAP)
+    summary["mINP"] = None if mINP is None else 100.0 * float(mINP)
+    if num_valid_queries is not None:
+        summary["num_valid_queries"] = int(num_valid_queries)
+    if num_skipped_queries is not None:
+        summary["num_skipped_queries"] = int(num_skipped_queries)
+    return summary
+
+
+def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Load a distance matrix, features or checkpoint; print R1/R5/R10/mAP/mINP; write JSON + plots to --out."""
+    source, inputs = _load_inputs(args)
+    try:
+        result = evaluate_rank_full(inputs["distmat"], *(inputs[k] for k in ID_KEYS), max_rank=args.max_rank,
+                                    use_metric_cuhk03=args.protocol == "cuhk03", ap=args.ap)
+    except MetricInputError as exc:
+        raise DataError(f"{source}: {exc}") from exc
+    report = _report(result, source, args)
+    print(_table(result, report))
+    if getattr(args, "out", None) is not None:
+        _write_outputs(Path(args.out), report, result, inputs)
+    return report
+
+
+def _report(result: RankResult, source: str, args: argparse.Namespace) -> dict[str, Any]:
+    report = summarize(result.cmc, result.mAP, result.mINP, num_valid_queries=result.num_valid_queries,
+                       num_skipped_queries=result.num_skipped_queries)
+    details = result.to_dict()
+    report.update(num_queries=result.num_queries, skipped_queries=details["skipped_queries"],
+                  protocol=result.protocol, ap=result.ap, max_rank=int(result.cmc.size), source=source,
+                  metric=None if getattr(args, "distmat", None) else args.metric, cmc=details["cmc"])
+    return report
+
+
+def _table(result: RankResult, report: dict[str, Any]) -> str:
+    header = (f"{result.protocol} protocol, {result.ap} AP: {result.num_queries} queries, "
+              f"{result.num_valid_queries} evaluated, {result.num_skipped_queries} skipped "
+              "(no valid match in the gallery)")
+    names = ("R1", "R5", "R10", "mAP", "mINP")
+    values = (report["rank1"], report["rank5"], report["rank10"], report["mAP"], report["mINP"])
+    return "\n".join([header, "".join(f"{n:>8s}" for n in names), "".join(f"{v:8.2f}" for v in values)])
+
+
+def _write_outputs(out: Path, report: dict[str, Any], result: RankResult, inputs: dict[str, np.ndarray]) -> None:
+    atomic_write_json(report, out)
+    plot_cmc(result.cmc, out.parent / "cmc.png", title=f"CMC ({result.protocol} protocol)")
+    written = [out, out.parent / "cmc.png"]
+    if all(k in inputs for k in PATH_KEYS):
+        grid_path = out.parent / "ranked_list.png"
+        try:
+            ranked_list_grid([str(p) for p in inputs["q_paths"]], [str(p) for p in inputs["g_paths"]],
+                             inputs["distmat"], *(inputs[k] for k in ID_KEYS), grid_path)
+            written.append(grid_path)
+        except ReIDError as exc:  # images moved or on another machine: the metrics are still valid
+            print(f"note: no ranked-list grid: {exc}")
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
+    """(source description, arrays with distmat + ids, optionally q_paths/g_paths) from the chosen source."""
+    if getattr(args, "distmat", None) is not None:
+        return str(args.distmat), _load_npz(Path(args.distmat), DISTMAT_KEYS)
+    if getattr(args, "features", None) is not None:
+        arrays = _load_npz(Path(args.features), FEATURE_KEYS)
+        source = str(args.features)
+    elif getattr(args, "checkpoint", None) is not None:
+        if getattr(args, "data", None) is None:
+            raise ReIDError(f"--checkpoint {args.checkpoint}: also give --data (the dataset root to evaluate on)")
+        from ..engine.extractor import extract_split_features
+
+        arrays = extract_split_features(args.checkpoint, args.data, device=args.device,
+                                        show_progress=not args.quiet)
+        source = f"{args.checkpoint} on {args.data}"
+    else:
+        raise ReIDError("evaluate: give one of --distmat, --features or --checkpoint")
+    return source, _with_distances(arrays, source, args.metric)
+
+
+def _with_distances(arrays: dict[str, Any], source: str, metric: str) -> dict[str, np.ndarray]:
+    missing = [k for k in FEATURE_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{source}: missing {', '.join(missing)}")
+    try:
+        distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
+    except MetricInputError as exc:
+        raise DataError(f"{source}: {exc}") from exc
+    result = {k: np.asarray(arrays[k]) for k in (*ID_KEYS, *PATH_KEYS) if k in arrays}
+    result["distmat"] = np.asarray(distmat)
+    return result
+
+
+def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: expected an .npz archive with keys {', '.join(keys)}, got a single array")
+        with loaded as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(npz.files)})")
+            return {k: npz[k] for k in (*keys, *PATH_KEYS) if k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
