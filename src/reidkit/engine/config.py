@@ -76,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
     num_threads: int = 0  # torch CPU threads (0 = torch default)
+    channels_last: bool = True  # NHWC memory format: ~2x faster training of the mobile backbones on CPU
     eval_every: int = 1
     flip_tta: bool = False  # average embeddings of the image and its mirror at validation
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable

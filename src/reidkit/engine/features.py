@@ -25,6 +25,7 @@ def embed_tensor(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float
     starts = range(0, images.shape[0], batch_size)
     for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
         x = normalize(images[start:start + batch_size].to(device), mean, std)
+        x = x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
         emb = model(x)
         if flip:
             emb = emb + model(x.flip(-1))

@@ -90,7 +90,9 @@ class EmbeddingTrainer:
         self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed)
         self.model_cfg = {k: v for k, v in asdict(cfg.model).items() if k != "name" and v is not None}
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
-        self.models = [build_model(cfg.model.name, **self.model_cfg).to(self.device) for _ in range(cfg.students)]
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.models = [build_model(cfg.model.name, **self.model_cfg).to(self.device, memory_format=self.memory_format)
+                       for _ in range(cfg.students)]
         self.mean, self.std = self.models[0].input_mean, self.models[0].input_std
         self.optimizers = [self._build_optimizer(m) for m in self.models]
         self.iters_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
@@ -184,7 +186,7 @@ class EmbeddingTrainer:
         for step, idx in enumerate(bar):
             frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
             x = normalize(self.train_images[idx].to(self.device), self.mean, self.std)
-            x = self.augment(x, frac, generator=gen)
+            x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
             labels = torch.as_tensor(self.train_labels[idx], device=self.device)
             with torch.autocast(self.device.type, enabled=self.autocast):
                 parts = self._step_losses(x, labels, ranking)
@@ -286,7 +288,8 @@ class EmbeddingTrainer:
         for epoch in range(start_epoch, cfg.optim.epochs):
             seed_everything(cfg.seed * 1_000 + epoch)
             row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-            last_epoch = epoch + 1 == cfg.optim.epochs
+            out_of_time = time.monotonic() > deadline
+            last_epoch = epoch + 1 == cfg.optim.epochs or out_of_time
             if self.has_val and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
                 per_student = self.evaluate()
                 row["val"] = per_student[0]
@@ -301,7 +304,7 @@ class EmbeddingTrainer:
             with open(self._log_path(), "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             plot_training_curves(rows, self.out / "training_curves.png")
-            if time.monotonic() > deadline and not last_epoch:
+            if out_of_time and epoch + 1 < cfg.optim.epochs:
                 print(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}; "
                       f"resume with --resume to continue")
                 break
