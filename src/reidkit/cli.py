@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    from .search.cli import add_search_parsers
+
+    add_search_parsers(sub)  # index build|add|remove|info, search, export
     return parser
 
 

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -39,6 +42,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should get the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)

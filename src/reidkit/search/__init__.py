@@ -1,0 +1,34 @@
+"""Gallery search: a persistent feature index with exact or faiss search and optional re-ranking.
+
+>>> from reidkit.search import GalleryIndex, collect_items
+Exports are lazy so that `reidkit.search.cli` (imported when the CLI parser is built) does not load torch/faiss.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .evaluate import queries_with_match, search_rank_k
+    from .index import BuildReport, GalleryIndex, Metadata, SearchResults
+    from .knn import APPROX_THRESHOLD, AnnParams, exact_search
+    from .sources import collect_items
+
+_LAZY = {
+    "queries_with_match": "evaluate", "search_rank_k": "evaluate",
+    "BuildReport": "index", "GalleryIndex": "index", "Metadata": "index", "SearchResults": "index",
+    "APPROX_THRESHOLD": "knn", "AnnParams": "knn", "exact_search": "knn",
+    "collect_items": "sources",
+}
+__all__ = [
+    "APPROX_THRESHOLD", "AnnParams", "BuildReport", "GalleryIndex", "Metadata", "SearchResults", "collect_items",
+    "exact_search", "queries_with_match", "search_rank_k",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
