@@ -78,3 +78,14 @@ def test_train_cli_overrides_and_bad_data_message(tiny_market, tmp_path, capsys)
                  "optim.warmup_epochs=0", "num_threads=1"])
     assert code == 0
     assert load_checkpoint(tmp_path / "r" / "best.pt")["config"]["optim"]["epochs"] == 1
+
+
+def test_two_students_train_mutually_with_their_own_checkpoints(tiny_market, tmp_path):
+    cfg = tiny_config(epochs=1, warmup_epochs=0)
+    cfg.students = 2
+    train_embedding(cfg, tmp_path / "dml", tiny_market, show_progress=False)
+    row = json.loads((tmp_path / "dml" / "log.jsonl").read_text().splitlines()[0])
+    assert {"loss_mutual_kl", "loss_mutual_metric", "loss_s0_id", "loss_s1_id"} <= row.keys()
+    assert len(row["val_students"]) == 2
+    s0, s1 = _weights(tmp_path / "dml" / "best.pt"), _weights(tmp_path / "dml" / "best_student1.pt")
+    assert any(not torch.equal(s0[k], s1[k]) for k in s0)  # two different networks, not one copied

@@ -22,12 +22,12 @@ def demo_config(seed: int, minutes: float, device: str) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(backbone="mobilenetv2", pretrained=True, pooling="gem"),
         data=DataConfig(validation="dataset", height=128, width=64),
-        optim=OptimConfig(epochs=24, p=16, k=4, lr=1e-3, warmup_epochs=2, pretrain_epochs=2),
-        seed=seed, device=device, max_minutes=minutes, eval_every=4,
+        optim=OptimConfig(epochs=30, p=16, k=4, lr=1e-3, warmup_epochs=2, pretrain_epochs=2),
+        seed=seed, device=device, max_minutes=minutes, eval_every=5,
     )
 
 
-def run_demo(out: str | Path, seed: int = 0, minutes: float = 3.0, device: str = "auto",
+def run_demo(out: str | Path, seed: int = 0, minutes: float = 0.0, device: str = "auto",
              show_progress: bool = True) -> dict:
     out = Path(out)
     started = time.perf_counter()
