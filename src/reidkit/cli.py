@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="market: multi-shot with same-camera filtering; cuhk03: classic single-gallery-shot")
     p.add_argument("--ap", choices=("torchreid", "market-official"), default="torchreid",
                    help="AP definition: torchreid (precision at each hit) or the official Market-1501 trapezoid")
+    p.add_argument("--rerank", choices=("none", "k_reciprocal", "aqe", "ssm"), default="none",
+                   help="re-rank query-gallery distances (with --features or --checkpoint)")
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--out", type=Path, help="write metrics JSON (and a CMC plot beside it)")
     p.add_argument("--device", default="auto")

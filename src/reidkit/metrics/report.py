@@ -110,15 +110,21 @@ def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
         source = f"{args.checkpoint} on {args.data}"
     else:
         raise ReIDError("evaluate: give one of --distmat, --features or --checkpoint")
-    return source, _with_distances(arrays, source, args.metric)
+    return source, _with_distances(arrays, source, args.metric, getattr(args, "rerank", "none"))
 
 
-def _with_distances(arrays: dict[str, Any], source: str, metric: str) -> dict[str, np.ndarray]:
+def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_method: str = "none"
+                    ) -> dict[str, np.ndarray]:
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{source}: missing {', '.join(missing)}")
     try:
-        distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
+        if rerank_method != "none":  # re-ranking defines its own distance (k-reciprocal: euclidean features)
+            from .reranking import rerank
+
+            distmat = rerank(arrays["query_features"], arrays["gallery_features"], rerank_method)
+        else:
+            distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
     except MetricInputError as exc:
         raise DataError(f"{source}: {exc}") from exc
     result = {k: np.asarray(arrays[k]) for k in (*ID_KEYS, *PATH_KEYS) if k in arrays}
