@@ -1,0 +1,341 @@
+"""IDLA: the Siamese pair network of Ahmed, Jones & Marks, "An Improved Deep Learning Architecture for Person
+Re-Identification" (CVPR 2015).
+
+Layers, for 160x60 RGB inputs (shapes are derived from `input_size`, so other sizes work too):
+  tied convolutions (same weights for both views): 20 x 5x5 -> ReLU -> max-pool 2 -> 25 x 5x5 -> ReLU -> max-pool 2
+                                                    gives 25 x 37 x 12 feature maps f (view 1) and g (view 2)
+  cross-input neighbourhood differences: K[c, y, x, (dy, dx)] = f[c, y, x] - g[c, y+dy, x+dx] over a 5x5
+      neighbourhood (zero padding outside the map), and K' with the views swapped; then ReLU
+  patch summary: 25 filters 5x5 stride 5 over the (5*37) x (5*12) map that lays each 5x5 block next to its
+      neighbours -> ReLU -> 25 x 37 x 12 (separate weights for K and K')
+  across-patch: 25 filters 3x3 -> ReLU -> max-pool 2 (ceil) -> 25 x 18 x 5 (separate weights for K and K')
+  fully connected 500 -> ReLU -> dropout -> 2 logits (index 1 = "same person")
+
+Nothing loops over positions. The differences are 25 whole-tensor subtractions of shifted views of the padded
+map, written straight into a (C*25, N*H*W) matrix; the stride-5 patch summary convolution over the expanded map
+is then one matrix product with the flattened filters, because each stride-5 window covers exactly one 5x5
+neighbourhood block. That layout avoids im2col buffers and transposes of the largest tensor of the network,
+which made the first (unfold-based) version 2-3x slower on CPU (docs/pair_networks.md).
+
+`PairNetwork` holds what every pair model shares: per-image features from the tied trunk (`embed`), pair logits
+from two feature batches (`pair_logits`), and batched scoring of all query x gallery pairs that embeds every
+image once (`score`), which is what ranking with a pair network needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from .registry import register_model
+
+PAPER_INPUT_SIZE = (160, 60)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _NeighbourhoodDifferencesReLU(torch.autograd.Function):
+    """ReLU(f - g's shifted neighbourhoods), written straight into the layout the patch summary multiplies.
+
+    Output (C * size * size, N * H * W): row c * size*size + k, column (n, y, x). Built from `size*size` shifted
+    views of the zero-padded g (a loop over offsets, each a whole-tensor subtraction), so no im2col buffer and no
+    transposes; the hand-written backward reuses the saved output as the ReLU mask.
+    """
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:
+        n, c, h, w = f.shape
+        half = size // 2
+        f_cn = f.transpose(0, 1)
+        g_padded = F.pad(g.transpose(0, 1), (half, half, half, half))  # (C, N, H+2h, W+2h)
+        out = torch.empty(c, size * size, n, h, w, dtype=f.dtype, device=f.device)
+        for k in range(size * size):
+            dy, dx = divmod(k, size)
+            torch.sub(f_cn, g_padded[:, :, dy:dy + h, dx:dx + w], out=out[:, k])
+        out.relu_()
+        ctx.save_for_backward(out)
+        ctx.size = size
+        return out.view(c * size * size, n * h * w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        (out,) = ctx.saved_tensors
+        size, half = ctx.size, ctx.size // 2
+        c, kk, n, h, w = out.shape
+        masked = torch.ops.aten.threshold_backward(grad.view_as(out), out, 0)  # ReLU backward, one pass
+        grad_f = masked.sum(1).transpose(0, 1)
+        grad_g = torch.zeros(c, n, h + 2 * half, w + 2 * half, dtype=grad.dtype, device=grad.device)
+        for k in range(kk):
+            dy, dx = divmod(k, size)
+            grad_g[:, :, dy:dy + h, dx:dx + w] -= masked[:, k]
+        return grad_f, grad_g[:, :, half:half + h, half:half + w].transpose(0, 1), None
+
+
+def neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """ReLU(K) with K[c, k, n, y, x] = f[n, c, y, x] - g[n, c, y + dy_k, x + dx_k], shaped (C*size*size, N*H*W).
+
+    k = (dy + size//2) * size + (dx + size//2); g is zero outside its map (the usual 'same' padding).
+    """
+    if f.dim() != 4 or f.shape != g.shape:
+        raise ModelError(f"neighbourhood_differences: f and g must be equal 4-D maps, got {tuple(f.shape)} "
+                         f"and {tuple(g.shape)}")
+    if size < 1 or size % 2 == 0:
+        raise ModelError(f"neighbourhood size={size}: must be a positive odd number")
+    return _NeighbourhoodDifferencesReLU.apply(f, g, size)
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1, ceil: bool = False) -> int:
+    steps = (size - kernel) / stride
+    return (math.ceil(steps) if ceil else math.floor(steps)) + 1
+
+
+def trunk_output_size(input_size: Sequence[int]) -> tuple[int, int]:
+    """(H, W) of the tied-convolution features: conv5 -> pool2 -> conv5 -> pool2 (160x60 -> 37x12)."""
+    out = []
+    for side in input_size:
+        side = conv_output_size(side, 5) // 2
+        out.append(conv_output_size(side, 5) // 2)
+    return out[0], out[1]
+
+
+def as_input_size(input_size: Sequence[int]) -> tuple[int, int]:
+    size = tuple(int(s) for s in input_size)
+    if len(size) != 2 or min(trunk_output_size(size)) < 1:
+        raise ModelError(f"input_size={input_size!r}: expected (height, width) of at least 16 x 16")
+    return size  # type: ignore[return-value]
+
+
+class TiedTrunk(nn.Module):
+    """The two tied convolution layers; one module applied to both views, so the weights are shared."""
+
+    def __init__(self, channels: tuple[int, int] = (20, 25), channels_last: bool = True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, channels[0], 5)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 5)
+        # oneDNN runs these convolutions about twice as fast in NHWC on CPU (docs/benchmarks/pairnets.md).
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # max-pool before ReLU: the same result (both are monotone) on a quarter of the values
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        return x.contiguous()
+
+
+class AcrossPatch(nn.Module):
+    """25 filters 3x3 -> ReLU -> max-pool 2x2 (ceil mode, so 37x12 maps give the paper's 18x5 after 35x10)."""
+
+    def __init__(self, in_channels: int, out_channels: int = 25):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.conv(x)), 2, ceil_mode=True)
+
+    @staticmethod
+    def output_size(map_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = (conv_output_size(s, 3) for s in map_size)
+        return conv_output_size(h, 2, 2, ceil=True), conv_output_size(w, 2, 2, ceil=True)
+
+
+def check_images(x: object, name: str, input_size: tuple[int, int], allow_uint8: bool = False) -> torch.Tensor:
+    """A float (or, if allowed, uint8) (N, 3, H, W) batch of the network's input size, else a ModelError."""
+    if not isinstance(x, torch.Tensor):
+        raise ModelError(f"{name}: expected a torch.Tensor of images, got {type(x).__name__}")
+    expected = f"(N, 3, {input_size[0]}, {input_size[1]})"
+    if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != input_size:
+        raise ModelError(f"{name}: expected images of shape {expected}, got {tuple(x.shape)}; resize the crops "
+                         f"to {input_size[0]}x{input_size[1]} (height x width) first")
+    if not x.is_floating_point() and not (allow_uint8 and x.dtype == torch.uint8):
+        raise ModelError(f"{name}: expected normalised float images, got dtype {x.dtype} "
+                         "(model.prepare(images) converts uint8 images)")
+    return x
+
+
+class PairNetwork(nn.Module):
+    """Base of the Siamese pair models: `forward(x1, x2)` -> (N, 2) logits, index 1 = same person."""
+
+    input_size: tuple[int, int]
+    input_mean = IMAGENET_MEAN
+    input_std = IMAGENET_STD
+
+    def reset_parameters(self) -> None:
+        """He (fan-in, ReLU) initialisation, zero biases. PyTorch's default shrinks the signal ~2x per layer in
+        this BatchNorm-free stack, so the logits start almost constant and training stalls at loss ln 2."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        last = [m for m in self.modules() if isinstance(m, nn.Linear)][-1]
+        nn.init.normal_(last.weight, std=0.01)  # the logits layer has no ReLU after it: start near 50/50
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image features of the tied trunk (computed once per image, shared by all its pairs)."""
+        raise NotImplementedError
+
+    pair_chunk = 32  # pairs per pass through the pair layers: keeps the big temporaries cache/allocator-friendly
+
+    def pair_layers(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) features of both views -> (N, 2) logits."""
+        raise NotImplementedError
+
+    def pair_logits(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
+        """`pair_layers` over chunks of `pair_chunk` pairs (same result, less memory traffic)."""
+        if feats1.shape != feats2.shape:
+            raise ModelError(f"pair_logits: feature batches differ in shape: {tuple(feats1.shape)} vs "
+                             f"{tuple(feats2.shape)}")
+        step = self.pair_chunk
+        if len(feats1) <= step:
+            return self.pair_layers(feats1, feats2)
+        return torch.cat([self.pair_layers(feats1[i:i + step], feats2[i:i + step])
+                          for i in range(0, len(feats1), step)])
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        check_images(x1, "x1", self.input_size)
+        check_images(x2, "x2", self.input_size)
+        if x1.shape[0] != x2.shape[0]:
+            raise ModelError(f"x1 and x2 must hold the same number of images, got {x1.shape[0]} and {x2.shape[0]}")
+        feats = self.embed(torch.cat([x1, x2]))  # one trunk call for both views: better GEMM shapes
+        return self.pair_logits(feats[: x1.shape[0]], feats[x1.shape[0]:])
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> normalised float input on this model's device; float input unchanged."""
+        if images.dtype != torch.uint8:
+            return images
+        device = next(self.parameters()).device
+        x = images.to(device).float().div_(255.0)
+        mean = torch.tensor(self.input_mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.input_std, device=device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def embed_batched(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Trunk features of many images (uint8 or normalised float), `batch_size` at a time."""
+        check_images(images, "images", self.input_size, allow_uint8=True)
+        return torch.cat([self.embed(self.prepare(images[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
+
+    @torch.no_grad()
+    def pair_scores(self, feats1: torch.Tensor, feats2: torch.Tensor, index1: torch.Tensor, index2: torch.Tensor,
+                    batch_size: int = 512) -> torch.Tensor:
+        """Same-person log-odds (logit_same - logit_different) of pairs (feats1[index1[i]], feats2[index2[i]]).
+
+        Log-odds rank exactly like the softmax probability (sigmoid(score) = P(same)) but never saturate to
+        ties at 1.0, which matters when ranking a gallery.
+        """
+        if index1.shape != index2.shape:
+            raise ModelError(f"pair_scores: index1 and index2 differ in shape: {tuple(index1.shape)} vs "
+                             f"{tuple(index2.shape)}")
+        out = torch.empty(index1.numel(), dtype=torch.float32)
+        flat1, flat2 = index1.reshape(-1), index2.reshape(-1)
+        for start in range(0, flat1.numel(), batch_size):
+            i1, i2 = flat1[start:start + batch_size], flat2[start:start + batch_size]
+            logits = self.pair_logits(feats1[i1], feats2[i2]).float()
+            out[start:start + len(i1)] = (logits[:, 1] - logits[:, 0]).cpu()
+        return out.view(index1.shape)
+
+    @torch.no_grad()
+    def score(self, query_images: torch.Tensor, gallery_images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """(Q, G) same-person log-odds of every query x gallery pair; each image goes through the trunk once.
+
+        Images are uint8 or normalised float. Dropout is off for the call (the train/eval mode is restored).
+        """
+        check_images(query_images, "query_images", self.input_size, allow_uint8=True)
+        check_images(gallery_images, "gallery_images", self.input_size, allow_uint8=True)
+        was_training = self.training
+        self.eval()
+        try:
+            fq = self.embed_batched(query_images, batch_size)
+            fg = self.embed_batched(gallery_images, batch_size)
+            q_index = torch.arange(len(fq)).repeat_interleave(len(fg))
+            g_index = torch.arange(len(fg)).repeat(len(fq))
+            return self.pair_scores(fq, fg, q_index, g_index, batch_size).view(len(fq), len(fg))
+        finally:
+            self.train(was_training)
+
+
+class PatchSummary(nn.Module):
+    """25 filters 5x5 stride 5 over a neighbourhood-difference map, computed without building the expanded map.
+
+    The weights are an ordinary `Conv2d(C, out, 5, stride=5)`: applied to the (5H x 5W) map whose 5x5 block at
+    (y, x) holds K[:, :, y, x], it gives exactly this module's output. Here it is one matrix product with the
+    (C*25, N*H*W) differences, since each stride-5 window covers exactly one neighbourhood block.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 25, size: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, size, stride=size)
+
+    def forward(self, diffs: torch.Tensor, map_shape: tuple[int, int, int]) -> torch.Tensor:
+        """`neighbourhood_differences` output + (N, H, W) -> ReLU(summary) as (N, out, H, W)."""
+        n, h, w = map_shape
+        weight = self.conv.weight.reshape(self.conv.out_channels, -1)  # (c, ky, kx) order = the rows of diffs
+        out = torch.addmm(self.conv.bias.unsqueeze(1), weight, diffs)  # (out, N*H*W)
+        return F.relu(out).view(-1, n, h, w).transpose(0, 1)
+
+
+class DifferenceBranches(nn.Module):
+    """K and K' (both directions), each through its own patch-summary and across-patch layers, flattened."""
+
+    def __init__(self, channels: int, map_size: tuple[int, int], neighbourhood: int = 5, width: int = 25):
+        super().__init__()
+        self.neighbourhood = neighbourhood
+        self.summary_k = PatchSummary(channels, width, neighbourhood)
+        self.summary_k_prime = PatchSummary(channels, width, neighbourhood)
+        self.across_k = AcrossPatch(width, width)
+        self.across_k_prime = AcrossPatch(width, width)
+        mh, mw = AcrossPatch.output_size(map_size)
+        self.num_features = 2 * width * mh * mw
+
+    def branch(self, a: torch.Tensor, b: torch.Tensor, summary: PatchSummary, across: AcrossPatch) -> torch.Tensor:
+        diffs = neighbourhood_differences(a, b, self.neighbourhood)
+        n, _, h, w = a.shape
+        return across(summary(diffs, (n, h, w))).flatten(1)
+
+    def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch(f, g, self.summary_k, self.across_k),
+                          self.branch(g, f, self.summary_k_prime, self.across_k_prime)], 1)
+
+
+def pair_head(num_features: int, hidden: int, dropout: float) -> nn.Sequential:
+    """Fully connected `hidden` units -> ReLU -> dropout -> 2 logits (same / different)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ModelError(f"dropout={dropout}: must be within [0, 1)")
+    return nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, 2))
+
+
+class IDLA(PairNetwork):
+    """The CVPR 2015 architecture; see the module docstring for the layer list."""
+
+    def __init__(self, input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5,
+                 channels_last: bool = True, hidden: int = 500):
+        super().__init__()
+        self.input_size = as_input_size(input_size)
+        self.trunk = TiedTrunk(channels_last=channels_last)
+        self.differences = DifferenceBranches(self.trunk.conv2.out_channels, trunk_output_size(self.input_size))
+        self.head = pair_head(self.differences.num_features, hidden, dropout)
+        self.reset_parameters()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trunk(images)
+
+    def pair_layers(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
+        return self.head(self.differences(feats1, feats2))
+
+
+@register_model("idla")
+def build_idla(input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5, channels_last: bool = True,
+               **unused: object) -> IDLA:
+    """IDLA (Ahmed et al. 2015). Unknown keyword arguments are rejected with a ModelError."""
+    if unused:
+        raise ModelError(f"model 'idla': unknown option(s) {sorted(unused)}; valid: input_size, dropout, "
+                         "channels_last")
+    return IDLA(input_size=input_size, dropout=dropout, channels_last=channels_last)

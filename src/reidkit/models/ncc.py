@@ -1,0 +1,241 @@
+"""Normalised cross-correlation matching layer (Subramaniam, Chatterjee & Mittal, "Deep Neural Networks with
+Inexact Matching for Person Re-Identification", NIPS 2016) and the IDLA variant that uses it.
+
+For every position (y, x) of view A's feature map and every channel c, the 5x5 patch around (y, x) is compared
+with the 5x5 patches of view B at every position (y', x') of the search region: rows y' = y - r .. y + r (r =
+`row_radius`, default 2) and the whole width. The comparison is the normalised cross-correlation
+
+    ncc(p, q) = sum_k (p_k - mean p)(q_k - mean q) / (sqrt(sum_k (p_k - mean p)^2 + eps) sqrt(... q ... + eps))
+
+which is in [-1, 1] and ignores each patch's brightness and contrast (inexact matching). Maps are zero-padded
+for the patches; candidate rows outside B's map correlate to 0. For 37x12x25 maps that is 25 x (5 x 12) = 1,500
+correlation maps of 37x12.
+
+Vectorised, no loop over positions: patch means and norms come from two 5x5 box filters, every patch is centred
+and scaled in one fused pass over an unfold view, and all correlations are ONE batched matrix product. For that
+product the normalised patches are stored row-padded, as (N, C, H + 2r, W, k*k): the search band of row y (rows
+y-r..y+r of B) is then a contiguous block at a fixed stride from the band of row y-1, so a zero-copy strided view
+serves every band (overlapping) and (n, c, y) merge into one batch index. This keeps the only large write the
+output itself; see docs/pair_networks.md for the timings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from .idla import (
+    PAPER_INPUT_SIZE,
+    AcrossPatch,
+    DifferenceBranches,
+    PairNetwork,
+    TiedTrunk,
+    as_input_size,
+    pair_head,
+    trunk_output_size,
+)
+from .registry import register_model
+
+NCC_MODES = ("replace", "beside")
+
+
+def _band_view(q_flat: torch.Tensor, batches: int, width: int, radius: int, kk: int) -> torch.Tensor:
+    """Overlapping (batches, (2r+1)*W, kk) view: batch b = padded rows b..b+2r of the row-padded patch store."""
+    return q_flat.as_strided((batches, (2 * radius + 1) * width, kk), (width * kk, kk, 1))
+
+
+class _BandCorrelation(torch.autograd.Function):
+    """Correlations of normalised patches P (rows y) with Q (rows y-r..y+r): (N, C, H+2r, W, 2r+1, W).
+
+    Rows >= H of the output are padding (junk) and must be dropped by the caller.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, q: torch.Tensor, radius: int) -> torch.Tensor:
+        n, c, h, w, kk = p.shape
+        p_store, q_flat = _band_stores(n, c, h, w, kk, radius, p)
+        p_store[:, :, :h] = p
+        q_flat[: p_store.numel()].view_as(p_store)[:, :, radius:radius + h] = q
+        ctx.save_for_backward(p_store, q_flat)
+        ctx.radius = radius
+        return _band_product(p_store, q_flat, radius)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        p_store, q_flat = ctx.saved_tensors
+        r = ctx.radius
+        n, c, hp, w, kk = p_store.shape
+        h, batches = hp - 2 * r, n * c * hp
+        g = grad.reshape(batches, w, (2 * r + 1) * w)
+        grad_p = torch.bmm(g, _band_view(q_flat, batches, w, r, kk)).view(n, c, hp, w, kk)[:, :, :h]
+        grad_q = torch.zeros(batches + 2 * r, w, kk, dtype=grad.dtype, device=grad.device)
+        p_rows = p_store.view(batches, w, kk)
+        for d in range(2 * r + 1):  # band offset d of batch b is store row b + d: accumulate in place per offset
+            grad_q[d:d + batches].baddbmm_(g[:, :, d * w:(d + 1) * w].transpose(1, 2), p_rows)
+        grad_q = grad_q[:batches].view(n, c, hp, w, kk)[:, :, r:r + h]
+        return grad_p, grad_q, None
+
+
+def _band_stores(n: int, c: int, h: int, w: int, kk: int, radius: int,
+                 like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed row-padded patch stores: P as (N, C, H+2r, W, kk); Q flat, with 2r spare rows for the last band."""
+    hp = h + 2 * radius
+    p_store = like.new_zeros(n, c, hp, w, kk)
+    q_flat = like.new_zeros((n * c * hp + 2 * radius) * w * kk)
+    return p_store, q_flat
+
+
+def _band_product(p_store: torch.Tensor, q_flat: torch.Tensor, radius: int) -> torch.Tensor:
+    n, c, hp, w, kk = p_store.shape
+    batches = n * c * hp
+    out = torch.bmm(p_store.view(batches, w, kk), _band_view(q_flat, batches, w, radius, kk).transpose(1, 2))
+    return out.view(n, c, hp, w, 2 * radius + 1, w)
+
+
+class NormalizedCrossCorrelation(nn.Module):
+    """`forward(a, b)`: (N, C, H, W) x2 -> (N, C * (2r+1) * W, H, W) correlation maps.
+
+    Output channel `(c * (2r+1) + (dy + r)) * W + x2` at (y, x) holds ncc(A_c patch at (y, x), B_c patch at
+    (y + dy, x2)). `correlate` returns the same numbers as (N, C, H, W, 2r+1, W) without the final transpose.
+    """
+
+    def __init__(self, patch_size: int = 5, row_radius: int = 2, eps: float = 1e-4, chunk_size: int = 32):
+        super().__init__()
+        if patch_size < 1 or patch_size % 2 == 0:
+            raise ModelError(f"patch_size={patch_size}: must be a positive odd number")
+        if row_radius < 0:
+            raise ModelError(f"row_radius={row_radius}: must be >= 0")
+        if eps <= 0:
+            raise ModelError(f"eps={eps}: must be > 0")
+        if chunk_size < 1:
+            raise ModelError(f"chunk_size={chunk_size}: must be >= 1")
+        self.patch_size, self.row_radius, self.eps, self.chunk_size = patch_size, row_radius, eps, chunk_size
+
+    def extra_repr(self) -> str:
+        return f"patch_size={self.patch_size}, row_radius={self.row_radius}, eps={self.eps}"
+
+    def _patch_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(patch view (N, C, H, W, k, k), offset, scale) with normalised patch = view * scale + offset."""
+        k, half = self.patch_size, self.patch_size // 2
+        mean = F.avg_pool2d(x, k, 1, half, count_include_pad=True)  # zero padding counts, as in the patches
+        mean_sq = F.avg_pool2d(x * x, k, 1, half, count_include_pad=True)
+        centred_ss = ((mean_sq - mean * mean) * (k * k)).clamp_min(0)  # sum of squared deviations
+        scale = torch.rsqrt(centred_ss + self.eps)
+        view = F.pad(x, (half, half, half, half)).unfold(2, k, 1).unfold(3, k, 1)
+        return view, (-mean * scale)[..., None, None], scale[..., None, None]
+
+    def normalized_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W, k*k): every zero-padded k x k patch, centred, scaled to unit length."""
+        view, offset, scale = self._patch_terms(x)
+        return torch.addcmul(offset, view, scale).reshape(*x.shape, -1)
+
+    def _fill(self, x: torch.Tensor, store: torch.Tensor) -> None:
+        """Write normalised patches into a row slice of a patch store in one fused pass (no autograd)."""
+        view, offset, scale = self._patch_terms(x)
+        torch.addcmul(offset, view, scale, out=store.unflatten(-1, (self.patch_size, self.patch_size)))
+
+    def _correlate_chunk(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        r = self.row_radius
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return _BandCorrelation.apply(self.normalized_patches(a), self.normalized_patches(b), r)
+        n, c, h, w = a.shape
+        with torch.no_grad():
+            p_store, q_flat = _band_stores(n, c, h, w, self.patch_size ** 2, r, a)
+            self._fill(a, p_store[:, :, :h])
+            self._fill(b, q_flat[: p_store.numel()].view_as(p_store)[:, :, r:r + h])
+            return _band_product(p_store, q_flat, r)
+
+    def correlate_padded(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, C, H+2r, W, 2r+1, W) correlations; rows >= H are padding. Cheapest form for a consumer."""
+        if a.dim() != 4 or a.shape != b.shape:
+            raise ModelError(f"NormalizedCrossCorrelation: a and b must be equal (N, C, H, W) maps, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        chunks = [self._correlate_chunk(a[i:i + self.chunk_size], b[i:i + self.chunk_size])
+                  for i in range(0, a.shape[0], self.chunk_size)]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def correlate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) x2 -> (N, C, H, W, 2r+1, W): [n, c, y, x, dy + r, x2] = ncc(A at (y, x), B at (y+dy, x2))."""
+        return self.correlate_padded(a, b)[:, :, : a.shape[2]]
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        corr = self.correlate(a, b)
+        n, c, h, w, d, w2 = corr.shape
+        return corr.permute(0, 1, 4, 5, 2, 3).reshape(n, c * d * w2, h, w)
+
+
+class CorrelationSummary(nn.Module):
+    """1x1 convolution of the C*(2r+1)*W correlation maps down to `out_channels`, then ReLU.
+
+    Applied to `correlate_padded`'s layout directly (a per-channel batched matrix product summed over channels),
+    which avoids transposing the large correlation tensor; the weights are those of `Conv2d(C*(2r+1)*W, out, 1)`
+    applied to `NormalizedCrossCorrelation.forward`'s output.
+    """
+
+    def __init__(self, channels: int, candidates: int, out_channels: int = 25):
+        super().__init__()
+        self.channels, self.candidates = channels, candidates
+        self.conv = nn.Conv2d(channels * candidates, out_channels, 1)
+
+    def forward(self, corr_padded: torch.Tensor, height: int) -> torch.Tensor:
+        """(N, C, H', W, ...) correlations with rows >= `height` ignored -> (N, out, height, W)."""
+        n, c, hp, w = corr_padded.shape[:4]
+        weight = self.conv.weight.view(-1, c, self.candidates).permute(1, 2, 0)  # (C, candidates, out)
+        out = torch.matmul(corr_padded.reshape(n, c, hp * w, self.candidates), weight).sum(1)  # (N, H'*W, out)
+        out = F.relu(out + self.conv.bias).view(n, hp, w, -1)[:, :height]
+        return out.permute(0, 3, 1, 2)
+
+
+class IDLANCC(PairNetwork):
+    """IDLA's tied trunk with the NCC matching layer in place of (mode='replace') or beside (mode='beside') the
+    cross-input neighbourhood differences.
+
+    NCC branch: correlation maps (one direction: ncc is symmetric, so B->A holds the same numbers) -> 1x1 conv
+    to 25 maps + ReLU -> across-patch 3x3 conv + max-pool -> flattened into the 500-unit layer.
+    """
+
+    def __init__(self, input_size: Sequence[int] = PAPER_INPUT_SIZE, mode: str = "replace", dropout: float = 0.5,
+                 row_radius: int = 2, channels_last: bool = True, hidden: int = 500):
+        super().__init__()
+        if mode not in NCC_MODES:
+            raise ModelError(f"mode={mode!r}: expected one of {NCC_MODES}")
+        self.input_size = as_input_size(input_size)
+        self.mode = mode
+        self.trunk = TiedTrunk(channels_last=channels_last)
+        channels = self.trunk.conv2.out_channels
+        map_size = trunk_output_size(self.input_size)
+        self.ncc = NormalizedCrossCorrelation(5, row_radius)
+        self.ncc_summary = CorrelationSummary(channels, (2 * row_radius + 1) * map_size[1], 25)
+        self.ncc_across = AcrossPatch(25, 25)
+        mh, mw = AcrossPatch.output_size(map_size)
+        num_features = 25 * mh * mw
+        self.differences = DifferenceBranches(channels, map_size) if mode == "beside" else None
+        if self.differences is not None:
+            num_features += self.differences.num_features
+        self.head = pair_head(num_features, hidden, dropout)
+        self.reset_parameters()
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.trunk(images)
+
+    def pair_layers(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
+        corr = self.ncc.correlate_padded(feats1, feats2)
+        features = [self.ncc_across(self.ncc_summary(corr, feats1.shape[2])).flatten(1)]
+        if self.differences is not None:
+            features.insert(0, self.differences(feats1, feats2))
+        return self.head(torch.cat(features, 1))
+
+
+@register_model("idla_ncc")
+def build_idla_ncc(input_size: Sequence[int] = PAPER_INPUT_SIZE, mode: str = "replace", dropout: float = 0.5,
+                   row_radius: int = 2, channels_last: bool = True, **unused: object) -> IDLANCC:
+    """IDLA with the NCC matching layer (Subramaniam et al. 2016)."""
+    if unused:
+        raise ModelError(f"model 'idla_ncc': unknown option(s) {sorted(unused)}; valid: input_size, mode, dropout, "
+                         "row_radius, channels_last")
+    return IDLANCC(input_size=input_size, mode=mode, dropout=dropout, row_radius=row_radius,
+                   channels_last=channels_last)

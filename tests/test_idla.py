@@ -1,0 +1,158 @@
+"""IDLA (Ahmed et al. 2015): layer maths against plain-loop references, paper shapes, tied weights, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reidkit.errors import ModelError
+from reidkit.models import build_model
+from reidkit.models.idla import AcrossPatch, PatchSummary, neighbourhood_differences, trunk_output_size
+
+
+def naive_neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:
+    """K[n, c, k, y, x] = f[n, c, y, x] - g[n, c, y+dy, x+dx] (0 outside g), one position at a time."""
+    n, c, h, w = f.shape
+    half = size // 2
+    out = torch.zeros(n, c, size * size, h, w, dtype=f.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for y in range(h):
+                for x in range(w):
+                    for dy in range(-half, half + 1):
+                        for dx in range(-half, half + 1):
+                            yy, xx = y + dy, x + dx
+                            neighbour = g[b, ch, yy, xx] if 0 <= yy < h and 0 <= xx < w else 0.0
+                            out[b, ch, (dy + half) * size + dx + half, y, x] = f[b, ch, y, x] - neighbour
+    return out
+
+
+def expanded_map(diffs: torch.Tensor, size: int) -> torch.Tensor:
+    """The paper's picture of K: a (size*H) x (size*W) map whose block at (y, x) is the 5x5 neighbourhood."""
+    n, c, _, h, w = diffs.shape
+    out = torch.zeros(n, c, size * h, size * w, dtype=diffs.dtype)
+    for y in range(h):
+        for x in range(w):
+            out[:, :, size * y:size * (y + 1), size * x:size * (x + 1)] = diffs[:, :, :, y, x].reshape(n, c, size,
+                                                                                                         size)
+    return out
+
+
+def as_matrix(diffs: torch.Tensor) -> torch.Tensor:
+    """(N, C, k, H, W) -> the (C*k, N*H*W) layout neighbourhood_differences returns."""
+    n, c, k, h, w = diffs.shape
+    return diffs.permute(1, 2, 0, 3, 4).reshape(c * k, n * h * w)
+
+
+def test_neighbourhood_differences_match_plain_loops():
+    gen = torch.Generator().manual_seed(0)
+    f = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64)
+    for size in (3, 5):
+        expected = torch.relu(as_matrix(naive_neighbourhood_differences(f, g, size)))
+        torch.testing.assert_close(neighbourhood_differences(f, g, size), expected)
+
+
+def test_neighbourhood_differences_gradient_matches_finite_differences():
+    gen = torch.Generator().manual_seed(4)
+    f = torch.randn(2, 2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 2, 5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: neighbourhood_differences(a, b, 5), (f, g), fast_mode=True)
+
+
+def test_neighbourhood_difference_of_constant_maps_is_zero_inside_and_value_at_border():
+    # Hand value: f = g = 2 everywhere. Inside, every difference is 0; a neighbour outside the map is 0, so 2 - 0.
+    f = torch.full((1, 1, 5, 5), 2.0)
+    k = neighbourhood_differences(f, f.clone(), 5).view(25, 5, 5)
+    assert torch.all(k[:, 2, 2] == 0)
+    corner = k[:, 0, 0].view(5, 5)
+    assert torch.all(corner[:2, :] == 2) and torch.all(corner[:, :2] == 2) and torch.all(corner[2:, 2:] == 0)
+
+
+def test_patch_summary_equals_stride5_convolution_of_the_expanded_map():
+    gen = torch.Generator().manual_seed(1)
+    diffs = torch.relu(torch.randn(2, 4, 25, 5, 3, generator=gen))
+    layer = PatchSummary(4, 6, 5)
+    reference = F.relu(F.conv2d(expanded_map(diffs, 5), layer.conv.weight, layer.conv.bias, stride=5))
+    torch.testing.assert_close(layer(as_matrix(diffs), (2, 5, 3)), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_paper_shapes_for_160x60_inputs():
+    model = build_model("idla").eval()
+    assert model.input_size == (160, 60)
+    assert trunk_output_size((160, 60)) == (37, 12)
+    assert AcrossPatch.output_size((37, 12)) == (18, 5)  # the paper's 25 x 18 x 5 across-patch maps
+    assert model.head[0].in_features == 2 * 25 * 18 * 5 and model.head[0].out_features == 500
+    x1, x2 = torch.randn(3, 3, 160, 60), torch.randn(3, 3, 160, 60)
+    assert model.embed(x1).shape == (3, 25, 37, 12)
+    with torch.no_grad():
+        logits = model(x1, x2)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+
+
+def test_weights_are_tied_one_trunk_serves_both_views():
+    model = build_model("idla").eval()
+    conv_weights = [name for name, _ in model.named_parameters() if name.endswith("weight") and "trunk" in name]
+    assert conv_weights == ["trunk.conv1.weight", "trunk.conv2.weight"]
+    seen: list[torch.Tensor] = []
+    model.trunk.conv1.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    gen = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(2, 3, 160, 60, generator=gen), torch.randn(2, 3, 160, 60, generator=gen)
+    with torch.no_grad():
+        logits = model(x1, x2)
+    torch.testing.assert_close(torch.cat(seen), torch.cat([x1, x2]))  # both views went through trunk.conv1
+    # and the pair output is the head applied to trunk(x1), trunk(x2) computed separately with that one trunk
+    with torch.no_grad():
+        separate = model.pair_logits(model.trunk(x1), model.trunk(x2))
+    torch.testing.assert_close(logits, separate, rtol=1e-4, atol=1e-5)
+
+
+def test_tied_gradients_reach_the_shared_trunk_from_each_view():
+    model = build_model("idla")
+    x = torch.randn(2, 3, 160, 60)
+    feats = model.trunk(x)
+    model.pair_logits(feats[:1], feats[1:].detach()).sum().backward()
+    grad_from_view1 = model.trunk.conv1.weight.grad.clone()
+    model.zero_grad()
+    feats = model.trunk(x)
+    model.pair_logits(feats[:1].detach(), feats[1:]).sum().backward()
+    assert grad_from_view1.abs().sum() > 0 and model.trunk.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("shape", "dtype", "needle"), [
+    ((2, 3, 128, 64), torch.float32, "160"),
+    ((2, 1, 160, 60), torch.float32, "(N, 3, 160, 60)"),
+    ((2, 3, 160, 60), torch.uint8, "float"),
+])
+def test_wrong_input_gives_a_clear_error(shape, dtype, needle):
+    model = build_model("idla")
+    bad = torch.zeros(shape, dtype=dtype)
+    with pytest.raises(ModelError, match="x2") as info:
+        model(torch.zeros(2, 3, 160, 60), bad)
+    assert needle in str(info.value)
+
+
+def test_mismatched_batch_sizes_and_unknown_options_are_rejected():
+    model = build_model("idla")
+    with pytest.raises(ModelError, match="same number"):
+        model(torch.zeros(2, 3, 160, 60), torch.zeros(3, 3, 160, 60))
+    with pytest.raises(ModelError, match="unknown option"):
+        build_model("idla", filters=3)
+    with pytest.raises(ModelError, match="dropout"):
+        build_model("idla", dropout=1.5)
+
+
+def test_score_equals_forward_on_every_pair_one_at_a_time():
+    model = build_model("idla", input_size=(40, 24))  # small input: same code path, fast test
+    model.train()  # score() must switch dropout off by itself, and restore the mode afterwards
+    gen = torch.Generator().manual_seed(3)
+    query, gallery = torch.randn(3, 3, 40, 24, generator=gen), torch.randn(4, 3, 40, 24, generator=gen)
+    scores = model.score(query, gallery, batch_size=5)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(4):
+                logits = model(query[i:i + 1], gallery[j:j + 1])[0]
+                assert scores[i, j].item() == pytest.approx((logits[1] - logits[0]).item(), abs=1e-4)
