@@ -108,7 +108,7 @@ def bench_models(batch: int, repeats: int) -> dict[str, dict]:
     return {**bench_model("idla", x1, x2, repeats), **bench_model("idla_ncc", x1, x2, repeats)}
 
 
-def bench_ncc(batch: int, repeats: int) -> dict[str, dict]:
+def bench_ncc(batch: int, repeats: int, naive: bool = True) -> dict[str, dict]:
     gen = torch.Generator().manual_seed(1)
     a, b = torch.rand(batch, *MAP_SHAPE, generator=gen), torch.rand(batch, *MAP_SHAPE, generator=gen)
     layer = NormalizedCrossCorrelation()
@@ -117,9 +117,11 @@ def bench_ncc(batch: int, repeats: int) -> dict[str, dict]:
         results["NCC layer forward (N, 1500, 37, 12) maps"] = throughput(lambda: layer(a, b), batch, repeats)
         results["NCC layer correlate_padded (no final transpose)"] = throughput(lambda: layer.correlate_padded(a, b),
                                                                                batch, repeats)
+    if not naive:
+        return results
     # One channel of one pair, times the channel count: the full pair takes minutes of loop overhead.
-    naive = timed(lambda: naive_ncc_one_pair(a[0, :1].numpy(), b[0, :1].numpy()), 1)
-    per_pair = naive["median_s"] * MAP_SHAPE[0]
+    naive_time = timed(lambda: naive_ncc_one_pair(a[0, :1].numpy(), b[0, :1].numpy()), 1)
+    per_pair = naive_time["median_s"] * MAP_SHAPE[0]
     results["NCC naive Python loops (1 channel timed, x25)"] = {"per_second": 1 / per_pair, "median_s": per_pair}
     return results
 
@@ -213,17 +215,26 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [
         "# Pair networks: throughput and validation results", "",
-        f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']} (CPU), {env['threads']} torch thread(s). "
-        f"Load average before / after: {env['load_before']:.1f} / {env['load_after']:.1f} - the machine was shared "
-        "with other engineers' jobs, so absolute numbers are noisy and pessimistic; compare rows within one run.",
-        "", f"## Throughput (batch {report['batch']}, float32, medians of {report['repeats']} runs)", "",
-        "| what | pairs (or images) / s | best run |", "|---|---:|---:|",
+        f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']} (CPU). The machine is shared with "
+        f"other engineers' jobs: 1-minute load average {env['load_before']:.1f} before and {env['load_after']:.1f} "
+        "after this run, so the numbers are noisy (and pessimistic when the load is high); compare rows within one "
+        "run.",
+        "", f"## Throughput (batch {report['batch']}, float32 unless noted, medians of {report['repeats']} runs)", "",
     ]
-    for name, r in {**report["models"], **report["ncc"]}.items():
-        if r["per_second"] < 1:
-            lines.append(f"| {name} | {r['median_s']:.1f} s per pair | |")
-        else:
-            lines.append(f"| {name} | {r['per_second']:,.1f} | {r['best_per_second']:,.1f} |")
+    thread_counts = list(report["throughput"])
+    lines += ["| what | " + " | ".join(f"{t} thread(s): median (best) per s" for t in thread_counts) + " |",
+              "|---|" + "---:|" * len(thread_counts)]
+    for name in report["throughput"][thread_counts[0]]:
+        cells = []
+        for t in thread_counts:
+            r = report["throughput"][t].get(name)
+            if r is None:
+                cells.append("-")
+            elif r["per_second"] < 1:
+                cells.append(f"{r['median_s']:.1f} s per pair")
+            else:
+                cells.append(f"{r['per_second']:,.1f} ({r['best_per_second']:,.1f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Targets from the issue: IDLA >= 2,000 pairs/s at batch 256 and NCC >= 1,000 pairs/s for 37x12x25 "
               "maps, both on 2 idle cores. See docs/pair_networks.md for the discussion.", ""]
     if report["runs"]:
@@ -262,9 +273,10 @@ def cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure")
     parser.add_argument("--quick", action="store_true", help="batch 32, 1 repeat: checks the script runs")
     parser.add_argument("--runs", type=Path, nargs="*", default=[ROOT / "runs" / "idla_cuhk03np",
                                                                  ROOT / "runs" / "idla_ncc_cuhk03np"])
@@ -272,19 +284,23 @@ def main() -> None:
                         help="dataset root for the re-ranking section")
     parser.add_argument("--embedding", type=Path, help="embedding checkpoint (same carve-out) whose top-k to re-rank")
     args = parser.parse_args()
+    if args.markdown_only:
+        atomic_write_text(markdown(json.loads(OUT_JSON.read_text())), OUT_MD)
+        return
     if args.quick:
         args.batch, args.repeats = 32, 1
-    if args.threads:
-        torch.set_num_threads(args.threads)
     retain_freed_memory()
     load_before = os.getloadavg()[0]
-    report = {"batch": args.batch, "repeats": args.repeats, "models": bench_models(args.batch, args.repeats),
-              "ncc": bench_ncc(args.batch, args.repeats), "runs": run_results(args.runs, copy_pictures=not args.quick)}
+    report: dict = {"batch": args.batch, "repeats": args.repeats, "throughput": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        report["throughput"][str(threads)] = {**bench_models(args.batch, args.repeats),
+                                              **bench_ncc(args.batch, args.repeats, naive=threads == args.threads[0])}
+    report["runs"] = run_results(args.runs, copy_pictures=not args.quick)
     if not args.quick:
         reranks = {run.name: bench_rerank(run, args.data, embedding=args.embedding) for run in args.runs}
         report["rerank"] = {name: r for name, r in reranks.items() if r}
-    report["environment"] = {"cpu": cpu_name(), "cores": os.cpu_count(),
-                             "torch": torch.__version__, "threads": torch.get_num_threads(),
+    report["environment"] = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                              "load_before": load_before, "load_after": os.getloadavg()[0]}
     if not args.quick:  # a smoke run must not overwrite the published numbers
         atomic_write_json(report, OUT_JSON)

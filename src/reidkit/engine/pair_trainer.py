@@ -429,8 +429,11 @@ def plot_pair_training_curves(rows: list[dict], path: str | Path) -> None:
 
 
 def train_pair_model(cfg: PairTrainConfig, data_root: str | Path | None = None, out_dir: str | Path = "runs/pair",
-                     resume: bool = False, device: str = "auto", show_progress: bool = True) -> dict[str, Any]:
-    """Train a pair network per `cfg`; returns the summary (also written to out_dir/summary.json)."""
+                     resume: bool = False, device: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train a pair network per `cfg`; returns the summary (also written to out_dir/summary.json).
+
+    `data_root` overrides cfg.data.root and `device` ("auto", "cpu", "cuda", ...) overrides cfg.device.
+    """
     return PairTrainer(cfg, out_dir, data_root, device, show_progress).fit(resume=resume)
 
 
@@ -438,8 +441,7 @@ def train_pair_model_from_cli(config: str | Path | None, overrides: list[str], d
                               out: str | Path, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """What `reidkit train --config <pair config>` runs; prints the headline numbers."""
     cfg = load_config(PairTrainConfig, config, overrides)
-    summary = train_pair_model(cfg, data_root=data, out_dir=out, resume=resume, device=cfg.device,
-                               show_progress=show_progress)
+    summary = train_pair_model(cfg, data_root=data, out_dir=out, resume=resume, show_progress=show_progress)
     best = summary.get("best") or {}
     if best:
         print(f"best validation (epoch {best['epoch']}): pair accuracy {best['balanced_accuracy']:.1f}%  "
