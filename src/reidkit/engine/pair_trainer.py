@@ -15,7 +15,6 @@ classic single-shot CMC (100 validation identities, 10 draws), with pictures in 
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from ..metrics.pair_ranking import cuhk03_single_shot_cmc
 from ..metrics.plots import plot_cmc
 from ..metrics.verification import plot_confusion, plot_roc, roc_curve, verification_report
 from ..models import build_model
-from ..utils import atomic_path, atomic_write_json, atomic_write_text, progress, resolve_device, seed_everything
+from ..utils import atomic_path, atomic_write_json, progress, resolve_device, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .pairs import (
     PairBatch,
@@ -49,6 +48,7 @@ from .pairs import (
     random_flip,
     random_translate,
 )
+from .runlog import append_log, restart_log
 
 PAIR_MODEL_NAMES = ("idla", "idla_ncc")
 
@@ -353,13 +353,6 @@ class PairTrainer:
         set_rng_state(payload["rng"])
         return payload["epoch"], payload["metrics"].get("best", {})
 
-    def _log_rows(self, up_to_epoch: int) -> list[dict]:
-        path = self.out / "log.jsonl"
-        if not path.exists():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if r["epoch"] <= up_to_epoch]
-
     # -------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
@@ -367,8 +360,7 @@ class PairTrainer:
         start_epoch, best = 0, {}
         if resume and (self.out / "last.pt").exists():
             start_epoch, best = self._resume()
-        rows = self._log_rows(start_epoch)
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), self.out / "log.jsonl")
+        rows = restart_log(self.out / "log.jsonl", start_epoch)
         atomic_write_json(to_dict(cfg), self.out / "config.json")
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         epochs_done = start_epoch
@@ -383,8 +375,7 @@ class PairTrainer:
                     self._save("best.pt", epoch + 1, {"best": best})
             self._save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
             rows.append(row)
-            with open(self.out / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_log(self.out / "log.jsonl", row)
             plot_pair_training_curves(rows, self.out / "pair_training_curves.png")
             epochs_done = epoch + 1
             # Stop when the next epoch (assumed as long as this one) would end past the budget.

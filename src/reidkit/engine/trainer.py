@@ -8,7 +8,6 @@ from (seed, epoch), so `resume` continues to exactly the result of an uninterrup
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict
@@ -28,11 +27,12 @@ from ..errors import ConfigError, TrainingError
 from ..losses import MutualLearningLoss, build_loss, loss_parameters
 from ..metrics import compute_distance_matrix, evaluate_rank_full, summarize
 from ..models import build_model
-from ..utils import atomic_write_json, atomic_write_text, progress, resolve_device, seed_everything
+from ..utils import atomic_write_json, progress, resolve_device, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .features import embed_tensor
 from .plots import plot_training_curves
+from .runlog import append_log, restart_log
 from .sampler import PKSampler
 from .transforms import BatchAugment, normalize
 
@@ -263,16 +263,6 @@ class EmbeddingTrainer:
         set_rng_state(payload["rng"])
         return payload["epoch"], payload["metrics"].get("best", {})
 
-    def _log_path(self) -> Path:
-        return self.out / "log.jsonl"
-
-    def _read_log(self, up_to_epoch: int) -> list[dict]:
-        path = self._log_path()
-        if not path.exists():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in rows if r["epoch"] <= up_to_epoch]
-
     # -------------------------------------------------------------------- fit
     def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.cfg
@@ -280,8 +270,8 @@ class EmbeddingTrainer:
         start_epoch, best = 0, {}
         if resume and (self.out / "last.pt").exists():
             start_epoch, best = self._resume()
-        rows = self._read_log(start_epoch)
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in rows), self._log_path())
+        log_path = self.out / "log.jsonl"
+        rows = restart_log(log_path, start_epoch)
         atomic_write_json(to_dict(cfg), self.out / "config.json")
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
         epoch = start_epoch
@@ -301,8 +291,7 @@ class EmbeddingTrainer:
                         self._save("best.pt" if s == 0 else f"best_student{s}.pt", epoch + 1, {"best": best}, s)
             self._save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
             rows.append(row)
-            with open(self._log_path(), "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_log(log_path, row)
             plot_training_curves(rows, self.out / "training_curves.png")
             if out_of_time and epoch + 1 < cfg.optim.epochs:
                 print(f"time budget of {cfg.max_minutes} min reached after epoch {epoch + 1}; "

@@ -167,8 +167,8 @@ class PairNetwork(nn.Module):
     input_std = IMAGENET_STD
 
     def reset_parameters(self) -> None:
-        """He (fan-in, ReLU) initialisation, zero biases. PyTorch's default shrinks the signal ~2x per layer in
-        this BatchNorm-free stack, so the logits start almost constant and training stalls at loss ln 2."""
+        """He (fan-in, ReLU) initialisation, zero biases: activations stay near unit scale through this
+        BatchNorm-free stack (with PyTorch's default they shrink layer by layer; the logits start at ~+-0.05)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
