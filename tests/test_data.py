@@ -599,3 +599,13 @@ def test_cuhk03np_detected_train_split(tmp_path):
         len(carved.train), 300, 7365 - len(carved.train) - 300)
     assert _names(back.query) == _names(carved.query)
     assert check_query_gallery(back).num_unmatched == 0
+
+
+def test_market_root_with_only_a_training_folder_loads_as_train(tmp_path):
+    root = _basic_market(tmp_path / "market")
+    shutil.rmtree(root / "bounding_box_test")
+    shutil.rmtree(root / "query")
+    ds = load_dataset(root)
+    expected = sorted(p.name for p in (root / "bounding_box_train").glob("*.jpg") if not p.name.startswith("-1"))
+    assert sorted(Path(r.path).name for r in ds.train) == expected
+    assert ds.query == [] and ds.gallery == []

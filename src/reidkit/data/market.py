@@ -120,16 +120,24 @@ def load_image_folder(folder: str | os.PathLike, verify: bool = False) -> ReIDDa
 
 
 def load_market(root: str | os.PathLike, verify: bool = False) -> ReIDDataset:
-    """Load a Market-1501-layout root. Every split must exist and hold images; `verify` decodes them all."""
+    """Load a Market-1501-layout root; `verify` decodes every image.
+
+    Query and gallery come together (either folder alone is an error); a root holding only the training folder
+    (e.g. a CUHK03-NP training release) loads as train only, and one holding only query + gallery as an
+    evaluation set. Every folder present must hold images.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"missing folder {root}: dataset root does not exist")
-    scans = {split: scan_image_folder(root / MARKET_FOLDERS[split]) for split in SPLITS}
+    has_eval = any((root / MARKET_FOLDERS[split]).exists() for split in ("query", "gallery"))
+    wanted = [split for split in SPLITS if split != "train" or (root / MARKET_FOLDERS["train"]).exists()]
+    wanted = [split for split in wanted if split == "train" or has_eval]
+    scans = {split: scan_image_folder(root / MARKET_FOLDERS[split]) for split in wanted}
     notes: list[str] = []
     for scan in scans.values():
         _require_images(scan)
         notes.extend(scan.notes())
-    dataset = ReIDDataset(**{split: scans[split].records for split in SPLITS}, name=root.name)
+    dataset = ReIDDataset(**{split: scans[split].records for split in scans}, name=root.name)
     if verify:
         raise_if_bad_images(dataset.train + dataset.query + dataset.gallery, str(root))
     return finish_dataset(dataset, notes)
