@@ -10,28 +10,21 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from ..miners.registry import build_miner, check_kwargs
+from ..registry import Registry
 
-_LOSSES: dict[str, type[nn.Module]] = {}
+_LOSSES: Registry[type[nn.Module]] = Registry("loss", ConfigError)
 
 
 def register_loss(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ConfigError(f"loss name {name!r} registered twice")
-        _LOSSES[name] = cls
-        return cls
-
-    return decorator
+    return _LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
-    return sorted(_LOSSES)
+    return _LOSSES.names()
 
 
 def loss_class(name: str) -> type[nn.Module]:
-    if name not in _LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(list_losses())}")
-    return _LOSSES[name]
+    return _LOSSES.get(name)
 
 
 def loss_parameters(name: str) -> list[str]:

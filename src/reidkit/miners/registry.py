@@ -7,22 +7,17 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
+from ..registry import Registry
 
-_MINERS: dict[str, type] = {}
+_MINERS: Registry[type] = Registry("miner", ConfigError)
 
 
 def register_miner(name: str) -> Callable[[type], type]:
-    def decorator(cls: type) -> type:
-        if name in _MINERS and _MINERS[name] is not cls:
-            raise ConfigError(f"miner name {name!r} registered twice")
-        _MINERS[name] = cls
-        return cls
-
-    return decorator
+    return _MINERS.register(name)
 
 
 def list_miners() -> list[str]:
-    return sorted(_MINERS)
+    return _MINERS.names()
 
 
 def check_kwargs(kind: str, name: str, cls: type, cfg: dict[str, Any]) -> None:
@@ -40,7 +35,6 @@ def build_miner(name: str | dict[str, Any], **cfg: Any):
         if "name" not in cfg:
             raise ConfigError(f"miner config {name!r}: missing 'name'; available: {', '.join(list_miners())}")
         name = cfg.pop("name")
-    if name not in _MINERS:
-        raise ConfigError(f"unknown miner {name!r}; available: {', '.join(list_miners())}")
-    check_kwargs("miner", name, _MINERS[name], cfg)
-    return _MINERS[name](**cfg)
+    cls = _MINERS.get(name)
+    check_kwargs("miner", name, cls, cfg)
+    return cls(**cfg)

@@ -13,19 +13,14 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from ..errors import ModelError
+from ..registry import Registry
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_BUILDERS: Registry[Callable[..., nn.Module]] = Registry("model", ModelError)
 _discovered = False
 
 
 def register_model(name: str) -> Callable:
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _BUILDERS and _BUILDERS[name] is not fn:
-            raise ModelError(f"model name {name!r} registered twice")
-        _BUILDERS[name] = fn
-        return fn
-
-    return decorator
+    return _BUILDERS.register(name)
 
 
 def _discover() -> None:
@@ -41,12 +36,10 @@ def _discover() -> None:
 
 def list_models() -> list[str]:
     _discover()
-    return sorted(_BUILDERS)
+    return _BUILDERS.names()
 
 
 def build_model(name: str, **cfg) -> nn.Module:
     """Build a registered model; unknown names raise a ModelError listing the valid ones."""
     _discover()
-    if name not in _BUILDERS:
-        raise ModelError(f"unknown model {name!r}; available: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[name](**cfg)
+    return _BUILDERS.get(name)(**cfg)

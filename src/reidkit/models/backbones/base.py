@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import ModelError
+from ...registry import Registry
 
 # Normalisation of torchvision-style ImageNet training (RGB scaled to 0..1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,21 +36,15 @@ class Backbone(nn.Module):
 
 
 BackboneBuilder = Callable[..., Backbone]
-_BACKBONES: dict[str, BackboneBuilder] = {}
+_BACKBONES: Registry[BackboneBuilder] = Registry("backbone", ModelError)
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    def decorator(fn: BackboneBuilder) -> BackboneBuilder:
-        if name in _BACKBONES and _BACKBONES[name] is not fn:
-            raise ModelError(f"backbone name {name!r} registered twice")
-        _BACKBONES[name] = fn
-        return fn
-
-    return decorator
+    return _BACKBONES.register(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(_BACKBONES)
+    return _BACKBONES.names()
 
 
 def build_backbone(name: str, pretrained: bool = False, **kwargs) -> Backbone:
@@ -57,9 +52,7 @@ def build_backbone(name: str, pretrained: bool = False, **kwargs) -> Backbone:
 
     Options a backbone does not take raise a ModelError naming the options it does take.
     """
-    if name not in _BACKBONES:
-        raise ModelError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
-    builder = _BACKBONES[name]
+    builder = _BACKBONES.get(name)
     accepted = [p for p in inspect.signature(builder).parameters if p != "pretrained"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
