@@ -3,6 +3,8 @@ loops for query expansion and the kNN graph, and the Kronecker-product closed fo
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -299,3 +301,24 @@ def test_rerank_dispatch():
     np.testing.assert_allclose(rerank(query, gallery, "aqe", top_k=3), naive_euclidean(qe_q, qe_g), atol=1e-5)
     with pytest.raises(ConfigError, match="unknown re-ranking method"):
         rerank(query, gallery, "magic")
+
+
+def test_cli_evaluate_rerank_matches_published_function_then_loop_evaluation(tmp_path):
+    from reidkit.cli import main
+    from reidkit.metrics import evaluate_rank
+
+    rng = np.random.default_rng(5)
+    query, gallery = clustered_features(20, 60, 8, seed=5)
+    q_pids, g_pids = rng.integers(1, 6, 20), rng.integers(1, 6, 60)
+    q_camids, g_camids = np.zeros(20, dtype=int), np.ones(60, dtype=int)
+    path = tmp_path / "features.npz"
+    np.savez(path, query_features=query, gallery_features=gallery, q_pids=q_pids, g_pids=g_pids,
+             q_camids=q_camids, g_camids=g_camids)
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--features", str(path), "--rerank", "k_reciprocal", "--max-rank", "10",
+                 "--out", str(out), "--quiet"]) == 0
+    reference = public_re_ranking(*three_distances(query, gallery))
+    cmc, mAP = evaluate_rank(reference, q_pids, g_pids, q_camids, g_camids, max_rank=10)
+    report = json.loads(out.read_text())
+    assert report["mAP"] == pytest.approx(100 * mAP, abs=1e-3)
+    assert report["rank1"] == pytest.approx(100 * cmc[0], abs=1e-3)
