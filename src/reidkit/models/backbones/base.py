@@ -70,3 +70,16 @@ def no_offline_weights(name: str) -> ModelError:
         f"{name} has no offline ImageNet weights in reidkit; build it with pretrained=False and load your own "
         "with reidkit.models.embedding.load_user_weights(model.backbone, path)"
     )
+
+
+def init_conv_norm(module: nn.Module) -> None:
+    """He (fan-out) init for every conv, zero conv biases, unit/zero affine norms: the ImageNet-recipe init
+    shared by every backbone trained from scratch."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone, check_last_stride, register_backbone
+from .base import Backbone, check_last_stride, init_conv_norm, register_backbone
 from .pretrained import WeightFile, load_imagenet_weights
 
 BN_EPS = 1e-3
@@ -143,7 +143,7 @@ class EfficientNetLite(Backbone):
         # ImageNet classifier: only kept to check the pretrained weights (classify()); not part of forward().
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes) if num_classes else None
         self.output_stride = 32 if last_stride == 2 else 16
-        self._init_weights()
+        init_conv_norm(self)
 
     @staticmethod
     def _make_blocks(width: float, depth: float, last_stride: int, drop_path_rate: float) -> list[MBConvBlock]:
@@ -157,13 +157,6 @@ class EfficientNetLite(Backbone):
                 blocks.append(MBConvBlock(c_in if i == 0 else c_out, c_out, k, stride if i == 0 else 1, e, rate))
         return blocks
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))

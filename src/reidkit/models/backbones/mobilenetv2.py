@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Backbone, check_last_stride, register_backbone
+from .base import Backbone, check_last_stride, init_conv_norm, register_backbone
 from .pretrained import WeightFile, load_imagenet_weights
 
 MOBILENETV2_WEIGHTS = WeightFile(
@@ -68,15 +68,8 @@ class MobileNetV2(Backbone):
         layers.append(nn.Sequential(*_conv_bn_relu6(in_ch, self.out_channels, 1, 1)))
         self.features = nn.Sequential(*layers)
         self.output_stride = 32 if last_stride == 2 else 16
-        self._init_weights()
+        init_conv_norm(self)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone, no_offline_weights, register_backbone
+from .base import Backbone, init_conv_norm, no_offline_weights, register_backbone
 
 
 class ConvLayer(nn.Module):
@@ -90,7 +90,7 @@ class OSNet(Backbone):
         self.conv5 = ConvLayer(channels[3], channels[3])
         self.out_channels = channels[3]
         self.output_stride = 16
-        self._init_weights()
+        init_conv_norm(self)
 
     @staticmethod
     def _make_layer(blocks: int, in_ch: int, out_ch: int, reduce: bool) -> nn.Sequential:
@@ -100,15 +100,6 @@ class OSNet(Backbone):
             layers.append(nn.Sequential(ConvLayer(out_ch, out_ch), nn.AvgPool2d(2, stride=2)))
         return nn.Sequential(*layers)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))

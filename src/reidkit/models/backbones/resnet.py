@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Backbone, check_last_stride, no_offline_weights, register_backbone
+from .base import Backbone, check_last_stride, init_conv_norm, no_offline_weights, register_backbone
 
 
 class IBN(nn.Module):
@@ -70,7 +70,7 @@ class ResNet(Backbone):
         self.layer4 = self._make_layer(512, layers[3], last_stride, False)
         self.out_channels = 512 * Bottleneck.expansion
         self.output_stride = 32 if last_stride == 2 else 16
-        self._init_weights()
+        init_conv_norm(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int, ibn: bool) -> nn.Sequential:
         layers = [Bottleneck(self._in_ch, planes, stride, ibn)]
@@ -78,13 +78,6 @@ class ResNet(Backbone):
         layers += [Bottleneck(self._in_ch, planes, 1, ibn) for _ in range(blocks - 1)]
         return nn.Sequential(*layers)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

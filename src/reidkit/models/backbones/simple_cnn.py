@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import ModelError
-from .base import Backbone, check_last_stride, no_offline_weights, register_backbone
+from .base import Backbone, check_last_stride, init_conv_norm, no_offline_weights, register_backbone
 
 
 class SimpleCNN(Backbone):
@@ -21,9 +21,7 @@ class SimpleCNN(Backbone):
         self.features = nn.Sequential(*layers)
         self.out_channels = channels[-1]
         self.output_stride = 8 * last_stride
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_conv_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
