@@ -70,7 +70,6 @@ class MobileNetV2(Backbone):
         self.output_stride = 32 if last_stride == 2 else 16
         init_conv_norm(self)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
