@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AP definition: torchreid (precision at each hit) or the official Market-1501 trapezoid")
     p.add_argument("--rerank", choices=("none", "k_reciprocal", "aqe", "ssm"), default="none",
                    help="re-rank query-gallery distances (with --features or --checkpoint)")
+    p.add_argument("--local-weight", type=float, default=0.0,
+                   help="AlignedReID: add W x the local (shortest-path) distance to the --metric distance; needs a "
+                        "checkpoint with a local branch or features with query_local/gallery_local (0 = global only; "
+                        "--metric l2 --local-weight 1 is the paper's global + local distance)")
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--out", type=Path, help="write metrics JSON (and a CMC plot beside it)")
     p.add_argument("--device", default="auto")

@@ -18,6 +18,8 @@ class ModelConfig:
     bnneck: bool = True
     dropout: float = 0.0
     last_stride: int | None = None  # 1 keeps a larger final map (strong-baseline practice); None = backbone default
+    local_dim: int = 0  # AlignedReID local branch: features per feature-map row (128 in the paper); 0 = off
+    local_pool: str = "max"  # row pooling of the local branch: max (paper) | avg (popular re-implementation)
 
 
 @dataclass
@@ -41,6 +43,9 @@ class LossConfig:
     margin: float = 0.3
     soft_margin: bool = False
     metric_params: dict[str, Any] = field(default_factory=dict)  # extra loss arguments, e.g. {alpha: 0.3, beta: 0.15}
+    # AlignedReID local batch-hard triplet (same margin; hard samples mined on the GLOBAL distance). Needs
+    # model.local_dim > 0; joins with the ranking loss after optim.pretrain_epochs. 0 = off.
+    local_weight: float = 0.0
     # Mutual learning (two students): weights of the KL and metric mutual terms.
     mutual_kl_weight: float = 1.0
     mutual_metric_weight: float = 1.0
@@ -79,4 +84,7 @@ class TrainConfig:
     channels_last: bool = True  # NHWC memory format: ~2x faster training of the mobile backbones on CPU
     eval_every: int = 1
     flip_tta: bool = False  # average embeddings of the image and its mirror at validation
+    # With a local branch, validation also reports "val_local": global euclidean + val_local_weight * local distance.
+    val_local_weight: float = 1.0
+    select_on: str = "val"  # which validation mAP picks best.pt: val (global) | val_local (global + local)
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable

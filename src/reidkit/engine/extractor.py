@@ -12,10 +12,10 @@ from PIL import Image
 from ..data import load_dataset
 from ..data.records import split_arrays
 from ..data.store import load_image_tensor
-from ..errors import ReIDError
+from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
 from .checkpoint import model_from_checkpoint
-from .features import embed_tensor
+from .features import embed_tensor, embed_tensor_local
 from .transforms import resize_image
 
 ImageLike = str | Path | Image.Image | np.ndarray
@@ -26,6 +26,7 @@ class Extractor:
 
     >>> ext = Extractor("runs/x/best.pt")
     >>> feats = ext.embed(["a.jpg", "b.jpg"])        # (2, D) float32, L2-normalised
+    >>> feats, local = ext.embed(paths, local=True)  # + (2, stripes, local_dim) AlignedReID local features
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 128, flip: bool = False,
@@ -43,6 +44,11 @@ class Extractor:
     @property
     def dim(self) -> int:
         return int(self.model.embedding_dim)
+
+    @property
+    def has_local(self) -> bool:
+        """True when the checkpoint's model has the AlignedReID local branch."""
+        return getattr(self.model, "local_branch", None) is not None
 
     def _to_uint8(self, items: Sequence[ImageLike]) -> torch.Tensor:
         paths = [i for i in items if isinstance(i, (str, Path))]
@@ -62,29 +68,55 @@ class Extractor:
                 raise ReIDError(f"images[{i}]: expected a path, PIL image or HxWx3 uint8 array, got {type(item)}")
         return torch.stack(arrays)
 
-    def embed_uint8(self, images: torch.Tensor, show_progress: bool = False) -> np.ndarray:
-        """uint8 tensor (N,3,H,W) already at input size -> (N, D) float32."""
-        return embed_tensor(self.model, images, mean=self.mean, std=self.std, device=self.device,
-                            batch_size=self.batch_size, flip=self.flip, show_progress=show_progress).numpy()
+    def embed_uint8(self, images: torch.Tensor, show_progress: bool = False, local: bool = False
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """uint8 tensor (N,3,H,W) already at input size -> (N, D) float32; local=True: (global, local) with the
+        AlignedReID local features (N, stripes, local_dim) as the second array."""
+        kw = dict(mean=self.mean, std=self.std, device=self.device, batch_size=self.batch_size, flip=self.flip,
+                  show_progress=show_progress)
+        if not local:
+            return embed_tensor(self.model, images, **kw).numpy()
+        self._require_local()
+        global_features, local_features = embed_tensor_local(self.model, images, **kw)
+        return global_features.numpy(), local_features.numpy()
 
-    def embed(self, images: Sequence[ImageLike], show_progress: bool = False) -> np.ndarray:
+    def embed(self, images: Sequence[ImageLike], show_progress: bool = False, local: bool = False
+              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.embed_uint8(self._to_uint8(list(images)), show_progress)
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            if not local:
+                return empty
+            self._require_local()
+            return empty, np.zeros((0, 0, self.model.local_dim), dtype=np.float32)
+        return self.embed_uint8(self._to_uint8(list(images)), show_progress, local=local)
+
+    def _require_local(self) -> None:
+        if not self.has_local:
+            raise ModelError(f"checkpoint {self.checkpoint}: local=True needs a model with the AlignedReID local "
+                             "branch (trained with model.local_dim > 0)")
 
 
 def extract_split_features(checkpoint: str | Path, data_root: str | Path, device: str = "auto",
-                           show_progress: bool = True, flip: bool = False) -> dict[str, np.ndarray]:
-    """Query/gallery features of a dataset, in the layout `reidkit evaluate --features` reads."""
+                           show_progress: bool = True, flip: bool = False, local: bool = False
+                           ) -> dict[str, np.ndarray]:
+    """Query/gallery features of a dataset, in the layout `reidkit evaluate --features` reads.
+
+    local=True adds the AlignedReID local features as `query_local` / `gallery_local`.
+    """
     dataset = load_dataset(data_root)
     if not dataset.query or not dataset.gallery:
         raise ReIDError(f"{data_root}: needs query and gallery splits to evaluate")
     ext = Extractor(checkpoint, device=device, flip=flip)
+    if local:
+        ext._require_local()  # before the images are loaded
     out: dict[str, np.ndarray] = {}
     for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
         paths, pids, camids = split_arrays(records)
         images = load_image_tensor(paths, ext.input_size, ext.resize, show_progress, desc=f"loading {split}")
-        out[f"{split}_features"] = ext.embed_uint8(images, show_progress)
+        if local:
+            out[f"{split}_features"], out[f"{split}_local"] = ext.embed_uint8(images, show_progress, local=True)
+        else:
+            out[f"{split}_features"] = ext.embed_uint8(images, show_progress)
         key = split[0]
         out[f"{key}_pids"], out[f"{key}_camids"], out[f"{key}_paths"] = pids, camids, np.asarray(paths)
     return out

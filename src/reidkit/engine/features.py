@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..errors import ModelError
 from ..utils import progress
 from .transforms import normalize
+
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, mean: Sequence[float],
+                 std: Sequence[float], device: torch.device, batch_size: int, flip: bool, show_progress: bool,
+                 desc: str) -> list[tuple[torch.Tensor, ...]]:
+    """Per batch, the float32 CPU outputs of `forward` in eval mode (flip=True: summed with the mirror's)."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    starts = range(0, images.shape[0], batch_size)
+    for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
+        x = normalize(images[start:start + batch_size].to(device), mean, std)
+        x = x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
+        outs = forward(x)
+        if flip:
+            outs = tuple(a + b for a, b in zip(outs, forward(x.flip(-1)), strict=True))
+        chunks.append(tuple(o.float().cpu() for o in outs))
+    model.train(was_training)
+    return chunks
 
 
 @torch.no_grad()
@@ -19,18 +41,28 @@ def embed_tensor(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float
 
     flip=True averages the embeddings of each image and its mirror image (test-time augmentation).
     """
-    was_training = model.training
-    model.eval()
-    chunks = []
-    starts = range(0, images.shape[0], batch_size)
-    for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
-        x = normalize(images[start:start + batch_size].to(device), mean, std)
-        x = x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
-        emb = model(x)
-        if flip:
-            emb = emb + model(x.flip(-1))
-        chunks.append(nn.functional.normalize(emb.float(), dim=1).cpu())
-    model.train(was_training)
+    chunks = _run_batches(model, lambda x: (model(x),), images, mean=mean, std=std, device=device,
+                          batch_size=batch_size, flip=flip, show_progress=show_progress, desc=desc)
     if not chunks:
         return torch.empty(0, 0)
-    return torch.cat(chunks)
+    return nn.functional.normalize(torch.cat([c[0] for c in chunks]), dim=1)
+
+
+@torch.no_grad()
+def embed_tensor_local(model: nn.Module, images: torch.Tensor, *, mean: Sequence[float], std: Sequence[float],
+                       device: torch.device, batch_size: int = 128, flip: bool = False,
+                       show_progress: bool = False, desc: str = "embedding") -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (N,3,H,W) -> (global (N,D) L2-normalised, AlignedReID local (N, stripes, local_dim)) on the CPU.
+
+    flip=True averages image and mirror for both; local features are averaged, not normalised, so they keep
+    the scale the local loss trained (row pooling makes them nearly mirror-invariant anyway).
+    """
+    if getattr(model, "local_branch", None) is None:
+        raise ModelError("local features: the model has no AlignedReID local branch (train with model.local_dim > 0)")
+    chunks = _run_batches(model, model.embed_with_local, images, mean=mean, std=std, device=device,
+                          batch_size=batch_size, flip=flip, show_progress=show_progress, desc=desc)
+    if not chunks:
+        return torch.empty(0, 0), torch.empty(0, 0, 0)
+    global_features = nn.functional.normalize(torch.cat([c[0] for c in chunks]), dim=1)
+    local_features = torch.cat([c[1] for c in chunks]) / (2.0 if flip else 1.0)
+    return global_features, local_features

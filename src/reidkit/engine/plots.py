@@ -27,6 +27,11 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> None:
     if val_rows:
         for metric in ("rank1", "mAP"):
             ax_val.plot([r["epoch"] for r in val_rows], [r["val"][metric] for r in val_rows], "o-", label=metric)
+        local_rows = [r for r in val_rows if "val_local" in r]  # AlignedReID: global + local distance
+        if local_rows:
+            for metric in ("rank1", "mAP"):
+                ax_val.plot([r["epoch"] for r in local_rows], [r["val_local"][metric] for r in local_rows], "s--",
+                            label=f"{metric} (+local)")
         ax_val.set(xlabel="epoch", ylabel="%", title="validation", ylim=(0, 100))
         ax_val.legend(fontsize=8)
     else:

@@ -51,7 +51,11 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
 
 def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", flip: bool = False,
                 show_progress: bool = True) -> None:
-    """Embed every split of a dataset; the .npz also works as `reidkit evaluate --features` input."""
+    """Embed every split of a dataset; the .npz also works as `reidkit evaluate --features` input.
+
+    A model with the AlignedReID local branch also writes `{split}_local` (N, stripes, local_dim) arrays, which
+    `reidkit evaluate --features X --local-weight W` uses.
+    """
     dataset = load_dataset(data)
     ext = Extractor(checkpoint, device=device, flip=flip)
     arrays: dict[str, np.ndarray] = {}
@@ -61,10 +65,14 @@ def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", f
             continue
         paths, pids, camids = split_arrays(records)
         images = load_image_tensor(paths, ext.input_size, ext.resize, show_progress, desc=f"loading {split}")
-        arrays[f"{split}_features"] = ext.embed_uint8(images, show_progress)
+        if ext.has_local:
+            arrays[f"{split}_features"], arrays[f"{split}_local"] = ext.embed_uint8(images, show_progress, local=True)
+        else:
+            arrays[f"{split}_features"] = ext.embed_uint8(images, show_progress)
         arrays[f"{key}_pids"], arrays[f"{key}_camids"], arrays[f"{key}_paths"] = pids, camids, np.asarray(paths)
     out = Path(out)
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     counts = ", ".join(f"{k.split('_')[0]} {len(v)}" for k, v in arrays.items() if k.endswith("_features"))
-    print(f"wrote {out}: {counts} embeddings of dim {ext.dim}")
+    local = f" + local features ({ext.model.local_dim} per stripe)" if ext.has_local else ""
+    print(f"wrote {out}: {counts} embeddings of dim {ext.dim}{local}")

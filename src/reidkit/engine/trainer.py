@@ -26,11 +26,12 @@ from ..data.store import load_image_tensor
 from ..errors import ConfigError, TrainingError
 from ..losses import MutualLearningLoss, build_loss, loss_parameters
 from ..metrics import compute_distance_matrix, evaluate_rank_full, summarize
+from ..metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ..models import build_model
 from ..utils import atomic_write_json, progress, resolve_device, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .features import embed_tensor
+from .features import embed_tensor, embed_tensor_local
 from .plots import plot_training_curves
 from .runlog import append_log, restart_log
 from .sampler import PKSampler
@@ -57,11 +58,34 @@ def prepare_splits(cfg: TrainConfig, data_root: str | Path | None = None) -> ReI
     raise ConfigError(f"data.validation={mode!r}: expected carve, dataset or none")
 
 
+def check_local_options(cfg: TrainConfig) -> None:
+    """The AlignedReID options must agree (checked before any image is loaded)."""
+    local_dim, weight = cfg.model.local_dim, cfg.loss.local_weight
+    if local_dim < 0:
+        raise ConfigError(f"model.local_dim={local_dim}: expected 0 (off) or a positive size (128 in AlignedReID)")
+    if weight < 0:
+        raise ConfigError(f"loss.local_weight={weight}: must be >= 0 (0 = no local loss)")
+    if weight > 0 and local_dim == 0:
+        raise ConfigError(f"loss.local_weight={weight} needs the AlignedReID local branch: set model.local_dim "
+                          "(128 in the paper)")
+    if local_dim > 0 and weight == 0:
+        # An untrained branch would only add noise to val_local and to inference.
+        raise ConfigError(f"model.local_dim={local_dim} adds a local branch that only loss.local_weight trains: "
+                          "set loss.local_weight > 0 (1.0 in AlignedReID) or model.local_dim=0")
+    if cfg.val_local_weight < 0:
+        raise ConfigError(f"val_local_weight={cfg.val_local_weight}: must be >= 0")
+    if cfg.select_on not in ("val", "val_local"):
+        raise ConfigError(f"select_on={cfg.select_on!r}: expected val (global) or val_local (global + local)")
+    if cfg.select_on == "val_local" and local_dim == 0:
+        raise ConfigError("select_on=val_local needs the AlignedReID local branch: set model.local_dim")
+
+
 class EmbeddingTrainer:
     def __init__(self, cfg: TrainConfig, out_dir: str | Path, data_root: str | Path | None = None,
                  show_progress: bool = True):
         if cfg.students < 1:
             raise ConfigError(f"students={cfg.students}: must be >= 1")
+        check_local_options(cfg)
         self.cfg, self.out = cfg, Path(out_dir)
         self.show_progress = show_progress
         self.device = resolve_device(cfg.device)
@@ -145,6 +169,13 @@ class EmbeddingTrainer:
             accepted = loss_parameters(lc.metric_loss)
             common = {k: v for k, v in (("margin", lc.margin), ("soft_margin", lc.soft_margin)) if k in accepted}
             self.metric_loss = build_loss(lc.metric_loss, **common, **lc.metric_params)
+        self.local_loss = None
+        if lc.local_weight > 0:
+            # Mined with batch-hard on the same global features and metric as the global triplet: the same hard
+            # samples, as in the paper; the loss then scores their local (aligned) distances.
+            metric = lc.metric_params.get("metric", "euclidean")
+            self.local_loss = build_loss("aligned_triplet", local_distance_fn=local_distance_pairs, margin=lc.margin,
+                                         soft_margin=lc.soft_margin, metric=metric)
         self.mutual_loss = None
         if len(self.models) > 1:
             self.mutual_loss = MutualLearningLoss(num_students=len(self.models), kl_weight=lc.mutual_kl_weight,
@@ -158,6 +189,8 @@ class EmbeddingTrainer:
             parts["id"] = lc.id_weight * self.id_loss(out["logits"], labels)
         if ranking and self.metric_loss is not None:
             parts["metric"] = lc.metric_weight * self.metric_loss(out["features"], labels)
+        if ranking and self.local_loss is not None:
+            parts["local"] = lc.local_weight * self.local_loss(out["features"], labels, out["local_features"])
         if not parts:
             raise ConfigError("no loss is active: set loss.id_loss or loss.metric_loss")
         return parts
@@ -222,19 +255,42 @@ class EmbeddingTrainer:
             sched.step()
 
     # ------------------------------------------------------------- validation
+    @property
+    def has_local(self) -> bool:
+        return self.cfg.model.local_dim > 0
+
     def evaluate(self) -> list[dict[str, float]]:
-        """Validation metrics (percentages) per student."""
+        """Validation metrics (percentages) per student, on the global distance."""
+        return [self._validate_student(model, with_local=False)["val"] for model in self.models]
+
+    def _validate_student(self, model: nn.Module, with_local: bool) -> dict[str, dict[str, float]]:
+        """{"val": global metrics} (+ "val_local": global euclidean + val_local_weight * local distance)."""
+        kw = dict(mean=self.mean, std=self.std, device=self.device, flip=self.cfg.flip_tta)
+        splits = (self.query_images, self.gallery_images)
+        if with_local:  # one backbone pass gives both the global and the local features
+            (qf, ql), (gf, gl) = (embed_tensor_local(model, images, **kw) for images in splits)
+        else:
+            qf, gf = (embed_tensor(model, images, **kw) for images in splits)
+        result = {"val": self._rank_summary(compute_distance_matrix(qf.numpy(), gf.numpy(), metric="cosine"))}
+        if with_local:  # the AlignedReID inference distance
+            aligned = aligned_distance_matrix(qf, gf, ql, gl, weight=self.cfg.val_local_weight)
+            result["val_local"] = self._rank_summary(aligned.numpy())
+        return result
+
+    def _rank_summary(self, distmat: np.ndarray) -> dict[str, float]:
         _, q_pids, q_cams = split_arrays(self.splits.query)
         _, g_pids, g_cams = split_arrays(self.splits.gallery)
-        results = []
-        for model in self.models:
-            kw = dict(mean=self.mean, std=self.std, device=self.device, flip=self.cfg.flip_tta)
-            qf = embed_tensor(model, self.query_images, **kw)
-            gf = embed_tensor(model, self.gallery_images, **kw)
-            distmat = compute_distance_matrix(qf.numpy(), gf.numpy(), metric="cosine")
-            r = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
-            results.append(summarize(r.cmc, r.mAP, r.mINP))
-        return results
+        r = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
+        return summarize(r.cmc, r.mAP, r.mINP)
+
+    def _validation_row(self) -> dict[str, Any]:
+        """Log entries: val (+ val_local), and per-student lists when several students train."""
+        per_student = [self._validate_student(model, self.has_local) for model in self.models]
+        row: dict[str, Any] = dict(per_student[0])
+        if len(per_student) > 1:
+            for key in per_student[0]:
+                row[f"{key}_students"] = [s[key] for s in per_student]
+        return row
 
     # ---------------------------------------------------------- checkpointing
     def _save(self, name: str, epoch: int, metrics: dict, student: int = 0) -> None:
@@ -281,12 +337,12 @@ class EmbeddingTrainer:
             out_of_time = time.monotonic() > deadline
             last_epoch = epoch + 1 == cfg.optim.epochs or out_of_time
             if self.has_val and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                per_student = self.evaluate()
-                row["val"] = per_student[0]
-                if len(per_student) > 1:
-                    row["val_students"] = per_student
-                if not best or row["val"]["mAP"] > best["mAP"]:
-                    best = {**row["val"], "epoch": epoch + 1}
+                row.update(self._validation_row())
+                selected = row[cfg.select_on]
+                if not best or selected["mAP"] > best["mAP"]:
+                    best = {**selected, "epoch": epoch + 1}
+                    if self.has_local:
+                        best["selected_on"] = cfg.select_on
                     for s in range(len(self.models)):
                         self._save("best.pt" if s == 0 else f"best_student{s}.pt", epoch + 1, {"best": best}, s)
             self._save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..errors import DataError, ReIDError
 from ..utils import atomic_write_json
+from .alignment import local_distance
 from .distance import compute_distance_matrix
 from .plots import plot_cmc, ranked_list_grid
 from .rank import MetricInputError, RankResult, evaluate_rank_full
@@ -20,6 +22,7 @@ ID_KEYS = ("q_pids", "g_pids", "q_camids", "g_camids")
 DISTMAT_KEYS = ("distmat", *ID_KEYS)
 FEATURE_KEYS = ("query_features", "gallery_features", *ID_KEYS)
 PATH_KEYS = ("q_paths", "g_paths")
+LOCAL_KEYS = ("query_local", "gallery_local")  # AlignedReID local features (N, stripes, dim), optional
 
 
 def summarize(cmc: Sequence[float] | np.ndarray, mAP: float, mINP: float | None = None, *,
@@ -46,6 +49,7 @@ def summarize(cmc: Sequence[float] | np.ndarray, mAP: float, mINP: float | None 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """Load a distance matrix, features or checkpoint; print R1/R5/R10/mAP/mINP; write JSON + plots to --out."""
+    _check_local_weight(args)
     source, inputs = _load_inputs(args)
     try:
         result = evaluate_rank_full(inputs["distmat"], *(inputs[k] for k in ID_KEYS), max_rank=args.max_rank,
@@ -65,8 +69,22 @@ def _report(result: RankResult, source: str, args: argparse.Namespace) -> dict[s
     details = result.to_dict()
     report.update(num_queries=result.num_queries, skipped_queries=details["skipped_queries"],
                   protocol=result.protocol, ap=result.ap, max_rank=int(result.cmc.size), source=source,
-                  metric=None if getattr(args, "distmat", None) else args.metric, cmc=details["cmc"])
+                  metric=None if getattr(args, "distmat", None) else args.metric,
+                  local_weight=getattr(args, "local_weight", 0.0), cmc=details["cmc"])
     return report
+
+
+def _check_local_weight(args: argparse.Namespace) -> None:
+    weight = getattr(args, "local_weight", 0.0)
+    if weight < 0:
+        raise ReIDError(f"--local-weight {weight}: must be >= 0 (0 = global distance only)")
+    if weight == 0:
+        return
+    if getattr(args, "distmat", None) is not None:
+        raise ReIDError("--local-weight needs --features or --checkpoint: a distance matrix has no local features")
+    if getattr(args, "rerank", "none") != "none":
+        raise ReIDError(f"--local-weight cannot be combined with --rerank {args.rerank}: re-ranking works on the "
+                        "global features only")
 
 
 def _table(result: RankResult, report: dict[str, Any]) -> str:
@@ -105,16 +123,19 @@ def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
             raise ReIDError(f"--checkpoint {args.checkpoint}: also give --data (the dataset root to evaluate on)")
         from ..engine.extractor import extract_split_features
 
+        local_weight = getattr(args, "local_weight", 0.0)
         arrays = extract_split_features(args.checkpoint, args.data, device=args.device,
-                                        show_progress=not args.quiet)
+                                        show_progress=not args.quiet, local=local_weight > 0)
         source = f"{args.checkpoint} on {args.data}"
     else:
         raise ReIDError("evaluate: give one of --distmat, --features or --checkpoint")
-    return source, _with_distances(arrays, source, args.metric, getattr(args, "rerank", "none"))
+    return source, _with_distances(arrays, source, args.metric, getattr(args, "rerank", "none"),
+                                   getattr(args, "local_weight", 0.0))
 
 
-def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_method: str = "none"
-                    ) -> dict[str, np.ndarray]:
+def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_method: str = "none",
+                    local_weight: float = 0.0) -> dict[str, np.ndarray]:
+    """Query-gallery distances (the `metric` distance, re-ranked, or + local_weight * AlignedReID local) + ids."""
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{source}: missing {', '.join(missing)}")
@@ -125,11 +146,33 @@ def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_met
             distmat = rerank(arrays["query_features"], arrays["gallery_features"], rerank_method)
         else:
             distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
+            if local_weight > 0:
+                distmat = distmat + local_weight * _local_distances(arrays, source)
     except MetricInputError as exc:
         raise DataError(f"{source}: {exc}") from exc
     result = {k: np.asarray(arrays[k]) for k in (*ID_KEYS, *PATH_KEYS) if k in arrays}
     result["distmat"] = np.asarray(distmat)
     return result
+
+
+def _local_distances(arrays: dict[str, Any], source: str) -> np.ndarray:
+    """AlignedReID shortest-path local distance of every query-gallery pair, (Q, G), in bounded-memory chunks."""
+    missing = [k for k in LOCAL_KEYS if k not in arrays]
+    if missing:
+        raise DataError(f"{source}: --local-weight needs {', '.join(missing)} (AlignedReID local features: extract "
+                        "with a checkpoint trained with model.local_dim > 0)")
+    local = {}
+    for key, feature_key in zip(LOCAL_KEYS, ("query_features", "gallery_features"), strict=True):
+        value = np.asarray(arrays[key])
+        if value.ndim != 3 or len(value) != len(arrays[feature_key]) or not np.issubdtype(value.dtype, np.number):
+            raise DataError(f"{source}: {key} must be a numeric (N, stripes, dim) array with N = "
+                            f"{len(arrays[feature_key])} (the rows of {feature_key}), got shape {value.shape}")
+        local[key] = torch.from_numpy(np.ascontiguousarray(value)).float()
+    if local["query_local"].shape[2] != local["gallery_local"].shape[2]:
+        raise DataError(f"{source}: query_local and gallery_local differ in feature size "
+                        f"({local['query_local'].shape[2]} vs {local['gallery_local'].shape[2]})")
+    with torch.no_grad():
+        return local_distance(local["query_local"], local["gallery_local"]).numpy()
 
 
 def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
@@ -143,6 +186,6 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
             missing = [k for k in keys if k not in npz.files]
             if missing:
                 raise DataError(f"{path}: missing key(s) {', '.join(missing)} (found: {', '.join(npz.files)})")
-            return {k: npz[k] for k in (*keys, *PATH_KEYS) if k in npz.files}
+            return {k: npz[k] for k in (*keys, *PATH_KEYS, *LOCAL_KEYS) if k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
