@@ -1,7 +1,9 @@
-"""Training loop for Siamese pair networks (IDLA, IDLA-NCC): same/different classification of image pairs.
+"""Training loop for Siamese pair networks (IDLA, IDLA-NCC, MLS): same/different classification of image pairs.
 
-Per epoch: identity-grouped balanced batches (every positive pair once, each with a negative from the batch's
-images; see engine/pairs.py) -> random translations (+ optional flips) -> cross-entropy on the 2-way logits ->
+Per epoch: identity-grouped balanced batches (every positive pair once, each with a negative for the same anchor
+image from the batch's images; see engine/pairs.py) -> random translations (+ optional flips) -> cross-entropy on
+the 2-way logits (`loss.name: ce`), or the MLS improved ranking loss (`loss.name: improved_ranking`: cross-entropy +
+a margin between the positive and the negative pair of each anchor) ->
 from `sampling.hard_from_epoch` on, hard-negative rounds: part of the negatives are replaced by the candidate the
 current model scores most "same" -> validation pair accuracy / AUC on the carved-out identities -> atomic
 `last.pt` (+ `best.pt`, best balanced validation accuracy) and a JSONL log line. With `max_minutes`, no
@@ -33,6 +35,7 @@ from ..data.records import Record, split_arrays
 from ..data.split import carve_validation_records
 from ..data.store import load_image_tensor
 from ..errors import ConfigError, TrainingError
+from ..losses import build_loss
 from ..metrics.pair_ranking import cuhk03_single_shot_cmc
 from ..metrics.plots import plot_cmc
 from ..metrics.verification import plot_confusion, plot_roc, roc_curve, verification_report
@@ -41,6 +44,7 @@ from ..utils import atomic_path, atomic_write_json, progress, resolve_device, se
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .pairs import (
     PairBatch,
+    anchor_is_first,
     balanced_pairs,
     hardest_candidates,
     identity_batches,
@@ -50,16 +54,21 @@ from .pairs import (
 )
 from .runlog import append_log, restart_log
 
-PAIR_MODEL_NAMES = ("idla", "idla_ncc")
+PAIR_MODEL_NAMES = ("idla", "idla_ncc", "mls")
+PAIR_LOSSES = ("ce", "improved_ranking")
 
 
 @dataclass
 class PairModelConfig:
-    name: str = "idla"  # idla | idla_ncc
+    name: str = "idla"  # idla | idla_ncc | mls
     dropout: float = 0.5
     mode: str = "replace"  # idla_ncc: NCC "replace"s or sits "beside" the neighbourhood differences
     row_radius: int = 2  # idla_ncc: search band = rows y-r..y+r, whole width
     channels_last: bool = True
+    levels: list[str] = field(default_factory=lambda: ["low", "mid", "high"])  # mls: CSN after these stages
+    use_stn: bool = True  # mls: STN-placed patches (false: fixed patches)
+    patch_size: list[int] = field(default_factory=lambda: [3, 3])  # mls: kernel patch (height, width), odd
+    num_patches: int = 1  # mls: patches per view and level
 
     def build_kwargs(self, input_size: tuple[int, int]) -> dict[str, Any]:
         if self.name not in PAIR_MODEL_NAMES:
@@ -68,7 +77,28 @@ class PairModelConfig:
                                   "channels_last": self.channels_last}
         if self.name == "idla_ncc":
             kwargs.update(mode=self.mode, row_radius=self.row_radius)
+        if self.name == "mls":
+            kwargs.update(levels=list(self.levels), use_stn=self.use_stn, patch_size=list(self.patch_size),
+                          num_patches=self.num_patches)
         return kwargs
+
+
+@dataclass
+class PairLossConfig:
+    name: str = "ce"  # ce: cross-entropy on the pair logits | improved_ranking: + anchor ranking hinge (MLS paper)
+    margin: float = 0.5  # improved_ranking: s(anchor, positive) - s(anchor, negative) must reach this
+    verification_weight: float = 1.0
+    ranking_weight: float = 1.0
+    score: str = "prob"  # improved_ranking: s = P(same) ("prob") or the log-odds ("logit")
+
+    def build(self) -> torch.nn.Module | None:
+        """The ranking loss module, or None for plain cross-entropy."""
+        if self.name not in PAIR_LOSSES:
+            raise ConfigError(f"loss.name={self.name!r}: the pair trainer supports {', '.join(PAIR_LOSSES)}")
+        if self.name == "ce":
+            return None
+        return build_loss(self.name, margin=self.margin, verification_weight=self.verification_weight,
+                          ranking_weight=self.ranking_weight, score=self.score)
 
 
 @dataclass
@@ -81,6 +111,7 @@ class PairDataConfig:
     width: int = 60
     resize: str = "stretch"
     cross_camera: bool = True  # pairs (positive and negative) always join two different cameras
+    max_train_ids: int = 0  # train on the first N training identities only (0 = all): quick smoke runs
 
 
 @dataclass
@@ -122,6 +153,7 @@ class PairTrainConfig:
     data: PairDataConfig = field(default_factory=PairDataConfig)
     sampling: PairSamplingConfig = field(default_factory=PairSamplingConfig)
     optim: PairOptimConfig = field(default_factory=PairOptimConfig)
+    loss: PairLossConfig = field(default_factory=PairLossConfig)
     eval: PairEvalConfig = field(default_factory=PairEvalConfig)
     seed: int = 0
     device: str = "auto"
@@ -177,6 +209,7 @@ class PairTrainer:
         self._load_data()
         self.model_cfg = cfg.model.build_kwargs((cfg.data.height, cfg.data.width))
         self.model = build_model(cfg.model.name, **self.model_cfg).to(self.device)
+        self.loss_fn = cfg.loss.build()
         self.optimizer = self._build_optimizer()
         steps = len(identity_batches(self.train_pids, self.train_cams, cfg.sampling.ids_per_batch,
                                      np.random.default_rng(cfg.seed), cfg.data.cross_camera))
@@ -192,6 +225,9 @@ class PairTrainer:
             train, val = sorted(records, key=lambda r: r.path), []
         else:
             raise ConfigError(f"data.validation={cfg.data.validation!r}: expected carve or none")
+        if cfg.data.max_train_ids > 0:
+            keep = set(sorted({r.pid for r in train})[:cfg.data.max_train_ids])
+            train = [r for r in train if r.pid in keep]
         size = (cfg.data.height, cfg.data.width)
         _, self.train_pids, self.train_cams = split_arrays(train)
         self.train_images = load_image_tensor([r.path for r in train], size, cfg.data.resize, self.show_progress,
@@ -237,16 +273,22 @@ class PairTrainer:
         x = random_translate(images, s.translate, gen)
         return random_flip(x, gen) if s.flip else x
 
-    def _mine_hard_negatives(self, batch: PairBatch, feats: torch.Tensor, rng: np.random.Generator) -> np.ndarray:
-        """`batch.second` with a share of the negatives replaced by the candidate the current model scores highest."""
+    def _mine_hard_negatives(self, batch: PairBatch, feats: torch.Tensor,
+                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(first, second) with a share of the negatives replaced by the candidate the current model scores highest.
+
+        The anchor keeps its place: `first` for cross-entropy, the image shared with the positive pair for the
+        ranking loss (so each triplet keeps a common anchor); the other image is replaced.
+        """
         s = self.cfg.sampling
         negatives = np.flatnonzero(batch.label == 0)
         chosen = negatives[rng.random(negatives.size) < s.hard_fraction]
-        second = batch.second.copy()
+        first, second = batch.first.copy(), batch.second.copy()
         if chosen.size == 0:
-            return second
+            return first, second
         pids, cams = self.train_pids[batch.images], self.train_cams[batch.images]
-        anchors = batch.first[chosen]
+        keep_first = anchor_is_first(batch)[chosen] if self.loss_fn is not None else np.ones(chosen.size, bool)
+        anchors = np.where(keep_first, first[chosen], second[chosen])
         candidates, valid = negative_candidates(pids[anchors], cams[anchors], pids, cams, s.hard_candidates, rng,
                                                 self.cfg.data.cross_camera)
         was_training = self.model.training
@@ -258,18 +300,30 @@ class PairTrainer:
         finally:
             self.model.train(was_training)
         hard = hardest_candidates(scores.view(candidates.shape), candidates, valid)
-        second[chosen] = np.where(hard >= 0, hard, second[chosen])
-        return second
+        replaced = np.where(keep_first, second[chosen], first[chosen])
+        replaced = np.where(hard >= 0, hard, replaced)
+        first[chosen] = np.where(keep_first, first[chosen], replaced)
+        second[chosen] = np.where(keep_first, replaced, second[chosen])
+        return first, second
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, batch: PairBatch) -> tuple[torch.Tensor, dict]:
+        """The training loss and, for the ranking loss, its unweighted terms (for the log)."""
+        if self.loss_fn is None:
+            return F.cross_entropy(logits, labels), {}
+        triplets = torch.from_numpy(batch.triplets if batch.triplets is not None else np.zeros((0, 2), np.int64))
+        verification, ranking = self.loss_fn.terms(logits, labels, triplets)
+        return self.loss_fn.combine(verification, ranking), {"verification_loss": verification.item(),
+                                                             "ranking_loss": ranking.item()}
 
     def _train_step(self, batch: PairBatch, gen: torch.Generator, rng: np.random.Generator, hard: bool,
-                    where: str) -> tuple[float, float]:
+                    where: str) -> tuple[float, float, dict]:
         x = self.model.prepare(self._augment(self.train_images[torch.from_numpy(batch.images)], gen))
         labels = torch.from_numpy(batch.label).to(self.device)
         with self._autocast():
             feats = self.model.embed(x)
-            second = self._mine_hard_negatives(batch, feats, rng) if hard else batch.second
-            logits = self.model.pair_logits(feats[torch.from_numpy(batch.first)], feats[torch.from_numpy(second)])
-        loss = F.cross_entropy(logits.float(), labels)
+            first, second = self._mine_hard_negatives(batch, feats, rng) if hard else (batch.first, batch.second)
+            logits = self.model.pair_logits(feats[torch.from_numpy(first)], feats[torch.from_numpy(second)])
+        loss, terms = self._loss(logits.float(), labels, batch)
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at {where}; lower optim.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,7 +333,7 @@ class PairTrainer:
         self.optimizer.step()
         self.scheduler.step()
         correct = (logits.argmax(1) == labels).float().mean().item()
-        return loss.item(), correct
+        return loss.item(), correct, terms
 
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -289,18 +343,20 @@ class PairTrainer:
         batches = identity_batches(self.train_pids, self.train_cams, cfg.sampling.ids_per_batch, rng,
                                    cfg.data.cross_camera)
         hard = 0 < cfg.sampling.hard_from_epoch <= epoch + 1
-        losses, accuracies, pairs, start = [], [], 0, time.perf_counter()
+        losses, accuracies, terms, pairs, start = [], [], [], 0, time.perf_counter()
         bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}" + (" (hard)" if hard else ""),
                        enabled=self.show_progress)
         for step, batch in enumerate(bar):
-            loss, acc = self._train_step(batch, gen, rng, hard, f"epoch {epoch + 1}, step {step + 1}")
+            loss, acc, step_terms = self._train_step(batch, gen, rng, hard, f"epoch {epoch + 1}, step {step + 1}")
             losses.append(loss)
             accuracies.append(acc)
+            terms.append(step_terms)
             pairs += batch.label.size
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{100 * np.mean(accuracies[-20:]):.1f}")
         elapsed = time.perf_counter() - start
+        term_means = {k: float(np.mean([t[k] for t in terms])) for k in terms[0]} if terms else {}
         return {"loss": float(np.mean(losses)), "train_accuracy": 100.0 * float(np.mean(accuracies)),
-                "pairs": pairs, "hard_negatives": hard, "epoch_seconds": elapsed,
+                **term_means, "pairs": pairs, "hard_negatives": hard, "epoch_seconds": elapsed,
                 "pairs_per_second": pairs / max(elapsed, 1e-9), "lr": self.optimizer.param_groups[0]["lr"]}
 
     # ------------------------------------------------------------- validation
@@ -405,8 +461,12 @@ def plot_pair_training_curves(rows: list[dict], path: str | Path) -> None:
     FigureCanvasAgg(figure)
     ax_loss, ax_acc = figure.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
-    ax_loss.plot(epochs, [r["loss"] for r in rows], "k.-")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    ax_loss.plot(epochs, [r["loss"] for r in rows], "k.-", label="total")
+    if all("ranking_loss" in r for r in rows):
+        ax_loss.plot(epochs, [r["verification_loss"] for r in rows], ".--", label="verification (CE)")
+        ax_loss.plot(epochs, [r["ranking_loss"] for r in rows], ".--", label="ranking hinge")
+        ax_loss.legend(fontsize=8)
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], ".-", label="train pairs")
     val = [r for r in rows if "val" in r]
     if val:

@@ -34,12 +34,17 @@ class PairSet:
 
 @dataclass
 class PairBatch:
-    """A batch over a pool of images: `images` are store indices, `first`/`second` index into `images`."""
+    """A batch over a pool of images: `images` are store indices, `first`/`second` index into `images`.
+
+    `triplets` (T, 2): rows (positive pair, negative pair) of the batch's pairs that share an anchor image (the
+    image common to both pairs), for ranking losses; every negative pair belongs to exactly one triplet.
+    """
 
     images: np.ndarray
     first: np.ndarray
     second: np.ndarray
     label: np.ndarray
+    triplets: np.ndarray | None = None
 
 
 def _as_ids(pids, camids) -> tuple[np.ndarray, np.ndarray]:
@@ -112,9 +117,17 @@ def balanced_pairs(pids, camids, rng: np.random.Generator, cross_camera: bool = 
 
 
 def _shuffled(first: np.ndarray, second: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> PairSet:
+    return _shuffled_with_positions(first, second, label, rng)[0]
+
+
+def _shuffled_with_positions(first: np.ndarray, second: np.ndarray, label: np.ndarray,
+                             rng: np.random.Generator) -> tuple[PairSet, np.ndarray]:
+    """Randomly swapped and permuted pairs, and where each input pair went (positions[i] = its new index)."""
     first, second = _random_swap(first, second, rng)
     order = rng.permutation(first.size)
-    return PairSet(first[order], second[order], label[order])
+    positions = np.empty_like(order)
+    positions[order] = np.arange(order.size)
+    return PairSet(first[order], second[order], label[order]), positions
 
 
 def identity_groups(pids, ids_per_batch: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -140,14 +153,31 @@ def identity_batches(pids, camids, ids_per_batch: int, rng: np.random.Generator,
         if first.size == 0:
             continue
         candidates, ok = negative_candidates(p[pool][first], c[pool][first], p[pool], c[pool], 1, rng, cross_camera)
-        neg_first, neg_second = first[ok[:, 0]], candidates[ok[:, 0], 0]
-        pairs = _shuffled(np.r_[first, neg_first], np.r_[second, neg_second],
-                          np.r_[np.ones(first.size), np.zeros(neg_first.size)].astype(np.int64), rng)
-        batches.append(PairBatch(pool, pairs.first, pairs.second, pairs.label))
+        with_negative = np.flatnonzero(ok[:, 0])
+        neg_first, neg_second = first[with_negative], candidates[with_negative, 0]
+        pairs, positions = _shuffled_with_positions(
+            np.r_[first, neg_first], np.r_[second, neg_second],
+            np.r_[np.ones(first.size), np.zeros(neg_first.size)].astype(np.int64), rng)
+        # Negative k was drawn for the first image of positive pair with_negative[k]: that image is the anchor.
+        triplets = np.stack([positions[with_negative], positions[first.size + np.arange(with_negative.size)]], 1)
+        batches.append(PairBatch(pool, pairs.first, pairs.second, pairs.label, triplets))
     if not batches:
         raise DataError("no positive pairs: every identity needs two images" +
                         (" from different cameras" if cross_camera else ""))
     return batches
+
+
+def anchor_is_first(batch: PairBatch) -> np.ndarray:
+    """Per pair of the batch, True where the anchor of its triplet is `first` (False: `second`).
+
+    The anchor of a negative pair is the image it shares with its triplet's positive pair (a negative pair
+    holds two identities, the positive pair one, so exactly one image is shared). Pairs outside any triplet: True.
+    """
+    out = np.ones(batch.label.size, dtype=bool)
+    if batch.triplets is not None and len(batch.triplets):
+        pos, neg = batch.triplets[:, 0], batch.triplets[:, 1]
+        out[neg] = (batch.first[neg] == batch.first[pos]) | (batch.first[neg] == batch.second[pos])
+    return out
 
 
 def hardest_candidates(scores: np.ndarray | torch.Tensor, candidates: np.ndarray, valid: np.ndarray) -> np.ndarray:

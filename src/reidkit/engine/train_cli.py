@@ -16,7 +16,7 @@ from ..utils import atomic_path
 from .config import TrainConfig
 from .extractor import Extractor
 
-PAIR_MODELS = ("idla", "idla_ncc")
+PAIR_MODELS = ("idla", "idla_ncc", "mls")  # routed to the pair trainer
 
 
 def _model_name(config: Path | None) -> str:

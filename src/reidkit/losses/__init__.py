@@ -5,6 +5,7 @@ Call conventions (each class says which in its `inputs` attribute):
     "embeddings"        loss(embeddings, labels[, indices_tuple])                  metric losses, center
     "embeddings+local"  loss(embeddings, labels, local_features[, indices_tuple])  aligned_triplet
     "students"          loss(logits=[...], embeddings=[...])                       mutual
+    "pair_logits"       loss(pair_logits, pair_labels, triplets)                   improved_ranking
 Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels[, indices_tuple])`.
 """
 
@@ -15,6 +16,7 @@ from .distance import METRICS, check_metric, pairwise_distance
 from .mutual import MutualLearningLoss
 from .pair import ContrastiveLoss, MarginSampleMiningLoss
 from .quadruplet import QuadrupletLoss
+from .ranking import ImprovedRankingLoss
 from .registry import build_loss, list_losses, loss_class, loss_parameters, register_loss
 from .triplet import BatchHardTripletLoss, ImprovedTripletLoss, SoftHardTripletLoss, TripletLoss
 
@@ -25,6 +27,7 @@ __all__ = [
     "CenterLoss",
     "ContrastiveLoss",
     "CrossEntropyLabelSmooth",
+    "ImprovedRankingLoss",
     "ImprovedTripletLoss",
     "MarginSampleMiningLoss",
     "MetricLoss",
