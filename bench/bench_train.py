@@ -40,6 +40,7 @@ def summarize_run(folder: Path) -> dict:
     overrides = json.loads((folder / "overrides.json").read_text()) if (folder / "overrides.json").exists() else []
     return {
         "name": folder.name,
+        "best_row": best or {},
         "overrides": overrides,
         "epochs": len(rows),
         "best_epoch": best["epoch"] if best else None,
@@ -51,21 +52,73 @@ def summarize_run(folder: Path) -> dict:
     }
 
 
-def table() -> None:
-    results = [summarize_run(f) for f in sorted(RUNS.iterdir()) if (f / "log.jsonl").exists()]
-    meta = {"machine": f"{os.cpu_count()} cores, {platform.machine()}", "python": platform.python_version(),
-            "load_average_now": os.getloadavg(), "data": "CUHK03-NP detected train minus 150 validation ids (seed 0)"}
-    OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": results}, indent=2) + "\n")
+RECIPE_RUNS = ("main",)
+# Short protocol (12 epochs, one thread, two runs at a time): the ablations of the recipe ...
+ABLATION_RUNS = ("s_base", "s_pool_avg", "s_pool_max", "s_no_curriculum", "s_no_pretrain", "s_256x128", "s_no_val")
+# ... and the loss family of docs/benchmarks/losses_cuhk03np.md, all against s_base (= CE + TriHard).
+LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_quadruplet": "CE + quadruplet",
+             "s_soft_hard": "CE + soft-hard", "s_mutual": "mutual (2 students)", "s_aligned": "AlignedReID"}
+LOSS_OUT = ROOT / "docs" / "benchmarks" / "losses_cuhk03np"
+
+
+def _fmt(v: dict, key: str) -> str:
+    return f"{v[key]:.1f}" if key in v else "-"
+
+
+def run_table(results: list[dict]) -> list[str]:
     lines = ["| run | overrides | epochs | best epoch | val rank-1 | val mAP | val mINP | s/epoch | train img/s "
              "| train min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         v = r["val"]
         lines.append(f"| {r['name']} | {' '.join(r['overrides']) or '(recipe)'} | {r['epochs']} | {r['best_epoch']} "
-                     f"| {v.get('rank1', float('nan')):.1f} | {v.get('mAP', float('nan')):.1f} "
-                     f"| {v.get('mINP', float('nan')):.1f} | {r['mean_epoch_seconds']:.0f} "
+                     f"| {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} | {r['mean_epoch_seconds']:.0f} "
                      f"| {r['train_images_per_second']:.1f} | {r['train_minutes']:.1f} |")
-    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
+
+
+def loss_table(results: dict[str, dict]) -> list[str]:
+    """One row per model: mutual students and AlignedReID's global / global+local inference get their own rows."""
+    lines = ["| loss | run | val rank-1 | val mAP | val mINP | train min |", "|---|---|---:|---:|---:|---:|"]
+    for name, label in LOSS_RUNS.items():
+        r = results.get(name)
+        if r is None:
+            lines.append(f"| {label} | {name} | (not run) | | | |")
+            continue
+        best = r["best_row"]
+        variants = [(label, r["val"])]
+        if "val_students" in best:
+            variants = [(f"{label}: student {i + 1}", v) for i, v in enumerate(best["val_students"])]
+        if "val_local" in best:
+            variants = [(f"{label}: global distance", r["val"]), (f"{label}: global + local", best["val_local"])]
+        for text, v in variants:
+            lines.append(f"| {text} | {name} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
+                         f"| {r['train_minutes']:.1f} |")
+    return lines
+
+
+def replace_block(path: Path, tag: str, lines: list[str]) -> None:
+    """Rewrite the generated block between <!-- tag --> markers, keeping the hand-written text around it."""
+    begin, end = f"<!-- {tag} -->", f"<!-- /{tag} -->"
+    text = path.read_text() if path.exists() else f"{begin}\n{end}\n"
+    if begin not in text:
+        text += f"\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(head + begin + "\n" + "\n".join(lines) + "\n" + end + tail)
+
+
+def table() -> None:
+    results = {f.name: summarize_run(f) for f in sorted(RUNS.iterdir()) if (f / "log.jsonl").exists()}
+    meta = {"machine": f"{os.cpu_count()} cores, {platform.machine()}", "python": platform.python_version(),
+            "load_average_now": os.getloadavg(), "data": "CUHK03-NP detected train minus 150 validation ids (seed 0)"}
+    OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": list(results.values())}, indent=2) + "\n")
+    replace_block(OUT.with_suffix(".md"), "recipe-table", run_table([results[n] for n in RECIPE_RUNS if n in results]))
+    replace_block(OUT.with_suffix(".md"), "ablation-table",
+                  run_table([results[n] for n in ABLATION_RUNS if n in results]))
+    losses = {n: results[n] for n in LOSS_RUNS if n in results}
+    LOSS_OUT.with_suffix(".json").write_text(json.dumps({"meta": meta, "runs": list(losses.values())}, indent=2) + "\n")
+    replace_block(LOSS_OUT.with_suffix(".md"), "loss-table", loss_table(losses))
+    print("\n".join(loss_table(losses)))
 
 
 def main() -> int:
