@@ -25,3 +25,12 @@ def cuhk03_train() -> Path:
     if not CUHK03_TRAIN.is_dir():
         pytest.skip("../shared CUHK03-NP data not present")
     return CUHK03_TRAIN
+
+
+def same_checkpoint_weights(path_a: Path, path_b: Path) -> bool:
+    """True when two checkpoints hold bit-identical model weights (the resume tests' criterion)."""
+    import torch
+
+    a = torch.load(path_a, weights_only=False)["model"]
+    b = torch.load(path_b, weights_only=False)["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import same_checkpoint_weights
 from reidkit.config import load_config
 from reidkit.engine.checkpoint import model_from_checkpoint
 from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, train_pair_model
@@ -349,9 +350,7 @@ def test_mls_training_with_the_ranking_loss_writes_reports_and_resumes_exactly(t
     train_pair_model(toy_config(max_minutes=1e-9), toy_root, tmp_path / "resumed", show_progress=False)
     resumed = train_pair_model(toy_config(), toy_root, tmp_path / "resumed", resume=True, show_progress=False)
     assert resumed["epochs_done"] == 2
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_checkpoint_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
 
 
 def test_hard_negative_mining_keeps_each_triplet_anchor(toy_root, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import same_checkpoint_weights
 from reidkit.config import load_config
 from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, load_train_records, train_pair_model
 from reidkit.engine.pairs import (
@@ -287,9 +288,7 @@ def test_training_writes_checkpoints_logs_pictures_and_resumes_to_the_same_weigh
     assert interrupted["epochs_done"] == 1
     resumed = train_pair_model(toy_config(), toy_root, tmp_path / "resumed", resume=True, show_progress=False)
     assert resumed["epochs_done"] == 2
-    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_checkpoint_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
 
 
 def test_nan_loss_raises_a_training_error(toy_root, tmp_path):

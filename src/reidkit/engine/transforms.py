@@ -29,7 +29,7 @@ def resize_image(img: Image.Image, size: tuple[int, int], mode: str = "stretch")
     """
     height, width = size
     if mode == "stretch":
-        return np.asarray(img.resize((width, height), Image.BILINEAR), dtype=np.uint8)
+        return np.array(img.resize((width, height), Image.BILINEAR), dtype=np.uint8)  # writable: torch.from_numpy
     if mode != "pad":
         raise ConfigError(f"resize mode {mode!r}: expected one of {RESIZE_MODES}")
     scale = min(height / img.height, width / img.width)
