@@ -77,7 +77,7 @@ def run_table(results: list[dict]) -> list[str]:
         v = r["val"]
         changes = [o for o in r["overrides"] if o not in SHORT_PROTOCOL]
         protocol = "short protocol" if len(changes) < len(r["overrides"]) else "recipe"
-        lines.append(f"| {r['name']} | {' '.join([protocol] + changes)} | {r['epochs']} | {r['best_epoch']} "
+        lines.append(f"| {r['name']} | {' '.join([protocol] + changes)} | {r['epochs']} | {r['best_epoch'] or '-'} "
                      f"| {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} | {r['mean_epoch_seconds']:.0f} "
                      f"| {r['train_images_per_second']:.1f} | {r['train_minutes']:.1f} |")
     return lines
@@ -96,7 +96,8 @@ def loss_table(results: dict[str, dict]) -> list[str]:
         if "val_students" in best:
             variants = [(f"{label}: student {i + 1}", v) for i, v in enumerate(best["val_students"])]
         if "val_local" in best:
-            variants = [(f"{label}: global distance", r["val"]), (f"{label}: global + local", best["val_local"])]
+            variants = [(f"{label}: global distance", r["val"]),
+                        (f"{label}: global + 1 x local (val_local)", best["val_local"])]
         for text, v in variants:
             lines.append(f"| {text} | {name} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
                          f"| {r['train_minutes']:.1f} |")
