@@ -99,7 +99,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# MLS (multi-level similarity network): size, compute, throughput and validation", "",
         f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']} (CPU), load average "
-        f"{env['load_before']:.1f} before / {env['load_after']:.1f} after (the machine is shared: timings are noisy). "
+        f"{env['load_before']:.1f} before / {env['load_after']:.1f} after (~2 after: its own threads). "
         f"Batch {report['batch']}, float32, medians of {report['repeats']} runs. FLOPs = 2 x multiply-accumulates of "
         "convolutions and matrix products (`reidkit.models.complexity`).", "",
         "**Ranking** = pairs scored with cached per-image work, as `score()` / a gallery search does (pair networks: "

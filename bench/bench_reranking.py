@@ -211,8 +211,8 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {report['machine']['cpus']} CPU cores, {report['machine']['memory_gb']:.0f} GB RAM, "
         f"Python {report['machine']['python']}, torch {report['machine']['torch']}. "
-        "**Shared machine**: other engineers' jobs were running (1-min load average before/after each run is in "
-        "the table; 2 = both cores busy), so timings are noisy and pessimistic.",
+        "Each run had the machine to itself unless its load column says otherwise (1-min load average "
+        "before/after the run; 2 = both cores busy, e.g. by the run's own threads).",
         "",
         "Synthetic clustered 512-d L2-normalised features (~12 images per identity, 6 cameras). n = queries + "
         "gallery: 8,000 = 1,400 + 6,600 (Market ratio), 19,281 = 3,368 + 15,913 (Market-1501), 100,000 = "
