@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import same_checkpoint_weights
+from conftest import interrupt_and_resume_pair_training, same_checkpoint_weights
 from reidkit.config import load_config
 from reidkit.engine.checkpoint import model_from_checkpoint
 from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, train_pair_model
@@ -347,8 +347,7 @@ def test_mls_training_with_the_ranking_loss_writes_reports_and_resumes_exactly(t
     model, payload = model_from_checkpoint(tmp_path / "straight" / "last.pt")
     assert payload["model_cfg"]["levels"] == ["low", "mid", "high"] and model.input_size == SMALL
 
-    train_pair_model(toy_config(max_minutes=1e-9), toy_root, tmp_path / "resumed", show_progress=False)
-    resumed = train_pair_model(toy_config(), toy_root, tmp_path / "resumed", resume=True, show_progress=False)
+    resumed = interrupt_and_resume_pair_training(toy_config, toy_root, tmp_path / "resumed")
     assert resumed["epochs_done"] == 2
     assert same_checkpoint_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import same_checkpoint_weights
+from conftest import interrupt_and_resume_pair_training, same_checkpoint_weights
 from reidkit.config import load_config
 from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, load_train_records, train_pair_model
 from reidkit.engine.pairs import (
@@ -284,9 +284,7 @@ def test_training_writes_checkpoints_logs_pictures_and_resumes_to_the_same_weigh
     rows = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["hard_negatives"] and not rows[0]["hard_negatives"]
 
-    interrupted = train_pair_model(toy_config(max_minutes=1e-9), toy_root, tmp_path / "resumed", show_progress=False)
-    assert interrupted["epochs_done"] == 1
-    resumed = train_pair_model(toy_config(), toy_root, tmp_path / "resumed", resume=True, show_progress=False)
+    resumed = interrupt_and_resume_pair_training(toy_config, toy_root, tmp_path / "resumed")
     assert resumed["epochs_done"] == 2
     assert same_checkpoint_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
 
