@@ -52,7 +52,7 @@ from .pairs import (
     random_flip,
     random_translate,
 )
-from .runlog import append_log, restart_log
+from .runlog import append_log, start_run
 
 PAIR_MODEL_NAMES = ("idla", "idla_ncc", "mls")
 PAIR_LOSSES = ("ce", "improved_ranking")
@@ -416,9 +416,7 @@ class PairTrainer:
         start_epoch, best = 0, {}
         if resume and (self.out / "last.pt").exists():
             start_epoch, best = self._resume()
-        rows = restart_log(self.out / "log.jsonl", start_epoch)
-        atomic_write_json(to_dict(cfg), self.out / "config.json")
-        deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
         epochs_done = start_epoch
         for epoch in range(start_epoch, cfg.optim.epochs):
             epoch_start = time.monotonic()

@@ -33,7 +33,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .features import embed_tensor, embed_tensor_local
 from .plots import plot_training_curves
-from .runlog import append_log, restart_log
+from .runlog import append_log, start_run
 from .sampler import PKSampler
 from .transforms import BatchAugment, normalize
 
@@ -327,9 +327,7 @@ class EmbeddingTrainer:
         if resume and (self.out / "last.pt").exists():
             start_epoch, best = self._resume()
         log_path = self.out / "log.jsonl"
-        rows = restart_log(log_path, start_epoch)
-        atomic_write_json(to_dict(cfg), self.out / "config.json")
-        deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes > 0 else math.inf
+        rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
         epoch = start_epoch
         for epoch in range(start_epoch, cfg.optim.epochs):
             seed_everything(cfg.seed * 1_000 + epoch)
