@@ -16,7 +16,9 @@ import os
 import platform
 import shutil
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,9 +104,119 @@ def bench_model(name: str, x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> 
     return results
 
 
-def bench_models(batch: int, repeats: int) -> dict[str, dict]:
-    gen = torch.Generator().manual_seed(0)
-    x1, x2 = torch.randn(batch, 3, 160, 60, generator=gen), torch.randn(batch, 3, 160, 60, generator=gen)
+def export_pair_onnx(model: torch.nn.Module, path: Path) -> None:
+    """forward(x1, x2) -> logits as ONNX with a dynamic batch (the traceable neighbourhood-difference path)."""
+    size = model.input_size
+    dummy = (torch.zeros(2, 3, *size), torch.zeros(2, 3, *size))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
+        torch.onnx.export(model.eval(), dummy, str(path), dynamo=False, opset_version=17,
+                          input_names=["x1", "x2"], output_names=["logits"],
+                          dynamic_axes={"x1": {0: "n"}, "x2": {0: "n"}, "logits": {0: "n"}})
+
+
+def quantize_pair_onnx(source: Path, target: Path, calibration: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations) calibrated on `calibration`."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"x1": a, "x2": b} for a, b in calibration])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def runtime_sessions(onnx_fp32: Path, onnx_int8: Path, threads: int) -> dict[str, Callable]:
+    """name -> run(x1, x2) for onnxruntime and OpenVINO on the fp32 and int8 graphs (those that import)."""
+    runners: dict[str, Callable] = {}
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        for label, path in (("fp32", onnx_fp32), ("int8", onnx_int8)):
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            runners[f"onnxruntime {label}"] = lambda a, b, s=session: s.run(None, {"x1": a, "x2": b})[0]
+    except ImportError:
+        pass
+    try:
+        import openvino as ov
+
+        core = ov.Core()
+        for label, path, precision in (("fp32", onnx_fp32, "f32"), ("bf16", onnx_fp32, "bf16"),
+                                       ("int8", onnx_int8, "f32")):
+            compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                             "INFERENCE_PRECISION_HINT": precision})
+            request, output = compiled.create_infer_request(), compiled.output(0)
+            runners[f"OpenVINO {label}"] = lambda a, b, r=request, o=output: r.infer({"x1": a, "x2": b})[o]
+    except ImportError:
+        pass
+    return runners
+
+
+def bench_runtimes(x1: torch.Tensor, x2: torch.Tensor, repeats: int, threads: int, work: Path) -> dict[str, dict]:
+    """IDLA forward(x1, x2) exported to ONNX, on onnxruntime / OpenVINO in fp32, bf16 and int8."""
+    torch.manual_seed(0)
+    model = build_model("idla").eval()
+    fp32, int8 = work / "idla.onnx", work / "idla_int8.onnx"
+    if not int8.is_file():
+        export_pair_onnx(model, fp32)
+        half = len(x1) // 2
+        quantize_pair_onnx(fp32, int8, [(x1[:half].numpy(), x2[:half].numpy())])
+    a, b = x1.numpy(), x2.numpy()
+    return {f"idla forward(x1, x2), {name}": throughput(lambda run=run: run(a, b), len(x1), repeats)
+            for name, run in runtime_sessions(fp32, int8, threads).items()}
+
+
+def int8_validation(run: Path, data_root: Path, work: Path, threads: int) -> dict | None:
+    """Balanced validation pair accuracy of a trained pair network: PyTorch fp32 vs its int8 ONNX export.
+
+    Calibration uses training pairs only (the first identity-grouped batches of the carve-out's training side).
+    """
+    from reidkit.data.records import split_arrays
+    from reidkit.data.split import carve_validation_records
+    from reidkit.data.store import load_image_tensor
+    from reidkit.engine.checkpoint import model_from_checkpoint
+    from reidkit.engine.pair_trainer import load_train_records
+    from reidkit.engine.pairs import balanced_pairs
+    from reidkit.metrics.verification import verification_report
+
+    if not (run / "best.pt").is_file() or not data_root.is_dir():
+        return None
+    model, payload = model_from_checkpoint(run / "best.pt")
+    model.eval()
+    data = payload["config"]["data"]
+    split = carve_validation_records(load_train_records(data_root), data["val_ids"], data["split_seed"])
+    paths, pids, cams = split_arrays(split.query + split.gallery)  # the trainer's validation pairs
+    pairs = balanced_pairs(pids, cams, np.random.default_rng(data["split_seed"]), data["cross_camera"])
+    images = model.prepare(load_image_tensor(paths, model.input_size, data["resize"], show_progress=False))
+    calib = model.prepare(load_image_tensor([r.path for r in split.train[:512]], model.input_size, data["resize"],
+                                            show_progress=False))
+    fp32, int8 = work / f"{run.name}.onnx", work / f"{run.name}_int8.onnx"
+    export_pair_onnx(model, fp32)
+    quantize_pair_onnx(fp32, int8, [(calib[i:i + 64].numpy(), calib[i + 256:i + 320].numpy())
+                                    for i in range(0, 256, 64)])
+    first, second = torch.from_numpy(pairs.first), torch.from_numpy(pairs.second)
+    with torch.inference_mode():
+        logits = torch.cat([model(images[first[i:i + 256]], images[second[i:i + 256]])
+                            for i in range(0, len(first), 256)]).numpy()
+    runners = runtime_sessions(fp32, int8, threads)
+    out = {"pairs": len(first)}
+    for name, scorer in (("PyTorch fp32", None), *((k, v) for k, v in runners.items() if "int8" in k)):
+        lg = logits if scorer is None else np.concatenate(
+            [scorer(images[first[i:i + 256]].numpy(), images[second[i:i + 256]].numpy())
+             for i in range(0, len(first), 256)])
+        report = verification_report(lg[:, 1] - lg[:, 0], pairs.label, 0.0)
+        out[name] = {"balanced_accuracy": report["balanced_accuracy"], "auc": report["auc"],
+                     "same_decision_as_fp32": float(np.mean((lg[:, 1] > lg[:, 0]) == (logits[:, 1] > logits[:, 0])))}
+    return out
+
+
+def bench_models(x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> dict[str, dict]:
     return {**bench_model("idla", x1, x2, repeats), **bench_model("idla_ncc", x1, x2, repeats)}
 
 
@@ -248,6 +360,17 @@ def markdown(report: dict) -> str:
                          f"| {c['rank5']:.1f}% | {c['rank10']:.1f}% | {c['rank20']:.1f}% |")
         lines += ["", "CMC: CUHK03 classic single-shot protocol - 100 validation identities, camera 1 image as query, "
                   "camera 2 image as gallery, averaged over 10 random draws (+- = std of rank-1 over draws).", ""]
+    for run, r in report.get("int8", {}).items():
+        lines += [f"## int8 deployment of `{run}`: validation pairs, fp32 vs int8", "",
+                  "Static int8 quantisation of the ONNX export (onnxruntime `quantize_static`, QDQ, per-channel int8 "
+                  "weights, uint8 activations) calibrated on 256 training pairs; the same "
+                  f"{r['pairs']:,} balanced validation pairs as above.", "",
+                  "| runtime | balanced accuracy | AUC | same decision as fp32 |", "|---|---:|---:|---:|"]
+        for name, v in r.items():
+            if isinstance(v, dict):
+                lines.append(f"| {name} | {v['balanced_accuracy']:.1f}% | {v['auc']:.3f} | "
+                             f"{100 * v['same_decision_as_fp32']:.1f}% |")
+        lines.append("")
     for run, rerank in report.get("rerank", {}).items():
         lines += [f"## Re-ranking an embedding's top-{rerank['top_k']} with `{run}`", "",
                   f"Validation carve-out as query/gallery ({rerank['queries']} queries, {rerank['gallery']} gallery "
@@ -292,10 +415,17 @@ def main() -> None:
     retain_freed_memory()
     load_before = os.getloadavg()[0]
     report: dict = {"batch": args.batch, "repeats": args.repeats, "throughput": {}}
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        report["throughput"][str(threads)] = {**bench_models(args.batch, args.repeats),
-                                              **bench_ncc(args.batch, args.repeats, naive=threads == args.threads[0])}
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(args.batch, 3, 160, 60, generator=gen), torch.randn(args.batch, 3, 160, 60, generator=gen)
+    with tempfile.TemporaryDirectory(prefix="bench-pairnets-") as work:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            report["throughput"][str(threads)] = {
+                **bench_models(x1, x2, args.repeats), **bench_runtimes(x1, x2, args.repeats, threads, Path(work)),
+                **bench_ncc(args.batch, args.repeats, naive=threads == args.threads[0])}
+        if not args.quick:
+            int8 = {run.name: int8_validation(run, args.data, Path(work), max(args.threads)) for run in args.runs[:1]}
+            report["int8"] = {name: r for name, r in int8.items() if r}
     report["runs"] = run_results(args.runs, copy_pictures=not args.quick)
     if not args.quick:
         reranks = {run.name: bench_rerank(run, args.data, embedding=args.embedding) for run in args.runs}

@@ -8,7 +8,13 @@ import torch.nn.functional as F
 
 from reidkit.errors import ModelError
 from reidkit.models import build_model
-from reidkit.models.idla import AcrossPatch, PatchSummary, neighbourhood_differences, trunk_output_size
+from reidkit.models.idla import (
+    AcrossPatch,
+    PatchSummary,
+    _neighbourhood_differences_traceable,
+    neighbourhood_differences,
+    trunk_output_size,
+)
 
 
 def naive_neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:
@@ -52,6 +58,33 @@ def test_neighbourhood_differences_match_plain_loops():
     for size in (3, 5):
         expected = torch.relu(as_matrix(naive_neighbourhood_differences(f, g, size)))
         torch.testing.assert_close(neighbourhood_differences(f, g, size), expected)
+
+
+def test_traceable_neighbourhood_differences_match_plain_loops():
+    """The export path (plain slices + stack) gives the loop reference's numbers too."""
+    gen = torch.Generator().manual_seed(1)
+    f = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 3, 6, 4, generator=gen, dtype=torch.float64)
+    expected = torch.relu(as_matrix(naive_neighbourhood_differences(f, g, 5)))
+    torch.testing.assert_close(_neighbourhood_differences_traceable(f, g, 5), expected)
+
+
+def test_idla_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build_model("idla").eval()
+    x1, x2 = torch.randn(5, 3, 160, 60), torch.randn(5, 3, 160, 60)
+    path = tmp_path / "idla.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (x1[:2], x2[:2]), str(path), dynamo=False, opset_version=17,
+                          input_names=["x1", "x2"], output_names=["logits"],
+                          dynamic_axes={"x1": {0: "n"}, "x2": {0: "n"}, "logits": {0: "n"}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x1, x2).numpy()
+    assert exported.shape == (5, 2)
+    assert abs(exported - expected).max() < 1e-4
 
 
 def test_neighbourhood_differences_gradient_matches_finite_differences():

@@ -86,7 +86,20 @@ def neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int = 5) -
                          f"and {tuple(g.shape)}")
     if size < 1 or size % 2 == 0:
         raise ModelError(f"neighbourhood size={size}: must be a positive odd number")
+    if torch.jit.is_tracing():
+        return _neighbourhood_differences_traceable(f, g, size)
     return _NeighbourhoodDifferencesReLU.apply(f, g, size)
+
+
+def _neighbourhood_differences_traceable(f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:
+    """The same numbers from plain slices, subtractions and one concatenation: what ONNX export records
+    (the fast path writes into preallocated slices, which traces into scatter operations)."""
+    n, c, h, w = f.shape
+    half = size // 2
+    f_cn = f.transpose(0, 1).unsqueeze(1)
+    g_padded = F.pad(g.transpose(0, 1), (half, half, half, half))
+    shifted = torch.stack([g_padded[:, :, dy:dy + h, dx:dx + w] for dy in range(size) for dx in range(size)], 1)
+    return (f_cn - shifted).relu().reshape(c * size * size, n * h * w)
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, ceil: bool = False) -> int:
