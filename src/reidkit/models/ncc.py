@@ -121,8 +121,10 @@ class NormalizedCrossCorrelation(nn.Module):
     def _patch_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(patch view (N, C, H, W, k, k), offset, scale) with normalised patch = view * scale + offset."""
         k, half = self.patch_size, self.patch_size // 2
-        mean = F.avg_pool2d(x, k, 1, half, count_include_pad=True)  # zero padding counts, as in the patches
-        mean_sq = F.avg_pool2d(x * x, k, 1, half, count_include_pad=True)
+        # Box means of x and x^2 in one pooling call; zero padding counts, as in the patches. Channels-last: the
+        # CPU pooling kernel is ~4x faster in NHWC than in NCHW for these small maps (measured).
+        both = torch.cat([x, x * x], 1).contiguous(memory_format=torch.channels_last)
+        mean, mean_sq = F.avg_pool2d(both, k, 1, half, count_include_pad=True).contiguous().chunk(2, 1)
         centred_ss = ((mean_sq - mean * mean) * (k * k)).clamp_min(0)  # sum of squared deviations
         scale = torch.rsqrt(centred_ss + self.eps)
         view = F.pad(x, (half, half, half, half)).unfold(2, k, 1).unfold(3, k, 1)
