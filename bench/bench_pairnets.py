@@ -172,25 +172,34 @@ def bench_runtimes(x1: torch.Tensor, x2: torch.Tensor, repeats: int, threads: in
             for name, run in runtime_sessions(fp32, int8, threads).items()}
 
 
+def load_run_split(run: Path, data_root: Path) -> tuple[torch.nn.Module, dict, object] | None:
+    """(eval-mode best.pt model, its data config, the carve-out it trained with), or None if either is missing."""
+    from reidkit.data.split import carve_validation_records
+    from reidkit.engine.checkpoint import model_from_checkpoint
+    from reidkit.engine.pair_trainer import load_train_records
+
+    if not (run / "best.pt").is_file() or not data_root.is_dir():
+        return None
+    model, payload = model_from_checkpoint(run / "best.pt")
+    data = payload["config"]["data"]
+    split = carve_validation_records(load_train_records(data_root), data["val_ids"], data["split_seed"])
+    return model.eval(), data, split
+
+
 def int8_validation(run: Path, data_root: Path, work: Path, threads: int) -> dict | None:
     """Balanced validation pair accuracy of a trained pair network: PyTorch fp32 vs its int8 ONNX export.
 
     Calibration uses training pairs only (the first identity-grouped batches of the carve-out's training side).
     """
     from reidkit.data.records import split_arrays
-    from reidkit.data.split import carve_validation_records
     from reidkit.data.store import load_image_tensor
-    from reidkit.engine.checkpoint import model_from_checkpoint
-    from reidkit.engine.pair_trainer import load_train_records
     from reidkit.engine.pairs import balanced_pairs
     from reidkit.metrics.verification import verification_report
 
-    if not (run / "best.pt").is_file() or not data_root.is_dir():
+    loaded = load_run_split(run, data_root)
+    if loaded is None:
         return None
-    model, payload = model_from_checkpoint(run / "best.pt")
-    model.eval()
-    data = payload["config"]["data"]
-    split = carve_validation_records(load_train_records(data_root), data["val_ids"], data["split_seed"])
+    model, data, split = loaded
     paths, pids, cams = split_arrays(split.query + split.gallery)  # the trainer's validation pairs
     pairs = balanced_pairs(pids, cams, np.random.default_rng(data["split_seed"]), data["cross_camera"])
     images = model.prepare(load_image_tensor(paths, model.input_size, data["resize"], show_progress=False))
@@ -284,19 +293,14 @@ def bench_rerank(run: Path, data_root: Path, top_k: int = 20, embedding: Path | 
     The embedding is a reidkit checkpoint trained on the same carve-out (`embedding`), else stripe colour
     histograms (a weak, training-free baseline).
     """
-    from reidkit.data.split import carve_validation_records
     from reidkit.data.store import load_image_tensor
-    from reidkit.engine.checkpoint import model_from_checkpoint
-    from reidkit.engine.pair_trainer import load_train_records
     from reidkit.metrics import compute_distance_matrix, evaluate_rank_full
     from reidkit.metrics.pair_ranking import pair_network_scorer, rerank_top_k
 
-    if not (run / "best.pt").is_file() or not data_root.is_dir():
+    loaded = load_run_split(run, data_root)
+    if loaded is None:
         return None
-    model, payload = model_from_checkpoint(run / "best.pt")
-    model.eval()
-    data = payload["config"]["data"]
-    split = carve_validation_records(load_train_records(data_root), data["val_ids"], data["split_seed"])
+    model, data, split = loaded
     size = model.input_size
     q_img = load_image_tensor([r.path for r in split.query], size, show_progress=False)
     g_img = load_image_tensor([r.path for r in split.gallery], size, show_progress=False)
