@@ -18,7 +18,6 @@ import shutil
 import statistics
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from reidkit.engine.pair_trainer import retain_freed_memory
+from reidkit.export.onnx import export_pair_onnx
 from reidkit.models import build_model
 from reidkit.models.ncc import NormalizedCrossCorrelation
 from reidkit.utils import atomic_write_json, atomic_write_text
@@ -102,17 +102,6 @@ def bench_model(name: str, x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> 
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 results["idla forward(x1, x2), bf16 autocast"] = throughput(lambda: model(x1, x2), batch, repeats)
     return results
-
-
-def export_pair_onnx(model: torch.nn.Module, path: Path) -> None:
-    """forward(x1, x2) -> logits as ONNX with a dynamic batch (the traceable neighbourhood-difference path)."""
-    size = model.input_size
-    dummy = (torch.zeros(2, 3, *size), torch.zeros(2, 3, *size))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes
-        torch.onnx.export(model.eval(), dummy, str(path), dynamo=False, opset_version=17,
-                          input_names=["x1", "x2"], output_names=["logits"],
-                          dynamic_axes={"x1": {0: "n"}, "x2": {0: "n"}, "logits": {0: "n"}})
 
 
 def quantize_pair_onnx(source: Path, target: Path, calibration: list[tuple[np.ndarray, np.ndarray]]) -> None:

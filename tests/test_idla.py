@@ -71,15 +71,13 @@ def test_traceable_neighbourhood_differences_match_plain_loops():
 
 def test_idla_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
+    from reidkit.export.onnx import export_pair_onnx
+
     torch.manual_seed(0)
     model = build_model("idla").eval()
     x1, x2 = torch.randn(5, 3, 160, 60), torch.randn(5, 3, 160, 60)
-    path = tmp_path / "idla.onnx"
-    with torch.no_grad():
-        torch.onnx.export(model, (x1[:2], x2[:2]), str(path), dynamo=False, opset_version=17,
-                          input_names=["x1", "x2"], output_names=["logits"],
-                          dynamic_axes={"x1": {0: "n"}, "x2": {0: "n"}, "logits": {0: "n"}})
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    export_pair_onnx(model, tmp_path / "idla.onnx")  # traced with a batch of 2
+    session = ort.InferenceSession(str(tmp_path / "idla.onnx"), providers=["CPUExecutionProvider"])
     exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
     with torch.no_grad():
         expected = model(x1, x2).numpy()

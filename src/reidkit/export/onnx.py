@@ -94,6 +94,18 @@ def _torch_to_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Pa
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
+def export_pair_onnx(model: torch.nn.Module, path: str | os.PathLike, opset: int = 17) -> None:
+    """A pair network's forward(x1, x2) -> (N, 2) logits as ONNX (inputs "x1", "x2", output "logits"), batch axis
+    dynamic. IDLA records its traceable neighbourhood-difference path; verify the result on the target runtime."""
+    size = tuple(model.input_size)
+    dummy = (torch.zeros(2, 3, *size), torch.zeros(2, 3, *size))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes, as in _torch_to_onnx
+        torch.onnx.export(model.eval(), dummy, str(path), dynamo=False, opset_version=opset,
+                          input_names=["x1", "x2"], output_names=["logits"], do_constant_folding=True,
+                          dynamic_axes={"x1": {0: "batch"}, "x2": {0: "batch"}, "logits": {0: "batch"}})
+
+
 def _sidecar(torch_ext: TorchExtractor, checkpoint: Path, out: Path, opset: int,
              verification: dict[str, Any]) -> dict[str, Any]:
     """The sidecar shared by `model.onnx` and `model.xml` of one stem; verification results kept per format."""
