@@ -178,7 +178,8 @@ def load_run_split(run: Path, data_root: Path) -> tuple[torch.nn.Module, dict, o
 def int8_validation(run: Path, data_root: Path, work: Path, threads: int) -> dict | None:
     """Balanced validation pair accuracy of a trained pair network: PyTorch fp32 vs its int8 ONNX export.
 
-    Calibration uses training pairs only (the first identity-grouped batches of the carve-out's training side).
+    Calibration uses training images only: 4 batches of 64 pairs among the first 512 images of the carve-out's
+    training side (image i with image i + 256).
     """
     from reidkit.data.records import split_arrays
     from reidkit.data.store import load_image_tensor
@@ -191,26 +192,28 @@ def int8_validation(run: Path, data_root: Path, work: Path, threads: int) -> dic
     model, data, split = loaded
     paths, pids, cams = split_arrays(split.query + split.gallery)  # the trainer's validation pairs
     pairs = balanced_pairs(pids, cams, np.random.default_rng(data["split_seed"]), data["cross_camera"])
-    images = model.prepare(load_image_tensor(paths, model.input_size, data["resize"], show_progress=False))
+    images = model.prepare(load_image_tensor(paths, model.input_size, data["resize"], show_progress=False)).numpy()
     calib = model.prepare(load_image_tensor([r.path for r in split.train[:512]], model.input_size, data["resize"],
-                                            show_progress=False))
+                                            show_progress=False)).numpy()
     fp32, int8 = work / f"{run.name}.onnx", work / f"{run.name}_int8.onnx"
     export_pair_onnx(model, fp32)
-    quantize_pair_onnx(fp32, int8, [(calib[i:i + 64].numpy(), calib[i + 256:i + 320].numpy())
-                                    for i in range(0, 256, 64)])
-    first, second = torch.from_numpy(pairs.first), torch.from_numpy(pairs.second)
-    with torch.inference_mode():
-        logits = torch.cat([model(images[first[i:i + 256]], images[second[i:i + 256]])
-                            for i in range(0, len(first), 256)]).numpy()
-    runners = runtime_sessions(fp32, int8, threads)
-    out = {"pairs": len(first)}
-    for name, scorer in (("PyTorch fp32", None), *((k, v) for k, v in runners.items() if "int8" in k)):
-        lg = logits if scorer is None else np.concatenate(
-            [scorer(images[first[i:i + 256]].numpy(), images[second[i:i + 256]].numpy())
-             for i in range(0, len(first), 256)])
+    quantize_pair_onnx(fp32, int8, [(calib[i:i + 64], calib[i + 256:i + 320]) for i in range(0, 256, 64)])
+
+    def pytorch(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+    runners = {"PyTorch fp32": pytorch,
+               **{k: v for k, v in runtime_sessions(fp32, int8, threads).items() if "int8" in k}}
+    logits = {name: np.concatenate([run_pairs(images[pairs.first[i:i + 256]], images[pairs.second[i:i + 256]])
+                                    for i in range(0, len(pairs.first), 256)])
+              for name, run_pairs in runners.items()}
+    same = logits["PyTorch fp32"][:, 1] > logits["PyTorch fp32"][:, 0]
+    out: dict = {"pairs": len(pairs.first)}
+    for name, lg in logits.items():
         report = verification_report(lg[:, 1] - lg[:, 0], pairs.label, 0.0)
         out[name] = {"balanced_accuracy": report["balanced_accuracy"], "auc": report["auc"],
-                     "same_decision_as_fp32": float(np.mean((lg[:, 1] > lg[:, 0]) == (logits[:, 1] > logits[:, 0])))}
+                     "same_decision_as_fp32": float(np.mean((lg[:, 1] > lg[:, 0]) == same))}
     return out
 
 

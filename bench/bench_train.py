@@ -64,11 +64,11 @@ ABLATIONS = {"main": "recipe: GeM, cut-out curriculum, CE pre-training, 192x96",
              "abl_no_pretrain": "no CE pre-training (CE + TriHard from epoch 1)",
              "size_128x64": "input 128x64", "abl_256x128": "input 256x128"}
 NO_VAL_RUNS = ("s_no_val",)
-# Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
 # The loss table at the recipe's budget (192x96, 50 epochs): main is CE + TriHard.
 LOSS_RUNS_RECIPE = {"loss_ce": "CE", "main": "CE + TriHard", "loss_msml": "CE + MSML",
                     "loss_quadruplet": "CE + quadruplet", "loss_soft_hard": "CE + soft-hard",
                     "loss_mutual": "mutual (2 students; alone = CE + TriHard)"}
+# Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
 LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_quadruplet": "CE + quadruplet",
              "s_soft_hard": "CE + soft-hard", "s_mutual": "mutual (2 students)", "s_base30": "CE + TriHard, 30 epochs",
              "s_aligned": "AlignedReID, 30 epochs"}
@@ -84,30 +84,30 @@ SHORT_PROTOCOL = ("optim.epochs=12", "optim.pretrain_epochs=2", "optim.warmup_ep
                   "num_threads=1", "max_minutes=40")
 
 
-def run_table(results: list[dict]) -> list[str]:
-    lines = ["| run | overrides | epochs | best epoch | val rank-1 | val mAP | val mINP | s/epoch | train img/s "
-             "| train min |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def run_table(results: list[dict], changes: dict[str, str] | None = None) -> list[str]:
+    """One row per run; with `changes` (run name -> what it changes) a "change" column is added."""
+    labelled = changes is not None
+    lines = ["| run | " + ("change | " if labelled else "") + "overrides | epochs | best epoch | val rank-1 | val mAP "
+             "| val mINP | s/epoch | train img/s | train min |",
+             "|---|" + ("---|" if labelled else "") + "---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         v = r["val"]
         short = all(o in r["overrides"] for o in SHORT_PROTOCOL)
         hidden = SHORT_PROTOCOL if short else ABLATION_SETTINGS
-        changes = [o for o in r["overrides"] if o not in hidden]
+        overrides = [o for o in r["overrides"] if o not in hidden]
         protocol = ("short protocol" if short else "recipe") + ("" if r["finished"] else " (running)")
-        lines.append(f"| {r['name']} | {' '.join([protocol] + changes)} | {r['epochs']} | {r['best_epoch'] or '-'} "
-                     f"| {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} | {r['mean_epoch_seconds']:.0f} "
-                     f"| {r['train_images_per_second']:.1f} | {r['train_minutes']:.1f} |")
+        change = f" {changes[r['name']]} |" if labelled else ""
+        lines.append(f"| {r['name']} |{change} {' '.join([protocol] + overrides)} | {r['epochs']} "
+                     f"| {r['best_epoch'] or '-'} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
+                     f"| {r['mean_epoch_seconds']:.0f} | {r['train_images_per_second']:.1f} "
+                     f"| {r['train_minutes']:.1f} |")
     return lines
 
 
 def ablation_table(results: dict[str, dict]) -> list[str]:
-    lines = run_table([results[n] for n in ABLATIONS if n in results])
-    lines[0] = lines[0].replace("| run |", "| run | change |", 1)
-    lines[1] = "|---" + lines[1]
-    names = [n for n in ABLATIONS if n in results]
-    rows = [row.replace(f"| {n} |", f"| {n} | {ABLATIONS[n]} |", 1) for n, row in zip(names, lines[2:])]
     missing = [f"| {n} | {label} | (not run yet) | | | | | | | | |" for n, label in ABLATIONS.items()
                if n not in results]
-    return lines[:2] + rows + missing
+    return run_table([results[n] for n in ABLATIONS if n in results], ABLATIONS) + missing
 
 
 def loss_table(results: dict[str, dict], runs: dict[str, str] = LOSS_RUNS) -> list[str]:

@@ -83,27 +83,27 @@ class _EmbeddingOnly(torch.nn.Module):
         return out
 
 
-def _torch_to_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path, opset: int) -> None:
-    dummy = torch.randn(2, 3, *input_size)
-    with warnings.catch_warnings():
+def _trace_to_onnx(module: torch.nn.Module, dummy: tuple[torch.Tensor, ...], path: str | os.PathLike, opset: int,
+                   inputs: list[str], outputs: list[str]) -> None:
+    """Trace `module` on `dummy` into ONNX with every input and output batch axis dynamic."""
+    with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of dynamo export, which needs onnxscript (not a
         # dependency); it still produces standard graphs that both runtimes accept.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_EmbeddingOnly(model).eval(), (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(module.eval(), dummy, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                          output_names=outputs, do_constant_folding=True,
+                          dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
+
+
+def _torch_to_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path, opset: int) -> None:
+    _trace_to_onnx(_EmbeddingOnly(model), (torch.randn(2, 3, *input_size),), path, opset, [INPUT_NAME], [OUTPUT_NAME])
 
 
 def export_pair_onnx(model: torch.nn.Module, path: str | os.PathLike, opset: int = 17) -> None:
     """A pair network's forward(x1, x2) -> (N, 2) logits as ONNX (inputs "x1", "x2", output "logits"), batch axis
     dynamic. IDLA records its traceable neighbourhood-difference path; verify the result on the target runtime."""
-    size = tuple(model.input_size)
-    dummy = (torch.zeros(2, 3, *size), torch.zeros(2, 3, *size))
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer notes, as in _torch_to_onnx
-        torch.onnx.export(model.eval(), dummy, str(path), dynamo=False, opset_version=opset,
-                          input_names=["x1", "x2"], output_names=["logits"], do_constant_folding=True,
-                          dynamic_axes={"x1": {0: "batch"}, "x2": {0: "batch"}, "logits": {0: "batch"}})
+    dummy = (torch.zeros(2, 3, *model.input_size), torch.zeros(2, 3, *model.input_size))
+    _trace_to_onnx(model, dummy, path, opset, ["x1", "x2"], ["logits"])
 
 
 def _sidecar(torch_ext: TorchExtractor, checkpoint: Path, out: Path, opset: int,
