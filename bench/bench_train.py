@@ -69,7 +69,8 @@ LOSS_RUNS_RECIPE = {"loss_ce": "CE", "main": "CE + TriHard", "loss_msml": "CE + 
                     "loss_quadruplet": "CE + quadruplet", "loss_soft_hard": "CE + soft-hard",
                     "loss_mutual": "mutual (2 students; alone = CE + TriHard)"}
 # Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
-LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_quadruplet": "CE + quadruplet",
+LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_msml_w015": "CE + 0.15 x MSML",
+             "s_quadruplet": "CE + quadruplet",
              "s_soft_hard": "CE + soft-hard", "s_mutual": "mutual (2 students)", "s_base30": "CE + TriHard, 30 epochs",
              "s_aligned": "AlignedReID, 30 epochs"}
 LOSS_OUT = ROOT / "docs" / "benchmarks" / "losses_cuhk03np"
