@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from reidkit.config import load_config
 from reidkit.data.market import parse_market_name
 from reidkit.data.store import load_image_tensor
 from reidkit.engine.checkpoint import model_from_checkpoint
+from reidkit.engine.config import TrainConfig
 from reidkit.engine.transforms import normalize
 from reidkit.losses import build_loss
 from reidkit.models import build_model
@@ -27,6 +30,7 @@ from reidkit.utils import atomic_write_json, atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
 OUT = ROOT / "docs" / "benchmarks" / "loss_gradients"
+RECIPE = ROOT / "configs" / "cuhk03np_cpu.yaml"
 LOSSES = {"triplet_batch_hard": {"margin": 0.3}, "msml": {"margin": 0.3}, "soft_hard": {"margin": 0.3},
           "quadruplet": {"metric": "euclidean", "alpha": 0.3, "beta": 0.15, "ohnm": True}}
 
@@ -55,8 +59,10 @@ def gradient_stats(features: torch.Tensor, labels: torch.Tensor) -> dict[str, di
 def measure(checkpoint: Path) -> dict:
     torch.manual_seed(0)
     paths, labels = pk_batch()
-    models = {"ImageNet init": build_model("embedding", backbone="efficientnet_lite0", pretrained=True, pooling="gem",
-                                           bnneck=True, last_stride=1, num_classes=617, input_size=(192, 96))}
+    cfg = load_config(TrainConfig, RECIPE)  # the recipe's model, so this bench follows the recipe when it changes
+    model_cfg = {k: v for k, v in asdict(cfg.model).items() if k != "name" and v is not None}
+    models = {"ImageNet init": build_model(cfg.model.name, **model_cfg, num_classes=617,
+                                           input_size=(cfg.data.height, cfg.data.width))}
     if checkpoint.is_file():
         models[f"trained ({checkpoint.relative_to(ROOT)})"] = model_from_checkpoint(checkpoint)[0]
     results = {}
