@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from reidkit.engine.pair_trainer import retain_freed_memory
 from reidkit.export.onnx import export_pair_onnx
 from reidkit.models import build_model
+from reidkit.models.native import ncc_library
 from reidkit.models.ncc import NormalizedCrossCorrelation
 from reidkit.utils import atomic_write_json, atomic_write_text
 
@@ -224,12 +225,16 @@ def bench_models(x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> dict[str, 
 def bench_ncc(batch: int, repeats: int, naive: bool = True) -> dict[str, dict]:
     gen = torch.Generator().manual_seed(1)
     a, b = torch.rand(batch, *MAP_SHAPE, generator=gen), torch.rand(batch, *MAP_SHAPE, generator=gen)
-    layer = NormalizedCrossCorrelation()
+    layer, torch_path = NormalizedCrossCorrelation(), NormalizedCrossCorrelation(native=False)
+    kernel = "native C kernel" if ncc_library() is not None else "no C compiler: PyTorch path"
     results = {}
     with torch.inference_mode():
-        results["NCC layer forward (N, 1500, 37, 12) maps"] = throughput(lambda: layer(a, b), batch, repeats)
-        results["NCC layer correlate_padded (no final transpose)"] = throughput(lambda: layer.correlate_padded(a, b),
-                                                                               batch, repeats)
+        results[f"NCC layer forward (N, 1500, 37, 12) maps ({kernel})"] = throughput(lambda: layer(a, b), batch,
+                                                                                   repeats)
+        results[f"NCC layer correlate_padded, no final transpose ({kernel})"] = throughput(
+            lambda: layer.correlate_padded(a, b), batch, repeats)
+        results["NCC layer correlate_padded, PyTorch path (native=False)"] = throughput(
+            lambda: torch_path.correlate_padded(a, b), batch, repeats)
     if not naive:
         return results
     # One channel of one pair, times the channel count: the full pair takes minutes of loop overhead.
@@ -395,6 +400,8 @@ def remeasure_ncc(batch: int, repeats: int, threads: list[int]) -> None:
     for count in threads:
         torch.set_num_threads(count)
         rows = report["throughput"].setdefault(str(count), {})
+        for stale in [name for name in rows if name.startswith("NCC layer")]:  # row names changed with the kernel
+            del rows[stale]
         rows.update({**bench_model("idla_ncc", x1, x2, repeats), **bench_ncc(batch, repeats, naive=False)})
     report["environment"]["ncc_remeasured"] = {"load_before": load_before, "load_after": os.getloadavg()[0]}
     atomic_write_json(report, OUT_JSON)

@@ -416,6 +416,20 @@ def test_mutual_loss_equals_loops_for_three_students() -> None:
     close(sum(loss.student_losses(logits, distances)), 0.7 * temperature**2 * kl + 0.3 * metric)
 
 
+def test_normalized_metric_mutual_loss_uses_unit_embeddings() -> None:
+    generator = torch.Generator().manual_seed(23)
+    embeddings = [torch.randn(5, 3, generator=generator, dtype=torch.float64) for _ in range(2)]
+    units = [[[v / math.sqrt(sum(c * c for c in row)) for v in row] for row in e.tolist()] for e in embeddings]
+    tables = [dist_table(torch.tensor(u, dtype=torch.float64)) for u in units]
+    expected = 2 * sum((tables[0][a][b] - tables[1][a][b]) ** 2 for a in range(5) for b in range(5)) / 25
+    loss = MutualLearningLoss(kl_weight=0.0, normalize=True)
+    close(loss(embeddings=embeddings), expected)
+    # scaling one student's features changes nothing once normalised (it does without normalising)
+    scaled = [embeddings[0] * 7.0, embeddings[1]]
+    close(loss(embeddings=scaled), expected)
+    assert abs(MutualLearningLoss(kl_weight=0.0)(embeddings=scaled).item() - expected) > 1.0
+
+
 def two_students() -> tuple[nn.Linear, nn.Linear, torch.Tensor]:
     torch.manual_seed(20)
     return nn.Linear(5, 3).double(), nn.Linear(5, 3).double(), torch.randn(6, 5, dtype=torch.float64)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from reidkit.errors import ModelError
 from reidkit.models import build_model
+from reidkit.models.native import load_ncc_library, ncc_library
 from reidkit.models.ncc import CorrelationSummary, NormalizedCrossCorrelation
 
 
@@ -55,6 +56,37 @@ def test_ncc_float32_matches_the_float64_reference():
     a, b = torch.rand(2, 3, 7, 5, generator=gen), torch.rand(2, 3, 7, 5, generator=gen)
     expected = naive_ncc(a, b, 5, 2, 1e-4).float()
     torch.testing.assert_close(NormalizedCrossCorrelation()(a, b), expected, rtol=1e-4, atol=1e-4)
+
+
+needs_native = pytest.mark.skipif(ncc_library() is None, reason="no C compiler: the native NCC kernel is not built")
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "c", "h", "w", "patch", "radius", "threads"), [
+    (2, 3, 6, 12, 5, 2, 1),   # the paper's band width (5 rows x 12 columns): register-blocked path
+    (3, 2, 5, 12, 5, 2, 2),   # the same split over two threads
+    (1, 2, 4, 7, 3, 1, 2),    # other widths and radii: generic path, width not a multiple of 4
+    (1, 1, 3, 60, 5, 0, 1),   # band width 60 without padding rows: must not take the spilling path
+])
+def test_native_kernel_matches_the_naive_loop_reference(n, c, h, w, patch, radius, threads):
+    gen = torch.Generator().manual_seed(9)
+    a, b = torch.randn(n, c, h, w, generator=gen), torch.randn(n, c, h, w, generator=gen)
+    layer = NormalizedCrossCorrelation(patch, radius, eps=1e-4)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = layer(a, b)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, naive_ncc(a, b, patch, radius, 1e-4).float(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compiler_falls_back_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("REIDKIT_CACHE", str(tmp_path))
+    with pytest.warns(UserWarning, match="native NCC kernel unavailable"):
+        assert load_ncc_library("/bin/false") is None
+    with pytest.warns(UserWarning, match="no C compiler"):
+        assert load_ncc_library(None) is None
 
 
 def test_ncc_gradient_matches_finite_differences():

@@ -49,6 +49,10 @@ class LossConfig:
     # Mutual learning (two students): weights of the KL and metric mutual terms.
     mutual_kl_weight: float = 1.0
     mutual_metric_weight: float = 1.0
+    # Metric mutual term on the distances of L2-normalised features, as AlignedReID's mutual learning trains it.
+    # On the raw 1280-d features the term reached 3-13 (more than CE) and both students collapsed (docs/benchmarks/
+    # losses_cuhk03np.md).
+    mutual_normalize: bool = True
 
 
 @dataclass

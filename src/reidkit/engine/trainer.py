@@ -179,7 +179,8 @@ class EmbeddingTrainer:
         self.mutual_loss = None
         if len(self.models) > 1:
             self.mutual_loss = MutualLearningLoss(num_students=len(self.models), kl_weight=lc.mutual_kl_weight,
-                                                  metric_weight=lc.mutual_metric_weight)
+                                                  metric_weight=lc.mutual_metric_weight,
+                                                  normalize=lc.mutual_normalize)
 
     # --------------------------------------------------------------- training
     def _student_loss(self, out: dict[str, Any], labels: torch.Tensor, ranking: bool) -> dict[str, torch.Tensor]:

@@ -43,6 +43,8 @@ class MutualLearningLoss(nn.Module):
         kl_weight     * T^2 * mean_j KL(ZG(p_j) || p_i),  p = softmax(logits / T), KL summed over classes
                                                            and averaged over the batch (DML; T=1 in the paper)
       + metric_weight * mean_j mean_{a,b} (M_i[a,b] - ZG(M_j[a,b]))^2,  M = batch distance matrix.
+    With embeddings and `normalize=True`, M is computed on L2-normalised embeddings (AlignedReID's mutual
+    learning setting): the squared error then has a bounded scale instead of growing with the feature norm.
     For K = 2 the metric part is mean (ZG(M1) - M2)^2 + (M1 - ZG(M2))^2. Because of ZG, each student's
     parameters receive gradient only from its own terms, so one backward() of the total (plus each
     student's own identity loss) gives every student its DML gradient; step each student's optimiser.
@@ -57,6 +59,7 @@ class MutualLearningLoss(nn.Module):
         metric_weight: float = 1.0,
         temperature: float = 1.0,
         metric: str = "euclidean",
+        normalize: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(num_students, int) or num_students < 2:
@@ -68,6 +71,7 @@ class MutualLearningLoss(nn.Module):
         self.metric_weight = check_non_negative(metric_weight, "MutualLearningLoss.metric_weight")
         self.temperature = float(temperature)
         self.metric = check_metric(metric, "MutualLearningLoss.metric")
+        self.normalize = bool(normalize)
 
     def forward(
         self,
@@ -112,6 +116,8 @@ class MutualLearningLoss(nn.Module):
             raise TrainingError("MutualLearningLoss: pass distances or embeddings, not both")
         if embeddings is not None:
             _check_students(embeddings, self.num_students, "embeddings")
+            if self.normalize:
+                embeddings = [F.normalize(e, dim=1) for e in embeddings]
             distances = [pairwise_distance(e, metric=self.metric) for e in embeddings]
         if logits is None and distances is None:
             raise TrainingError("MutualLearningLoss: pass logits and/or distances (or embeddings), one per student")

@@ -19,11 +19,19 @@ contiguous run of (2r+1)*W values in each component row, at a fixed stride from 
 zero-copy strided view serves every band (overlapping) and (n, c, y) merge into one batch index. Component-major
 rather than patch-major storage makes the normalisation's writes run along map rows (~5x faster, measured); see
 docs/pair_networks.md for the timings.
+
+Inference on CPU float32 goes through a fused C kernel instead (ncc_kernel.c, built on first use by
+reidkit.models.native; `native=False` or REIDKIT_NATIVE=0 keep the PyTorch path, which is also the fallback
+without a C compiler): per (pair, channel) block it normalises both maps' patches into cache-resident buffers
+and computes the band products with register-blocked vector code, so no patch store is ever materialised.
+Training (autograd) always uses the PyTorch path above.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -40,6 +48,7 @@ from .idla import (
     pair_head,
     trunk_output_size,
 )
+from .native import ncc_library
 from .registry import register_model
 
 NCC_MODES = ("replace", "beside")
@@ -127,6 +136,18 @@ class _BandCorrelation(torch.autograd.Function):
         return component_major(grad_p, 0), component_major(grad_q[:batches], r), None
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _kernel_pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per process and thread count (ctypes calls release the GIL, so the threads run in
+    parallel); keyed by pid because a forked child inherits the pool object but not its threads."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="reidkit-ncc")
+    return _POOLS[key]
+
+
 class NormalizedCrossCorrelation(nn.Module):
     """`forward(a, b)`: (N, C, H, W) x2 -> (N, C * (2r+1) * W, H, W) correlation maps.
 
@@ -134,7 +155,8 @@ class NormalizedCrossCorrelation(nn.Module):
     (y + dy, x2)). `correlate` returns the same numbers as (N, C, H, W, 2r+1, W) without the final transpose.
     """
 
-    def __init__(self, patch_size: int = 5, row_radius: int = 2, eps: float = 1e-4, chunk_size: int = 32):
+    def __init__(self, patch_size: int = 5, row_radius: int = 2, eps: float = 1e-4, chunk_size: int = 32,
+                 native: bool = True):
         super().__init__()
         if patch_size < 1 or patch_size % 2 == 0:
             raise ModelError(f"patch_size={patch_size}: must be a positive odd number")
@@ -145,6 +167,8 @@ class NormalizedCrossCorrelation(nn.Module):
         if chunk_size < 1:
             raise ModelError(f"chunk_size={chunk_size}: must be >= 1")
         self.patch_size, self.row_radius, self.eps, self.chunk_size = patch_size, row_radius, eps, chunk_size
+        # Inference on CPU float32 uses the fused C kernel (reidkit.models.native) when it builds here.
+        self.native = native
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, row_radius={self.row_radius}, eps={self.eps}"
@@ -196,10 +220,36 @@ class NormalizedCrossCorrelation(nn.Module):
             return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
         # Inference: chunks write straight into one output (no concatenation pass over the largest tensor).
         out = a.new_empty(n, c, h + 2 * r, w, 2 * r + 1, w)
+        if self._native_forward(a, b, out):
+            return out
         with torch.no_grad():
             for i in range(0, n, size):
                 self._correlate_chunk(a[i:i + size], b[i:i + size], out[i:i + size])
         return out
+
+    def _native_forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
+        """Fill `out` with the fused C kernel, split over torch's thread count; False when it does not apply."""
+        library = ncc_library() if self.native else None
+        if library is None or a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32:
+            return False
+        a, b = a.detach().contiguous(), b.detach().contiguous()
+        n, c, h, w = a.shape
+        blocks = n * c
+        if blocks == 0 or h == 0 or w == 0:
+            return True  # nothing to compute
+        parts = min(torch.get_num_threads(), blocks)
+        bounds = [blocks * i // parts for i in range(parts + 1)]
+        if out.numel() * out.element_size() >= 1 << 24:
+            library.advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
+        args = (a.data_ptr(), b.data_ptr(), out.data_ptr(), h, w, self.patch_size, self.row_radius, self.eps)
+        spans = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        if len(spans) == 1:
+            codes = [library.ncc_forward_blocks(*args, *spans[0])]
+        else:
+            codes = list(_kernel_pool(len(spans)).map(lambda span: library.ncc_forward_blocks(*args, *span), spans))
+        if any(codes):
+            raise MemoryError("NormalizedCrossCorrelation: the native kernel could not allocate its scratch buffers")
+        return True
 
     def correlate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) x2 -> (N, C, H, W, 2r+1, W): [n, c, y, x, dy + r, x2] = ncc(A at (y, x), B at (y+dy, x2))."""

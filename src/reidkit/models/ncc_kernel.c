@@ -1,0 +1,168 @@
+/* Fused NCC forward for reidkit.models.ncc (inference): normalised patches and band correlations of whole
+ * (map, channel) blocks, kept in cache, instead of materialising patch stores for a batched matrix product.
+ *
+ * For every block (n, c) of two (N, C, H, W) float32 maps A and B:
+ *   P[j][y][x]  = normalised k x k patch of A at (y, x), component j = u*k + v  (zero padding counts)
+ *   Q[j][y'][x] = the same for B, with `radius` zero rows above and below (rows outside B correlate to 0)
+ *   out[n][c][y][x][t] = sum_j P[j][y][x] * Q[j][y + t / W][t % W],  t < (2r+1)*W, rows y < H only
+ * `out` has the (N, C, H + 2r, W, (2r+1)*W) layout of NormalizedCrossCorrelation.correlate_padded; its padding
+ * rows are set to 0. Normalisation: mean and sum of squared deviations over the k*k values (zeros outside
+ * the map included), scale = 1 / sqrt(ss + eps), as NormalizedCrossCorrelation._patch_terms computes it.
+ * Built by reidkit.models.native with the system C compiler (-O3 -march=native); plain C, no OpenMP: the caller
+ * splits blocks across threads (ctypes releases the GIL). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
+static void normalised_patches(const float *map, int h, int w, int k, float eps, float *dst, int dst_rows,
+                               int first_row, float *scratch) {
+    /* dst: (k*k, dst_rows, w); patches of map rows 0..h-1 go to dst rows first_row..first_row+h-1.
+     * scratch: k * (h + k - 1) * w + 3 * h * w floats. shifted[v] is the zero-padded map shifted left by
+     * v - k/2 columns, with pitch w: patch component (u, v) of all positions is then the contiguous run
+     * shifted[v][u * w ..], so every loop below is one long vectorised run over the h * w positions. */
+    const int half = k / 2, kk = k * k, ph = h + 2 * half, hw = h * w;
+    float *shifted = scratch, *sum = shifted + (size_t)k * ph * w, *sum_sq = sum + hw, *scale = sum_sq + hw;
+    for (int v = 0; v < k; ++v) {
+        float *sv = shifted + (size_t)v * ph * w;
+        memset(sv, 0, sizeof(float) * ph * w);
+        for (int y = 0; y < h; ++y)
+            for (int x = 0; x < w; ++x) {
+                int xx = x + v - half;
+                sv[(size_t)(y + half) * w + x] = (xx < 0 || xx >= w) ? 0.0f : map[(size_t)y * w + xx];
+            }
+    }
+    memset(sum, 0, sizeof(float) * 2 * hw);
+    for (int u = 0; u < k; ++u)
+        for (int v = 0; v < k; ++v) {
+            const float *run = shifted + (size_t)v * ph * w + (size_t)u * w;
+            for (int i = 0; i < hw; ++i) {
+                sum[i] += run[i];
+                sum_sq[i] += run[i] * run[i];
+            }
+        }
+    const float inv = 1.0f / (float)kk;
+    float *offset = sum; /* reuse: the mean is folded into the offset */
+    for (int i = 0; i < hw; ++i) {
+        float mean = sum[i] * inv;
+        float ss = (sum_sq[i] * inv - mean * mean) * (float)kk;
+        float sc = 1.0f / sqrtf((ss > 0.0f ? ss : 0.0f) + eps);
+        scale[i] = sc;
+        offset[i] = -mean * sc;
+    }
+    for (int u = 0; u < k; ++u)
+        for (int v = 0; v < k; ++v) {
+            const float *run = shifted + (size_t)v * ph * w + (size_t)u * w;
+            float *plane = dst + ((size_t)(u * k + v) * dst_rows + first_row) * w;
+            for (int i = 0; i < hw; ++i) plane[i] = run[i] * scale[i] + offset[i];
+        }
+}
+
+/* Generic band product: out[y][x][t] for any band width T (accumulators in L1). */
+static void band_rows(const float *p, const float *q, float *out, int h, int w, int kk, int hq, int T) {
+    const size_t p_stride = (size_t)h * w, q_stride = (size_t)hq * w;
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+            float *o = out + ((size_t)y * w + x) * T;
+            memset(o, 0, sizeof(float) * T);
+            for (int j = 0; j < kk; ++j) {
+                const float pv = p[j * p_stride + (size_t)y * w + x];
+                const float *qj = q + j * q_stride + (size_t)y * w;
+                for (int t = 0; t < T; ++t) o[t] += pv * qj[t];
+            }
+        }
+}
+
+/* The paper's shape, T = 60 (5 rows x 12 columns): register-blocked with GCC/Clang vector types. XB output
+ * positions x share each load of Q's 4 x 16 band values; the 4th vector covers t = 48..63 and its last 4 lanes
+ * spill into the next output row, which is written after it (or is one of the block's padding rows). Q must
+ * have 4 readable floats past its end. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#ifdef __AVX512F__
+#define XB 4 /* 16 accumulators + 4 band vectors fit the 32 zmm registers */
+#else
+#define XB 2
+#endif
+
+static inline void band_block60(const float *p, const float *q, float *out, int y, int x, int nx, int w, int kk,
+                                size_t p_stride, size_t q_stride) {
+    v16 acc[XB][4];
+    for (int i = 0; i < XB; ++i)
+        for (int v = 0; v < 4; ++v) acc[i][v] = (v16){0};
+    for (int j = 0; j < kk; ++j) {
+        const float *qj = q + j * q_stride + (size_t)y * w;
+        const v16 q0 = *(const v16u *)qj, q1 = *(const v16u *)(qj + 16), q2 = *(const v16u *)(qj + 32),
+                  q3 = *(const v16u *)(qj + 48);
+        const float *pj = p + j * p_stride + (size_t)y * w + x;
+        for (int i = 0; i < XB; ++i) {
+            if (i >= nx) break;
+            const float pv = pj[i];
+            acc[i][0] += q0 * pv;
+            acc[i][1] += q1 * pv;
+            acc[i][2] += q2 * pv;
+            acc[i][3] += q3 * pv;
+        }
+    }
+    for (int i = 0; i < nx && i < XB; ++i) {
+        float *o = out + ((size_t)y * w + x + i) * 60;
+        for (int v = 0; v < 4; ++v) *(v16u *)(o + 16 * v) = acc[i][v];
+    }
+}
+
+static void band_rows60(const float *p, const float *q, float *out, int h, int w, int kk, int hq) {
+    const size_t p_stride = (size_t)h * w, q_stride = (size_t)hq * w;
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; x += XB) band_block60(p, q, out, y, x, w - x < XB ? w - x : XB, w, kk, p_stride, q_stride);
+}
+
+/* Blocks first..last-1 of the N*C (map, channel) blocks. Returns 0, or -1 if scratch memory was unavailable. */
+int ncc_forward_blocks(const float *a, const float *b, float *out, int h, int w, int k, int radius, float eps,
+                       long first, long last) {
+    const int kk = k * k, hq = h + 2 * radius, T = (2 * radius + 1) * w;
+    const size_t map = (size_t)h * w, out_block = (size_t)hq * w * T;
+    float *p = malloc(sizeof(float) * kk * map);
+    /* zero rows stay zero (only rows r..r+h-1 are rewritten); +16 floats: band_rows60 reads 4 past the end */
+    float *q = calloc((size_t)kk * hq * w + 16, sizeof(float));
+    float *scratch = malloc(sizeof(float) * ((size_t)k * (h + k - 1) * w + 3 * map));
+    if (!p || !q || !scratch) {
+        free(p);
+        free(q);
+        free(scratch);
+        return -1;
+    }
+    for (long block = first; block < last; ++block) {
+        normalised_patches(a + block * map, h, w, k, eps, p, h, 0, scratch);
+        normalised_patches(b + block * map, h, w, k, eps, q, hq, radius, scratch);
+        float *dst = out + block * out_block;
+        if (T == 60 && radius > 0) /* radius 0: no padding rows to absorb band_rows60's 4-float spill */
+            band_rows60(p, q, dst, h, w, kk, hq);
+        else
+            band_rows(p, q, dst, h, w, kk, hq, T);
+        /* padding rows: zeros rather than stale memory (consumers multiply them before dropping them) */
+        memset(dst + (size_t)h * w * T, 0, sizeof(float) * (hq - h) * w * T);
+    }
+    free(p);
+    free(q);
+    free(scratch);
+    return 0;
+}
+
+/* Ask for transparent huge pages on the 2 MiB-aligned interior of a large, not yet touched output buffer:
+ * the correlations of a 64-pair batch are ~190 MB, and first-touch faults of 4 KiB pages cost more than
+ * computing them (measured). Best effort: returns madvise's result, 1 where unsupported. */
+int advise_huge_pages(void *ptr, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t start = ((uintptr_t)ptr + huge - 1) & ~(huge - 1), end = ((uintptr_t)ptr + bytes) & ~(huge - 1);
+    if (end <= start) return 0;
+    return madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)ptr;
+    (void)bytes;
+    return 1;
+#endif
+}
