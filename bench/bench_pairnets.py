@@ -333,8 +333,10 @@ def markdown(report: dict) -> str:
         "after this run, so the numbers are noisy (and pessimistic when the load is high); compare rows within one "
         "run.",
         *([f"The NCC layer and IDLA-NCC rows were re-measured on their own after a change to the layer "
-           f"(`--ncc-only`, load average {env['ncc_remeasured']['load_before']:.1f} before, "
-           f"{env['ncc_remeasured']['load_after']:.1f} after); the other rows are from the full run."]
+           f"(`--ncc-only`, {env['ncc_remeasured'].get('repeats', report['repeats'])} repeats, load average "
+           f"{env['ncc_remeasured']['load_before']:.1f} before, {env['ncc_remeasured']['load_after']:.1f} after"
+           + (f"; {env['ncc_remeasured']['note']}" if env["ncc_remeasured"].get("note") else "")
+           + "); the other rows are from the full run."]
           if "ncc_remeasured" in env else []),
         "", f"## Throughput (batch {report['batch']}, float32 unless noted, medians of {report['repeats']} runs)", "",
     ]
@@ -389,7 +391,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remeasure_ncc(batch: int, repeats: int, threads: list[int]) -> None:
+def remeasure_ncc(batch: int, repeats: int, threads: list[int], note: str = "") -> None:
     """Replace the NCC layer and IDLA-NCC throughput rows of the published report; the rest stays as measured."""
     report = json.loads(OUT_JSON.read_text())
     if report["batch"] != batch:
@@ -403,7 +405,8 @@ def remeasure_ncc(batch: int, repeats: int, threads: list[int]) -> None:
         for stale in [name for name in rows if name.startswith("NCC layer")]:  # row names changed with the kernel
             del rows[stale]
         rows.update({**bench_model("idla_ncc", x1, x2, repeats), **bench_ncc(batch, repeats, naive=False)})
-    report["environment"]["ncc_remeasured"] = {"load_before": load_before, "load_after": os.getloadavg()[0]}
+    report["environment"]["ncc_remeasured"] = {"load_before": load_before, "load_after": os.getloadavg()[0],
+                                                "repeats": repeats, "note": note}
     atomic_write_json(report, OUT_JSON)
     atomic_write_text(markdown(report), OUT_MD)
     print(markdown(report))
@@ -428,6 +431,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch 32, 1 repeat: checks the script runs")
     parser.add_argument("--ncc-only", action="store_true",
                         help="re-measure only the NCC layer and IDLA-NCC rows, merged into the existing .json")
+    parser.add_argument("--note", default="", help="--ncc-only: a remark on the conditions, printed in the report")
     parser.add_argument("--runs", type=Path, nargs="*", default=[ROOT / "runs" / "idla_cuhk03np",
                                                                  ROOT / "runs" / "idla_ncc_cuhk03np"])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03np-detected",
@@ -441,7 +445,7 @@ def main() -> None:
         args.batch, args.repeats = 32, 1
     retain_freed_memory()
     if args.ncc_only:
-        remeasure_ncc(args.batch, args.repeats, args.threads)
+        remeasure_ncc(args.batch, args.repeats, args.threads, args.note)
         return
     load_before = os.getloadavg()[0]
     report: dict = {"batch": args.batch, "repeats": args.repeats, "throughput": {}}
