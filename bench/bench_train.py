@@ -71,7 +71,10 @@ LOSS_RUNS_RECIPE = {"loss_ce": "CE", "main": "CE + TriHard", "loss_msml": "CE + 
 # Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
 LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_msml_w015": "CE + 0.15 x MSML",
              "s_quadruplet": "CE + quadruplet",
-             "s_soft_hard": "CE + soft-hard", "s_mutual": "mutual (2 students)", "s_base30": "CE + TriHard, 30 epochs",
+             "s_msml_cos": "CE + MSML, cosine distance", "s_soft_hard": "CE + soft-hard",
+             "s_mutual": "mutual (2 students)",
+             "s_mutual_norm": "mutual (2 students), metric term on normalised features",
+             "s_base30": "CE + TriHard, 30 epochs",
              "s_aligned": "AlignedReID, 30 epochs"}
 LOSS_OUT = ROOT / "docs" / "benchmarks" / "losses_cuhk03np"
 
@@ -126,8 +129,9 @@ def loss_table(results: dict[str, dict], runs: dict[str, str] = LOSS_RUNS) -> li
         if "val_local" in best:
             variants = [(f"{label}: global distance", r["val"]),
                         (f"{label}: global + 1 x local (val_local)", best["val_local"])]
+        run = name if r["finished"] else f"{name} (running: best of {r['epochs']} epochs so far)"
         for text, v in variants:
-            lines.append(f"| {text} | {name} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
+            lines.append(f"| {text} | {run} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
                          f"| {r['train_minutes']:.1f} |")
     return lines
 
