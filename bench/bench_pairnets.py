@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from reidkit.engine.pair_trainer import retain_freed_memory
 from reidkit.export.onnx import export_pair_onnx
 from reidkit.models import build_model
-from reidkit.models.native import ncc_library
+from reidkit.models.native import native_library
 from reidkit.models.ncc import NormalizedCrossCorrelation
 from reidkit.utils import atomic_write_json, atomic_write_text
 
@@ -97,6 +97,10 @@ def bench_model(name: str, x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> 
         results[f"{name} pair layers only (cached trunk features, as in score())"] = throughput(
             lambda: model.pair_logits(feats1, feats2), batch, repeats)
         if name == "idla":
+            plain = build_model(name, native=False).eval()
+            plain.load_state_dict(model.state_dict())
+            results["idla pair layers only, PyTorch path (native=False)"] = throughput(
+                lambda: plain.pair_logits(feats1, feats2), batch, repeats)
             results["idla trunk only (images/s)"] = throughput(lambda: model.embed(x1), batch, repeats)
             results["idla pair layers, first unfold-based version"] = throughput(
                 lambda: unfold_pair_layers(model, feats1, feats2), batch, repeats)
@@ -226,7 +230,7 @@ def bench_ncc(batch: int, repeats: int, naive: bool = True) -> dict[str, dict]:
     gen = torch.Generator().manual_seed(1)
     a, b = torch.rand(batch, *MAP_SHAPE, generator=gen), torch.rand(batch, *MAP_SHAPE, generator=gen)
     layer, torch_path = NormalizedCrossCorrelation(), NormalizedCrossCorrelation(native=False)
-    kernel = "native C kernel" if ncc_library() is not None else "no C compiler: PyTorch path"
+    kernel = "native C kernel" if native_library() is not None else "no C compiler: PyTorch path"
     results = {}
     with torch.inference_mode():
         results[f"NCC layer forward (N, 1500, 37, 12) maps ({kernel})"] = throughput(lambda: layer(a, b), batch,
@@ -332,12 +336,12 @@ def markdown(report: dict) -> str:
         f"other engineers' jobs: 1-minute load average {env['load_before']:.1f} before and {env['load_after']:.1f} "
         "after this run, so the numbers are noisy (and pessimistic when the load is high); compare rows within one "
         "run.",
-        *([f"The NCC layer and IDLA-NCC rows were re-measured on their own after a change to the layer "
-           f"(`--ncc-only`, {env['ncc_remeasured'].get('repeats', report['repeats'])} repeats, load average "
-           f"{env['ncc_remeasured']['load_before']:.1f} before, {env['ncc_remeasured']['load_after']:.1f} after"
-           + (f"; {env['ncc_remeasured']['note']}" if env["ncc_remeasured"].get("note") else "")
-           + "); the other rows are from the full run."]
-          if "ncc_remeasured" in env else []),
+        *([f"The PyTorch model rows (IDLA, IDLA-NCC, NCC layer) were re-measured on their own after the native "
+           f"kernels were added (`--models-only`, {env['models_remeasured']['repeats']} repeats, load average "
+           f"{env['models_remeasured']['load_before']:.1f} before, {env['models_remeasured']['load_after']:.1f} after"
+           + (f"; {env['models_remeasured']['note']}" if env["models_remeasured"].get("note") else "")
+           + "); the ONNX / OpenVINO rows are from the full run."]
+          if "models_remeasured" in env else []),
         "", f"## Throughput (batch {report['batch']}, float32 unless noted, medians of {report['repeats']} runs)", "",
     ]
     thread_counts = list(report["throughput"])
@@ -391,11 +395,12 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remeasure_ncc(batch: int, repeats: int, threads: list[int], note: str = "") -> None:
-    """Replace the NCC layer and IDLA-NCC throughput rows of the published report; the rest stays as measured."""
+def remeasure_models(batch: int, repeats: int, threads: list[int], note: str = "") -> None:
+    """Replace the PyTorch model rows (IDLA, IDLA-NCC, NCC layer) of the published report; the ONNX / OpenVINO
+    rows, the int8 and validation sections stay as measured."""
     report = json.loads(OUT_JSON.read_text())
     if report["batch"] != batch:
-        raise SystemExit(f"--ncc-only: the report was measured at batch {report['batch']}, not {batch}")
+        raise SystemExit(f"--models-only: the report was measured at batch {report['batch']}, not {batch}")
     load_before = os.getloadavg()[0]
     gen = torch.Generator().manual_seed(0)
     x1, x2 = torch.randn(batch, 3, 160, 60, generator=gen), torch.randn(batch, 3, 160, 60, generator=gen)
@@ -404,9 +409,10 @@ def remeasure_ncc(batch: int, repeats: int, threads: list[int], note: str = "") 
         rows = report["throughput"].setdefault(str(count), {})
         for stale in [name for name in rows if name.startswith("NCC layer")]:  # row names changed with the kernel
             del rows[stale]
-        rows.update({**bench_model("idla_ncc", x1, x2, repeats), **bench_ncc(batch, repeats, naive=False)})
-    report["environment"]["ncc_remeasured"] = {"load_before": load_before, "load_after": os.getloadavg()[0],
-                                                "repeats": repeats, "note": note}
+        rows.update({**bench_models(x1, x2, repeats), **bench_ncc(batch, repeats, naive=False)})
+    report["environment"].pop("ncc_remeasured", None)
+    report["environment"]["models_remeasured"] = {"load_before": load_before, "load_after": os.getloadavg()[0],
+                                                  "repeats": repeats, "note": note}
     atomic_write_json(report, OUT_JSON)
     atomic_write_text(markdown(report), OUT_MD)
     print(markdown(report))
@@ -429,9 +435,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to measure")
     parser.add_argument("--quick", action="store_true", help="batch 32, 1 repeat: checks the script runs")
-    parser.add_argument("--ncc-only", action="store_true",
-                        help="re-measure only the NCC layer and IDLA-NCC rows, merged into the existing .json")
-    parser.add_argument("--note", default="", help="--ncc-only: a remark on the conditions, printed in the report")
+    parser.add_argument("--models-only", action="store_true",
+                        help="re-measure only the PyTorch model rows (IDLA, IDLA-NCC, NCC layer), merged into the "
+                             "existing .json")
+    parser.add_argument("--note", default="", help="--models-only: a remark on the conditions, printed in the report")
     parser.add_argument("--runs", type=Path, nargs="*", default=[ROOT / "runs" / "idla_cuhk03np",
                                                                  ROOT / "runs" / "idla_ncc_cuhk03np"])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cuhk03np-detected",
@@ -444,8 +451,8 @@ def main() -> None:
     if args.quick:
         args.batch, args.repeats = 32, 1
     retain_freed_memory()
-    if args.ncc_only:
-        remeasure_ncc(args.batch, args.repeats, args.threads, args.note)
+    if args.models_only:
+        remeasure_models(args.batch, args.repeats, args.threads, args.note)
         return
     load_before = os.getloadavg()[0]
     report: dict = {"batch": args.batch, "repeats": args.repeats, "throughput": {}}

@@ -66,7 +66,8 @@ ABLATIONS = {"main": "recipe: GeM, cut-out curriculum, CE pre-training, 192x96",
 NO_VAL_RUNS = ("s_no_val",)
 # The loss table at the recipe's budget (192x96, 50 epochs): main is CE + TriHard.
 LOSS_RUNS_RECIPE = {"loss_ce": "CE", "main": "CE + TriHard", "loss_msml": "CE + MSML",
-                    "loss_quadruplet": "CE + quadruplet", "loss_soft_hard": "CE + soft-hard",
+                    "loss_quadruplet": "CE + quadruplet", "loss_quadruplet_cos": "CE + quadruplet, cosine distance",
+                    "loss_soft_hard": "CE + soft-hard",
                     "loss_mutual": "mutual (2 students; alone = CE + TriHard)"}
 # Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
 LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_msml_w015": "CE + 0.15 x MSML",

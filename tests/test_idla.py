@@ -15,6 +15,7 @@ from reidkit.models.idla import (
     neighbourhood_differences,
     trunk_output_size,
 )
+from reidkit.models.native import native_library
 
 
 def naive_neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:
@@ -107,6 +108,41 @@ def test_patch_summary_equals_stride5_convolution_of_the_expanded_map():
     layer = PatchSummary(4, 6, 5)
     reference = F.relu(F.conv2d(expanded_map(diffs, 5), layer.conv.weight, layer.conv.bias, stride=5))
     torch.testing.assert_close(layer(as_matrix(diffs), (2, 5, 3)), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(native_library() is None, reason="no C compiler: the native kernels are not built")
+@pytest.mark.parametrize(("n", "c", "h", "w", "threads"), [
+    (2, 3, 6, 4, 1),     # 24 positions: one full tile of 16 and a partial one
+    (3, 25, 5, 12, 2),   # the paper's channel count, 60 positions, pairs split over two threads
+])
+def test_fused_summary_matches_plain_loops(n, c, h, w, threads):
+    gen = torch.Generator().manual_seed(7)
+    f, g = torch.randn(n, c, h, w, generator=gen), torch.randn(n, c, h, w, generator=gen)
+    layer = PatchSummary(c, 25, 5)
+    torch.nn.init.normal_(layer.conv.bias, std=0.5, generator=gen)  # exercise the bias and the final ReLU
+    expected = F.relu(F.conv2d(expanded_map(torch.relu(naive_neighbourhood_differences(f.double(), g.double(), 5)),
+                                            5), layer.conv.weight.double(), layer.conv.bias.double(), stride=5))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            fused = layer.fused(f, g)
+    finally:
+        torch.set_num_threads(previous)
+    assert fused is not None
+    torch.testing.assert_close(fused.double(), expected, rtol=1e-4, atol=1e-4)
+    assert layer.fused(f.requires_grad_(), g) is None  # autograd keeps the PyTorch path
+
+
+def test_idla_native_and_pytorch_paths_give_the_same_logits():
+    gen = torch.Generator().manual_seed(8)
+    x1, x2 = torch.randn(5, 3, 48, 28, generator=gen), torch.randn(5, 3, 48, 28, generator=gen)
+    native = build_model("idla", input_size=(48, 28)).eval()
+    plain = build_model("idla", input_size=(48, 28), native=False).eval()
+    torch.nn.init.normal_(native.head[-1].weight, std=1.0, generator=gen)  # logits far from 50/50: a real check
+    plain.load_state_dict(native.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(native(x1, x2), plain(x1, x2), rtol=1e-4, atol=1e-4)
 
 
 def test_paper_shapes_for_160x60_inputs():

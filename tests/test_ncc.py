@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from reidkit.errors import ModelError
 from reidkit.models import build_model
-from reidkit.models.native import load_ncc_library, ncc_library
+from reidkit.models.native import load_library, native_library
 from reidkit.models.ncc import CorrelationSummary, NormalizedCrossCorrelation
 
 
@@ -58,7 +58,7 @@ def test_ncc_float32_matches_the_float64_reference():
     torch.testing.assert_close(NormalizedCrossCorrelation()(a, b), expected, rtol=1e-4, atol=1e-4)
 
 
-needs_native = pytest.mark.skipif(ncc_library() is None, reason="no C compiler: the native NCC kernel is not built")
+needs_native = pytest.mark.skipif(native_library() is None, reason="no C compiler: the native kernels are not built")
 
 
 @needs_native
@@ -83,10 +83,10 @@ def test_native_kernel_matches_the_naive_loop_reference(n, c, h, w, patch, radiu
 
 def test_a_failing_compiler_falls_back_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("REIDKIT_CACHE", str(tmp_path))
-    with pytest.warns(UserWarning, match="native NCC kernel unavailable"):
-        assert load_ncc_library("/bin/false") is None
+    with pytest.warns(UserWarning, match="native kernels unavailable"):
+        assert load_library("/bin/false") is None
     with pytest.warns(UserWarning, match="no C compiler"):
-        assert load_ncc_library(None) is None
+        assert load_library(None) is None
 
 
 def test_ncc_gradient_matches_finite_differences():

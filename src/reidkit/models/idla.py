@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ModelError
+from .native import native_library, run_split
 from .registry import register_model
 
 PAPER_INPUT_SIZE = (160, 60)
@@ -282,9 +283,32 @@ class PatchSummary(nn.Module):
     (C*25, N*H*W) differences, since each stride-5 window covers exactly one neighbourhood block.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 25, size: int = 5):
+    def __init__(self, in_channels: int, out_channels: int = 25, size: int = 5, native: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, size, stride=size)
+        # Inference on CPU float32 fuses the differences into this product in C (reidkit.models.native).
+        self.native = native
+
+    def fused(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        """ReLU(summary(neighbourhood_differences(f, g))) as (N, out, H, W) by the fused C kernel, which never
+        builds the (C*25, N*H*W) difference matrix; None where it does not apply (autograd, tracing, not CPU
+        float32, no compiler, other than 25 filters)."""
+        needs_grad = torch.is_grad_enabled() and (f.requires_grad or g.requires_grad or self.conv.weight.requires_grad)
+        if (not self.native or needs_grad or torch.jit.is_tracing() or f.device.type != "cpu"
+                or f.dtype != torch.float32 or g.dtype != torch.float32 or self.conv.out_channels != 25):
+            return None
+        library = native_library()
+        if library is None:
+            return None
+        f, g = f.contiguous(), g.contiguous()
+        n, c, h, w = f.shape
+        size = self.conv.kernel_size[0]
+        weight_t = self.conv.weight.detach().reshape(25, -1).t().contiguous()  # (C*size*size, 25)
+        bias = self.conv.bias.detach().contiguous()
+        out = f.new_empty(n, 25, h, w)
+        args = (f.data_ptr(), g.data_ptr(), weight_t.data_ptr(), bias.data_ptr(), out.data_ptr(), c, h, w, size)
+        run_split(lambda first, last: library.idla_summary_pairs(*args, first, last), n, "IDLA patch summary")
+        return out
 
     def forward(self, diffs: torch.Tensor, map_shape: tuple[int, int, int]) -> torch.Tensor:
         """`neighbourhood_differences` output + (N, H, W) -> ReLU(summary) as (N, out, H, W)."""
@@ -297,20 +321,24 @@ class PatchSummary(nn.Module):
 class DifferenceBranches(nn.Module):
     """K and K' (both directions), each through its own patch-summary and across-patch layers, flattened."""
 
-    def __init__(self, channels: int, map_size: tuple[int, int], neighbourhood: int = 5, width: int = 25):
+    def __init__(self, channels: int, map_size: tuple[int, int], neighbourhood: int = 5, width: int = 25,
+                 native: bool = True):
         super().__init__()
         self.neighbourhood = neighbourhood
-        self.summary_k = PatchSummary(channels, width, neighbourhood)
-        self.summary_k_prime = PatchSummary(channels, width, neighbourhood)
+        self.summary_k = PatchSummary(channels, width, neighbourhood, native)
+        self.summary_k_prime = PatchSummary(channels, width, neighbourhood, native)
         self.across_k = AcrossPatch(width, width)
         self.across_k_prime = AcrossPatch(width, width)
         mh, mw = AcrossPatch.output_size(map_size)
         self.num_features = 2 * width * mh * mw
 
     def branch(self, a: torch.Tensor, b: torch.Tensor, summary: PatchSummary, across: AcrossPatch) -> torch.Tensor:
-        diffs = neighbourhood_differences(a, b, self.neighbourhood)
-        n, _, h, w = a.shape
-        return across(summary(diffs, (n, h, w))).flatten(1)
+        summarised = summary.fused(a, b) if a.shape == b.shape and a.dim() == 4 else None
+        if summarised is None:
+            diffs = neighbourhood_differences(a, b, self.neighbourhood)
+            n, _, h, w = a.shape
+            summarised = summary(diffs, (n, h, w))
+        return across(summarised).flatten(1)
 
     def forward(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.branch(f, g, self.summary_k, self.across_k),
@@ -329,11 +357,12 @@ class IDLA(PairNetwork):
     """The CVPR 2015 architecture; see the module docstring for the layer list."""
 
     def __init__(self, input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5,
-                 channels_last: bool = True, hidden: int = 500):
+                 channels_last: bool = True, hidden: int = 500, native: bool = True):
         super().__init__()
         self.input_size = as_input_size(input_size)
         self.trunk = TiedTrunk(channels_last=channels_last)
-        self.differences = DifferenceBranches(self.trunk.conv2.out_channels, trunk_output_size(self.input_size))
+        self.differences = DifferenceBranches(self.trunk.conv2.out_channels, trunk_output_size(self.input_size),
+                                              native=native)
         self.head = pair_head(self.differences.num_features, hidden, dropout)
         self.reset_parameters()
 
@@ -346,9 +375,10 @@ class IDLA(PairNetwork):
 
 @register_model("idla")
 def build_idla(input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5, channels_last: bool = True,
-               **unused: object) -> IDLA:
-    """IDLA (Ahmed et al. 2015). Unknown keyword arguments are rejected with a ModelError."""
+               native: bool = True, **unused: object) -> IDLA:
+    """IDLA (Ahmed et al. 2015). Unknown keyword arguments are rejected with a ModelError. native=False keeps
+    inference on the PyTorch path (the fused C kernel is used otherwise when it builds)."""
     if unused:
         raise ModelError(f"model 'idla': unknown option(s) {sorted(unused)}; valid: input_size, dropout, "
-                         "channels_last")
-    return IDLA(input_size=input_size, dropout=dropout, channels_last=channels_last)
+                         "channels_last, native")
+    return IDLA(input_size=input_size, dropout=dropout, channels_last=channels_last, native=native)

@@ -1,6 +1,7 @@
 """Optional native kernels, compiled on first use with the system C compiler and loaded with ctypes.
 
-No torch headers and no build step at install time: one small C file (ncc_kernel.c) is compiled in about a
+No torch headers and no build step at install time: one small C file (kernels.c: the NCC layer's and IDLA's
+inference kernels) is compiled in about a
 second with `-O3 -march=native` into a per-user cache keyed by the source, the compiler and this CPU's
 instruction-set flags. Without a working compiler (or with REIDKIT_NATIVE=0) callers fall back to their
 pure-PyTorch path, after one warning naming the reason. ctypes releases the GIL during the call, so callers
@@ -16,12 +17,16 @@ import platform
 import shutil
 import subprocess
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
+import torch
+
 from ..utils import atomic_path
 
-SOURCE = Path(__file__).with_name("ncc_kernel.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 
 
@@ -58,23 +63,23 @@ def _build(source: Path, compiler: str) -> Path:
 
 
 @cache
-def ncc_library() -> ctypes.CDLL | None:
-    """The compiled NCC kernel (built once per process), or None when it cannot be built here."""
+def native_library() -> ctypes.CDLL | None:
+    """The compiled kernels (built once per process), or None when they cannot be built here."""
     if os.environ.get("REIDKIT_NATIVE", "1") == "0":
         return None
-    return load_ncc_library(_compiler())
+    return load_library(_compiler())
 
 
-def load_ncc_library(compiler: str | None) -> ctypes.CDLL | None:
-    """Build (or reuse from the cache) and load the NCC kernel with `compiler`; None after one warning."""
+def load_library(compiler: str | None) -> ctypes.CDLL | None:
+    """Build (or reuse from the cache) and load the kernels with `compiler`; None after one warning."""
     if compiler is None:
-        warnings.warn("reidkit: no C compiler found (set CC); the NCC layer uses its slower PyTorch path",
-                      stacklevel=3)
+        warnings.warn("reidkit: no C compiler found (set CC); NCC and IDLA inference use their slower PyTorch "
+                      "paths", stacklevel=3)
         return None
     try:
         library = ctypes.CDLL(str(_build(SOURCE, compiler)))
     except OSError as error:
-        warnings.warn(f"reidkit: native NCC kernel unavailable ({error}); using the PyTorch path", stacklevel=3)
+        warnings.warn(f"reidkit: native kernels unavailable ({error}); using the PyTorch paths", stacklevel=3)
         return None
     library.ncc_forward_blocks.restype = ctypes.c_int
     library.ncc_forward_blocks.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
@@ -82,4 +87,32 @@ def load_ncc_library(compiler: str | None) -> ctypes.CDLL | None:
                                            ctypes.c_long]
     library.advise_huge_pages.restype = ctypes.c_int
     library.advise_huge_pages.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    library.idla_summary_pairs.restype = ctypes.c_int
+    library.idla_summary_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_long] * 2
     return library
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def run_split(kernel: Callable[[int, int], int], items: int, what: str) -> None:
+    """Run kernel(first, last) over `items` split into torch.get_num_threads() contiguous spans, in parallel
+    (ctypes releases the GIL); a nonzero return code (scratch allocation failed) raises MemoryError."""
+    parts = max(1, min(torch.get_num_threads(), items))
+    bounds = [items * i // parts for i in range(parts + 1)]
+    spans = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    if len(spans) <= 1:
+        codes = [kernel(*span) for span in spans]
+    else:
+        codes = list(_pool(len(spans)).map(lambda span: kernel(*span), spans))
+    if any(codes):
+        raise MemoryError(f"{what}: the native kernel could not allocate its scratch buffers")
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per process and size; keyed by pid because a forked child inherits the pool object
+    but not its threads."""
+    key = (os.getpid(), workers)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="reidkit-native")
+    return _POOLS[key]

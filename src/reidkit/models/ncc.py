@@ -20,7 +20,7 @@ zero-copy strided view serves every band (overlapping) and (n, c, y) merge into 
 rather than patch-major storage makes the normalisation's writes run along map rows (~5x faster, measured); see
 docs/pair_networks.md for the timings.
 
-Inference on CPU float32 goes through a fused C kernel instead (ncc_kernel.c, built on first use by
+Inference on CPU float32 goes through a fused C kernel instead (kernels.c, built on first use by
 reidkit.models.native; `native=False` or REIDKIT_NATIVE=0 keep the PyTorch path, which is also the fallback
 without a C compiler): per (pair, channel) block it normalises both maps' patches into cache-resident buffers
 and computes the band products with register-blocked vector code, so no patch store is ever materialised.
@@ -29,9 +29,7 @@ Training (autograd) always uses the PyTorch path above.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
@@ -48,7 +46,7 @@ from .idla import (
     pair_head,
     trunk_output_size,
 )
-from .native import ncc_library
+from .native import native_library, run_split
 from .registry import register_model
 
 NCC_MODES = ("replace", "beside")
@@ -136,18 +134,6 @@ class _BandCorrelation(torch.autograd.Function):
         return component_major(grad_p, 0), component_major(grad_q[:batches], r), None
 
 
-_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _kernel_pool(workers: int) -> ThreadPoolExecutor:
-    """One long-lived pool per process and thread count (ctypes calls release the GIL, so the threads run in
-    parallel); keyed by pid because a forked child inherits the pool object but not its threads."""
-    key = (os.getpid(), workers)
-    if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="reidkit-ncc")
-    return _POOLS[key]
-
-
 class NormalizedCrossCorrelation(nn.Module):
     """`forward(a, b)`: (N, C, H, W) x2 -> (N, C * (2r+1) * W, H, W) correlation maps.
 
@@ -229,26 +215,18 @@ class NormalizedCrossCorrelation(nn.Module):
 
     def _native_forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
         """Fill `out` with the fused C kernel, split over torch's thread count; False when it does not apply."""
-        library = ncc_library() if self.native else None
+        library = native_library() if self.native else None
         if library is None or a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32:
             return False
         a, b = a.detach().contiguous(), b.detach().contiguous()
         n, c, h, w = a.shape
-        blocks = n * c
-        if blocks == 0 or h == 0 or w == 0:
+        if n * c == 0 or h == 0 or w == 0:
             return True  # nothing to compute
-        parts = min(torch.get_num_threads(), blocks)
-        bounds = [blocks * i // parts for i in range(parts + 1)]
         if out.numel() * out.element_size() >= 1 << 24:
             library.advise_huge_pages(out.data_ptr(), out.numel() * out.element_size())
         args = (a.data_ptr(), b.data_ptr(), out.data_ptr(), h, w, self.patch_size, self.row_radius, self.eps)
-        spans = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
-        if len(spans) == 1:
-            codes = [library.ncc_forward_blocks(*args, *spans[0])]
-        else:
-            codes = list(_kernel_pool(len(spans)).map(lambda span: library.ncc_forward_blocks(*args, *span), spans))
-        if any(codes):
-            raise MemoryError("NormalizedCrossCorrelation: the native kernel could not allocate its scratch buffers")
+        run_split(lambda first, last: library.ncc_forward_blocks(*args, first, last), n * c,
+                  "NormalizedCrossCorrelation")
         return True
 
     def correlate(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,9 @@ static void band_rows(const float *p, const float *q, float *out, int h, int w, 
  * have 4 readable floats past its end. */
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int vi16 __attribute__((vector_size(64)));
+
+static inline v16 relu16(v16 x) { return (v16)((vi16)x & (x > (v16){0})); }
 #ifdef __AVX512F__
 #define XB 4 /* 16 accumulators + 4 band vectors fit the 32 zmm registers */
 #else
@@ -165,4 +168,80 @@ int advise_huge_pages(void *ptr, size_t bytes) {
     (void)bytes;
     return 1;
 #endif
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * IDLA (reidkit.models.idla) inference: cross-input neighbourhood differences fused with the patch summary.
+ *
+ * For every pair n, output o and position p = (y, x) of the (C, H, W) maps f, g:
+ *   out[n][o][p] = ReLU(bias[o] + sum_{c, k} weight[o][c*25 + k] * ReLU(f[c][p] - g[c][y + dy_k][x + dx_k]))
+ * with the 5x5 neighbourhood k = (dy + 2) * 5 + (dx + 2) and g zero outside its map - exactly
+ * PatchSummary(neighbourhood_differences(f, g)). The (C*25, N*H*W) difference matrix is never materialised: for
+ * 16 consecutive positions at a time the differences are formed in registers and fed straight into 25
+ * accumulators. shifted[dx] is g zero-padded and shifted by dx - 2 columns with pitch W, so the neighbour at
+ * (dy, dx) of positions p..p+15 is the contiguous run shifted[dx][p + (dy + 2) * W]. */
+#define IDLA_OUT 25
+
+static void idla_one_pair(const float *f, const float *g, const float *weight_t, const float *bias, float *out,
+                          int c, int h, int w, int k, float *shifted) {
+    const int half = k / 2, kk = k * k, hw = h * w, ph = h + 2 * half;
+    const size_t plane = (size_t)ph * w + 16; /* +16: the last tile reads past the map */
+    for (int v = 0; v < k; ++v)
+        for (int ch = 0; ch < c; ++ch) {
+            float *sv = shifted + ((size_t)v * c + ch) * plane;
+            memset(sv, 0, sizeof(float) * plane);
+            for (int y = 0; y < h; ++y)
+                for (int x = 0; x < w; ++x) {
+                    int xx = x + v - half;
+                    if (xx >= 0 && xx < w) sv[(size_t)(y + half) * w + x] = g[((size_t)ch * h + y) * w + xx];
+                }
+        }
+    for (int p = 0; p < hw; p += 16) {
+        v16 acc[IDLA_OUT]; /* fully unrolled below so that the 25 accumulators live in registers */
+#pragma GCC unroll 32
+        for (int o = 0; o < IDLA_OUT; ++o) acc[o] = (v16){0};
+        for (int ch = 0; ch < c; ++ch) {
+            v16 fv;
+            if (p + 16 <= hw) {
+                fv = *(const v16u *)(f + (size_t)ch * hw + p);
+            } else { /* last partial tile: lanes past the map are computed on zeros and not stored */
+                float tail[16] = {0};
+                memcpy(tail, f + (size_t)ch * hw + p, sizeof(float) * (hw - p));
+                fv = *(const v16u *)tail;
+            }
+            for (int j = 0; j < kk; ++j) {
+                const int dy = j / k, dx = j % k;
+                const v16 nb = *(const v16u *)(shifted + ((size_t)dx * c + ch) * plane + (size_t)dy * w + p);
+                const v16 d = relu16(fv - nb);
+                const float *wt = weight_t + ((size_t)ch * kk + j) * IDLA_OUT;
+#pragma GCC unroll 32
+                for (int o = 0; o < IDLA_OUT; ++o) acc[o] += d * wt[o];
+            }
+        }
+        const int lanes = hw - p < 16 ? hw - p : 16;
+#pragma GCC unroll 32
+        for (int o = 0; o < IDLA_OUT; ++o) {
+            const v16 r = relu16(acc[o] + bias[o]);
+            float *dst = out + (size_t)o * hw + p;
+            if (lanes == 16)
+                *(v16u *)dst = r;
+            else
+                for (int i = 0; i < lanes; ++i) dst[i] = r[i];
+        }
+    }
+}
+
+/* Pairs first..last-1. f, g: (N, C, H, W); weight_t: (C*k*k, 25), the patch-summary weights transposed; bias:
+ * (25); out: (N, 25, H, W). Returns 0, or -1 if scratch memory was unavailable. */
+int idla_summary_pairs(const float *f, const float *g, const float *weight_t, const float *bias, float *out, int c,
+                       int h, int w, int k, long first, long last) {
+    const size_t plane = (size_t)(h + k - 1) * w + 16;
+    float *shifted = malloc(sizeof(float) * (size_t)k * c * plane);
+    if (!shifted) return -1;
+    const size_t map = (size_t)c * h * w;
+    for (long n = first; n < last; ++n)
+        idla_one_pair(f + n * map, g + n * map, weight_t, bias, out + n * (size_t)IDLA_OUT * h * w, c, h, w, k,
+                      shifted);
+    free(shifted);
+    return 0;
 }
