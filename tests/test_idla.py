@@ -131,7 +131,32 @@ def test_fused_summary_matches_plain_loops(n, c, h, w, threads):
         torch.set_num_threads(previous)
     assert fused is not None
     torch.testing.assert_close(fused.double(), expected, rtol=1e-4, atol=1e-4)
-    assert layer.fused(f.requires_grad_(), g) is None  # autograd keeps the PyTorch path
+
+
+@pytest.mark.skipif(native_library() is None, reason="no C compiler: the native kernels are not built")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_summary_gradients_match_the_pytorch_path(threads):
+    # The PyTorch path's gradients are checked against finite differences above; the kernels must agree with them.
+    gen = torch.Generator().manual_seed(11)
+    f, g = torch.randn(3, 6, 7, 5, generator=gen), torch.randn(3, 6, 7, 5, generator=gen)
+    layer = PatchSummary(6, 25, 5)
+    torch.nn.init.normal_(layer.conv.bias, std=0.5, generator=gen)
+    upstream = torch.randn(3, 25, 7, 5, generator=gen)
+    grads = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for use_kernel in (True, False):
+            layer.zero_grad()
+            a, b = f.clone().requires_grad_(), g.clone().requires_grad_()
+            out = layer.fused(a, b) if use_kernel else layer(neighbourhood_differences(a, b, 5), (3, 7, 5))
+            assert out is not None
+            (out * upstream).sum().backward()
+            grads.append([a.grad, b.grad, layer.conv.weight.grad.clone(), layer.conv.bias.grad.clone()])
+    finally:
+        torch.set_num_threads(previous)
+    for name, native, reference in zip(("f", "g", "weight", "bias"), *grads):
+        torch.testing.assert_close(native, reference, rtol=1e-4, atol=1e-4, msg=f"gradient of {name}")
 
 
 def test_idla_native_and_pytorch_paths_give_the_same_logits():

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from .native import native_library, run_split
+from .native import native_library, run_split, split_spans
 from .registry import register_model
 
 PAPER_INPUT_SIZE = (160, 60)
@@ -275,6 +275,45 @@ class PairNetwork(nn.Module):
             self.train(was_training)
 
 
+class _FusedSummary(torch.autograd.Function):
+    """PatchSummary(neighbourhood_differences(f, g)) with the C kernels of kernels.c (idla_summary_pairs and its
+    backward), pairs split over torch's thread count."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor, g: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                library) -> torch.Tensor:
+        f, g = f.detach().contiguous(), g.detach().contiguous()
+        n, c, h, w = f.shape
+        size = weight.shape[-1]
+        weight_t = weight.detach().reshape(25, -1).t().contiguous()  # (C*size*size, 25)
+        bias_c = bias.detach().contiguous()
+        out = f.new_empty(n, 25, h, w)
+        args = (f.data_ptr(), g.data_ptr(), weight_t.data_ptr(), bias_c.data_ptr(), out.data_ptr(), c, h, w, size)
+        run_split(lambda first, last: library.idla_summary_pairs(*args, first, last), n, "IDLA patch summary")
+        ctx.save_for_backward(f, g, weight_t, out)
+        ctx.library, ctx.size = library, size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        f, g, weight_t, out = ctx.saved_tensors
+        n, c, h, w = f.shape
+        gz = (grad * (out > 0)).contiguous()  # through the output ReLU
+        grad_f, grad_g = torch.empty_like(f), torch.empty_like(g)
+        slots = {first: i for i, (first, _) in enumerate(split_spans(n))}
+        partial = torch.zeros(len(slots), *weight_t.shape)  # one weight-gradient buffer per span, summed below
+
+        def run(first: int, last: int) -> int:
+            slot = slots[first]
+            return ctx.library.idla_summary_backward_pairs(
+                f.data_ptr(), g.data_ptr(), weight_t.data_ptr(), gz.data_ptr(), grad_f.data_ptr(), grad_g.data_ptr(),
+                partial[slot].data_ptr(), c, h, w, ctx.size, first, last)
+
+        run_split(run, n, "IDLA patch summary backward")
+        grad_weight = partial.sum(0).t().reshape(25, c, ctx.size, ctx.size)
+        return grad_f, grad_g, grad_weight, gz.sum((0, 2, 3)), None
+
+
 class PatchSummary(nn.Module):
     """25 filters 5x5 stride 5 over a neighbourhood-difference map, computed without building the expanded map.
 
@@ -290,25 +329,17 @@ class PatchSummary(nn.Module):
         self.native = native
 
     def fused(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
-        """ReLU(summary(neighbourhood_differences(f, g))) as (N, out, H, W) by the fused C kernel, which never
-        builds the (C*25, N*H*W) difference matrix; None where it does not apply (autograd, tracing, not CPU
-        float32, no compiler, other than 25 filters)."""
-        needs_grad = torch.is_grad_enabled() and (f.requires_grad or g.requires_grad or self.conv.weight.requires_grad)
-        if (not self.native or needs_grad or torch.jit.is_tracing() or f.device.type != "cpu"
-                or f.dtype != torch.float32 or g.dtype != torch.float32 or self.conv.out_channels != 25):
+        """ReLU(summary(neighbourhood_differences(f, g))) as (N, out, H, W) by the fused C kernels (forward and
+        backward), which never build the (C*25, N*H*W) difference matrix; None where they do not apply (tracing,
+        not CPU float32, no compiler, other than 25 filters)."""
+        if (not self.native or torch.jit.is_tracing() or f.device.type != "cpu" or f.dtype != torch.float32
+                or g.dtype != torch.float32 or self.conv.weight.dtype != torch.float32
+                or self.conv.out_channels != 25):
             return None
         library = native_library()
         if library is None:
             return None
-        f, g = f.contiguous(), g.contiguous()
-        n, c, h, w = f.shape
-        size = self.conv.kernel_size[0]
-        weight_t = self.conv.weight.detach().reshape(25, -1).t().contiguous()  # (C*size*size, 25)
-        bias = self.conv.bias.detach().contiguous()
-        out = f.new_empty(n, 25, h, w)
-        args = (f.data_ptr(), g.data_ptr(), weight_t.data_ptr(), bias.data_ptr(), out.data_ptr(), c, h, w, size)
-        run_split(lambda first, last: library.idla_summary_pairs(*args, first, last), n, "IDLA patch summary")
-        return out
+        return _FusedSummary.apply(f, g, self.conv.weight, self.conv.bias, library)
 
     def forward(self, diffs: torch.Tensor, map_shape: tuple[int, int, int]) -> torch.Tensor:
         """`neighbourhood_differences` output + (N, H, W) -> ReLU(summary) as (N, out, H, W)."""

@@ -245,3 +245,106 @@ int idla_summary_pairs(const float *f, const float *g, const float *weight_t, co
     free(shifted);
     return 0;
 }
+
+/* Backward of idla_summary_pairs for pairs first..last-1 (training). Inputs: f, g (N, C, H, W); weight_t as in the
+ * forward; gz = dL/d(summary output) already multiplied by the output ReLU's mask, (N, 25, H, W). Outputs:
+ * grad_f, grad_g (N, C, H, W), written; grad_wt (C*k*k, 25), accumulated (each thread passes its own buffer).
+ * With d = f[c][p] - g[c][p + offset_j] and K = ReLU(d): dL/dW[o][c,j] = sum_p gz[o][p] K[c,j][p] and
+ * dL/dd[c,j][p] = [d > 0] sum_o W[o][c,j] gz[o][p], which adds to grad_f[c][p] and subtracts from g's neighbour.
+ * Loop order: (c, j) outer, tiles of 16 positions inner, so the 25 weight-gradient accumulators stay in registers
+ * for a whole map and the 25 gz vectors of a tile are loaded once for both products. */
+int idla_summary_backward_pairs(const float *f, const float *g, const float *weight_t, const float *gz_all,
+                                float *grad_f, float *grad_g, float *grad_wt, int c, int h, int w, int k,
+                                long first, long last) {
+    const int half = k / 2, kk = k * k, hw = h * w, ph = h + 2 * half, tiles = (hw + 15) / 16;
+    const size_t plane = (size_t)ph * w + 16, padded = (size_t)tiles * 16;
+    float *shifted = malloc(sizeof(float) * (size_t)k * c * plane);
+    float *shifted_grad = malloc(sizeof(float) * (size_t)k * c * plane);
+    float *gz = malloc(sizeof(float) * IDLA_OUT * padded);
+    float *fpad = malloc(sizeof(float) * (size_t)c * padded);
+    float *gf = malloc(sizeof(float) * (size_t)c * padded);
+    if (!shifted || !shifted_grad || !gz || !fpad || !gf) {
+        free(shifted);
+        free(shifted_grad);
+        free(gz);
+        free(fpad);
+        free(gf);
+        return -1;
+    }
+    const size_t map = (size_t)c * hw;
+    for (long n = first; n < last; ++n) {
+        const float *fn = f + n * map, *gn = g + n * map;
+        /* inputs in tile-padded layouts (zeros past the map, so the last tile's extra lanes contribute nothing) */
+        for (int v = 0; v < k; ++v)
+            for (int ch = 0; ch < c; ++ch) {
+                float *sv = shifted + ((size_t)v * c + ch) * plane;
+                memset(sv, 0, sizeof(float) * plane);
+                for (int y = 0; y < h; ++y)
+                    for (int x = 0; x < w; ++x) {
+                        int xx = x + v - half;
+                        if (xx >= 0 && xx < w) sv[(size_t)(y + half) * w + x] = gn[((size_t)ch * h + y) * w + xx];
+                    }
+            }
+        memset(shifted_grad, 0, sizeof(float) * (size_t)k * c * plane);
+        memset(gz, 0, sizeof(float) * IDLA_OUT * padded);
+        memset(fpad, 0, sizeof(float) * (size_t)c * padded);
+        memset(gf, 0, sizeof(float) * (size_t)c * padded);
+        for (int o = 0; o < IDLA_OUT; ++o)
+            memcpy(gz + (size_t)o * padded, gz_all + (n * IDLA_OUT + o) * (size_t)hw, sizeof(float) * hw);
+        for (int ch = 0; ch < c; ++ch) memcpy(fpad + (size_t)ch * padded, fn + (size_t)ch * hw, sizeof(float) * hw);
+
+        for (int ch = 0; ch < c; ++ch)
+            for (int j = 0; j < kk; ++j) {
+                const int dy = j / k, dx = j % k;
+                const float *wt = weight_t + ((size_t)ch * kk + j) * IDLA_OUT;
+                const float *nb_run = shifted + ((size_t)dx * c + ch) * plane + (size_t)dy * w;
+                float *nb_grad = shifted_grad + ((size_t)dx * c + ch) * plane + (size_t)dy * w;
+                float *gfc = gf + (size_t)ch * padded;
+                v16 gw[IDLA_OUT];
+#pragma GCC unroll 32
+                for (int o = 0; o < IDLA_OUT; ++o) gw[o] = (v16){0};
+                for (int t = 0; t < tiles; ++t) {
+                    const int p = t * 16;
+                    const v16 diff = *(const v16u *)(fpad + (size_t)ch * padded + p) - *(const v16u *)(nb_run + p);
+                    const vi16 positive = diff > (v16){0};
+                    const v16 relu = (v16)((vi16)diff & positive);
+                    v16 gd = (v16){0};
+#pragma GCC unroll 32
+                    for (int o = 0; o < IDLA_OUT; ++o) {
+                        const v16 gzo = *(const v16u *)(gz + (size_t)o * padded + p);
+                        gw[o] += gzo * relu;
+                        gd += gzo * wt[o];
+                    }
+                    gd = (v16)((vi16)gd & positive);
+                    *(v16u *)(gfc + p) += gd;
+                    *(v16u *)(nb_grad + p) -= gd;
+                }
+                float *dst = grad_wt + ((size_t)ch * kk + j) * IDLA_OUT;
+#pragma GCC unroll 32
+                for (int o = 0; o < IDLA_OUT; ++o) {
+                    float sum = 0.0f;
+                    for (int i = 0; i < 16; ++i) sum += gw[o][i];
+                    dst[o] += sum;
+                }
+            }
+        /* un-shift: shifted_grad[dx][c][(y + half) * w + x] belongs to g[c][y][x + dx - half] */
+        float *ggn = grad_g + n * map, *gfn = grad_f + n * map;
+        memset(ggn, 0, sizeof(float) * map);
+        for (int v = 0; v < k; ++v)
+            for (int ch = 0; ch < c; ++ch) {
+                const float *sv = shifted_grad + ((size_t)v * c + ch) * plane;
+                for (int y = 0; y < h; ++y)
+                    for (int x = 0; x < w; ++x) {
+                        int xx = x + v - half;
+                        if (xx >= 0 && xx < w) ggn[((size_t)ch * h + y) * w + xx] += sv[(size_t)(y + half) * w + x];
+                    }
+            }
+        for (int ch = 0; ch < c; ++ch) memcpy(gfn + (size_t)ch * hw, gf + (size_t)ch * padded, sizeof(float) * hw);
+    }
+    free(shifted);
+    free(shifted_grad);
+    free(gz);
+    free(fpad);
+    free(gf);
+    return 0;
+}

@@ -89,18 +89,25 @@ def load_library(compiler: str | None) -> ctypes.CDLL | None:
     library.advise_huge_pages.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     library.idla_summary_pairs.restype = ctypes.c_int
     library.idla_summary_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_long] * 2
+    library.idla_summary_backward_pairs.restype = ctypes.c_int
+    library.idla_summary_backward_pairs.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_long] * 2
     return library
 
 
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
-def run_split(kernel: Callable[[int, int], int], items: int, what: str) -> None:
-    """Run kernel(first, last) over `items` split into torch.get_num_threads() contiguous spans, in parallel
-    (ctypes releases the GIL); a nonzero return code (scratch allocation failed) raises MemoryError."""
+def split_spans(items: int) -> list[tuple[int, int]]:
+    """`items` split into torch.get_num_threads() contiguous, non-empty (first, last) spans."""
     parts = max(1, min(torch.get_num_threads(), items))
     bounds = [items * i // parts for i in range(parts + 1)]
-    spans = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def run_split(kernel: Callable[[int, int], int], items: int, what: str) -> None:
+    """Run kernel(first, last) over the split_spans(items) in parallel (ctypes releases the GIL); a nonzero
+    return code (scratch allocation failed) raises MemoryError."""
+    spans = split_spans(items)
     if len(spans) <= 1:
         codes = [kernel(*span) for span in spans]
     else:
