@@ -10,14 +10,13 @@ docs/benchmarks/loss_gradients.{json,md}.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from checkpoint_report import measured_or_published
 from reidkit.config import load_config
 from reidkit.data.market import parse_market_name
 from reidkit.data.store import load_image_tensor
@@ -27,7 +26,7 @@ from reidkit.engine.transforms import normalize
 from reidkit.losses import build_loss
 from reidkit.miners import HardestPairMiner
 from reidkit.models import build_model
-from reidkit.utils import atomic_write_json, atomic_write_text
+from reidkit.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
@@ -91,6 +90,7 @@ PICK_BATCHES = 10
 
 
 def measure(checkpoint: Path) -> dict:
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     paths, labels = pk_batch()
     cfg = load_config(TrainConfig, RECIPE)  # the recipe's model, so this bench follows the recipe when it changes
@@ -130,16 +130,7 @@ def picks_table(data: dict) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "bench_train" / "main" / "best.pt")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
-    args = parser.parse_args()
-    if args.markdown_only:
-        data = json.loads(OUT.with_suffix(".json").read_text())
-    else:
-        torch.set_num_threads(1)
-        data = measure(args.checkpoint.resolve())
-        atomic_write_json(data, OUT.with_suffix(".json"))
+    data = measured_or_published(__doc__.splitlines()[0], OUT.with_suffix(".json"), measure)
     write_markdown(data)
     print("\n".join(table(data) + picks_table(data)))
     return 0

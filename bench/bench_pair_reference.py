@@ -11,13 +11,12 @@ pairs themselves is reported too, marked as an oracle. Writes docs/benchmarks/pa
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from checkpoint_report import measured_or_published
 from reidkit.data.records import split_arrays
 from reidkit.data.split import carve_validation_records
 from reidkit.engine.checkpoint import load_checkpoint
@@ -25,7 +24,7 @@ from reidkit.engine.extractor import Extractor
 from reidkit.engine.pair_trainer import load_train_records
 from reidkit.engine.pairs import balanced_pairs
 from reidkit.metrics.verification import roc_curve, verification_report
-from reidkit.utils import atomic_write_json, atomic_write_text
+from reidkit.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected"
@@ -45,15 +44,7 @@ def pair_scores(features: torch.Tensor, pairs) -> np.ndarray:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "bench_train" / "main" / "best.pt")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
-    args = parser.parse_args()
-    if args.markdown_only:
-        data = json.loads(OUT.with_suffix(".json").read_text())
-    else:
-        data = measure(args.checkpoint.resolve())
-        atomic_write_json(data, OUT.with_suffix(".json"))
+    data = measured_or_published(__doc__.splitlines()[0], OUT.with_suffix(".json"), measure)
     lines = markdown(data)
     atomic_write_text("\n".join(lines) + "\n", OUT.with_suffix(".md"))
     print("\n".join(lines))

@@ -182,10 +182,10 @@ int advise_huge_pages(void *ptr, size_t bytes) {
  * (dy, dx) of positions p..p+15 is the contiguous run shifted[dx][p + (dy + 2) * W]. */
 #define IDLA_OUT 25
 
-static void idla_one_pair(const float *f, const float *g, const float *weight_t, const float *bias, float *out,
-                          int c, int h, int w, int k, float *shifted) {
-    const int half = k / 2, kk = k * k, hw = h * w, ph = h + 2 * half;
-    const size_t plane = (size_t)ph * w + 16; /* +16: the last tile reads past the map */
+/* shifted[v][ch] (planes of `plane` floats, pitch w) = map channel ch zero-padded by k/2 rows above and below and
+ * shifted by v - k/2 columns: row y + k/2, column x holds g[ch][y][x + v - k/2] (0 outside the map). */
+static void shift_columns(const float *g, int c, int h, int w, int k, size_t plane, float *shifted) {
+    const int half = k / 2;
     for (int v = 0; v < k; ++v)
         for (int ch = 0; ch < c; ++ch) {
             float *sv = shifted + ((size_t)v * c + ch) * plane;
@@ -196,6 +196,13 @@ static void idla_one_pair(const float *f, const float *g, const float *weight_t,
                     if (xx >= 0 && xx < w) sv[(size_t)(y + half) * w + x] = g[((size_t)ch * h + y) * w + xx];
                 }
         }
+}
+
+static void idla_one_pair(const float *f, const float *g, const float *weight_t, const float *bias, float *out,
+                          int c, int h, int w, int k, float *shifted) {
+    const int half = k / 2, kk = k * k, hw = h * w, ph = h + 2 * half;
+    const size_t plane = (size_t)ph * w + 16; /* +16: the last tile reads past the map */
+    shift_columns(g, c, h, w, k, plane, shifted);
     for (int p = 0; p < hw; p += 16) {
         v16 acc[IDLA_OUT]; /* fully unrolled below so that the 25 accumulators live in registers */
 #pragma GCC unroll 32
@@ -275,16 +282,7 @@ int idla_summary_backward_pairs(const float *f, const float *g, const float *wei
     for (long n = first; n < last; ++n) {
         const float *fn = f + n * map, *gn = g + n * map;
         /* inputs in tile-padded layouts (zeros past the map, so the last tile's extra lanes contribute nothing) */
-        for (int v = 0; v < k; ++v)
-            for (int ch = 0; ch < c; ++ch) {
-                float *sv = shifted + ((size_t)v * c + ch) * plane;
-                memset(sv, 0, sizeof(float) * plane);
-                for (int y = 0; y < h; ++y)
-                    for (int x = 0; x < w; ++x) {
-                        int xx = x + v - half;
-                        if (xx >= 0 && xx < w) sv[(size_t)(y + half) * w + x] = gn[((size_t)ch * h + y) * w + xx];
-                    }
-            }
+        shift_columns(gn, c, h, w, k, plane, shifted);
         memset(shifted_grad, 0, sizeof(float) * (size_t)k * c * plane);
         memset(gz, 0, sizeof(float) * IDLA_OUT * padded);
         memset(fpad, 0, sizeof(float) * (size_t)c * padded);
