@@ -215,7 +215,7 @@ class NormalizedCrossCorrelation(nn.Module):
 
     def _native_forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
         """Fill `out` with the fused C kernel, split over torch's thread count; False when it does not apply."""
-        library = native_library() if self.native else None
+        library = native_library() if self.native and not torch.jit.is_tracing() else None
         if library is None or a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32:
             return False
         a, b = a.detach().contiguous(), b.detach().contiguous()
