@@ -122,7 +122,9 @@ class EmbeddingTrainer:
         self.iters_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
         self.schedulers = [self._build_scheduler(o) for o in self.optimizers]
         use_amp = cfg.amp and self.device.type == "cuda"
-        self.scalers = [torch.amp.GradScaler("cuda", enabled=use_amp) for _ in self.models]
+        # One scaler for all students: they share one loss and one backward(), so one scale applies to every
+        # gradient; each optimiser is stepped through it and the scale is updated once per step.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         self.autocast = use_amp
         self.augment = BatchAugment(cfg.augment)
         self._build_losses()
@@ -229,7 +231,7 @@ class EmbeddingTrainer:
                 detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({detail}); "
                                     "lower optim.lr or check the data")
-            self.scalers[0].scale(loss / cfg.optim.accum_steps).backward()
+            self.scaler.scale(loss / cfg.optim.accum_steps).backward()
             if (step + 1) % cfg.optim.accum_steps == 0 or step + 1 == len(batches):
                 self._optimizer_step()
             for k, v in parts.items():
@@ -246,14 +248,14 @@ class EmbeddingTrainer:
 
     def _optimizer_step(self) -> None:
         clip = self.cfg.optim.grad_clip
-        for model, opt, sched, scaler in zip(self.models, self.optimizers, self.schedulers, self.scalers):
+        for model, opt, sched in zip(self.models, self.optimizers, self.schedulers):
             if clip > 0:
-                scaler.unscale_(opt)
+                self.scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
-            scaler.step(opt)
-            scaler.update()
+            self.scaler.step(opt)
             opt.zero_grad(set_to_none=True)
             sched.step()
+        self.scaler.update()
 
     # ------------------------------------------------------------- validation
     @property
@@ -302,7 +304,7 @@ class EmbeddingTrainer:
                 for m, o, s in zip(self.models[1:], self.optimizers[1:], self.schedulers[1:])]
         save_checkpoint(self.out / name, model=self.models[student], model_name=self.cfg.model.name,
                         model_cfg=self.model_cfg, epoch=epoch, optimizer=self.optimizers[student],
-                        scheduler=self.schedulers[student], scaler=self.scalers[student],
+                        scheduler=self.schedulers[student], scaler=self.scaler,
                         config=to_dict(self.cfg), metrics=metrics, extra=extra)
 
     def _resume(self) -> tuple[int, dict]:
@@ -311,7 +313,7 @@ class EmbeddingTrainer:
         self.optimizers[0].load_state_dict(payload["optimizer"])
         self.schedulers[0].load_state_dict(payload["scheduler"])
         if payload.get("scaler"):
-            self.scalers[0].load_state_dict(payload["scaler"])
+            self.scaler.load_state_dict(payload["scaler"])
         for state, m, o, s in zip(payload["extra"].get("other_students", []), self.models[1:],
                                   self.optimizers[1:], self.schedulers[1:]):
             m.load_state_dict(state["model"])
