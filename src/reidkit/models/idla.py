@@ -325,7 +325,7 @@ class PatchSummary(nn.Module):
     def __init__(self, in_channels: int, out_channels: int = 25, size: int = 5, native: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, size, stride=size)
-        # Inference on CPU float32 fuses the differences into this product in C (reidkit.models.native).
+        # On CPU float32 (inference and training) the differences are fused into this product in C (native.py).
         self.native = native
 
     def fused(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
@@ -408,7 +408,7 @@ class IDLA(PairNetwork):
 def build_idla(input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5, channels_last: bool = True,
                native: bool = True, **unused: object) -> IDLA:
     """IDLA (Ahmed et al. 2015). Unknown keyword arguments are rejected with a ModelError. native=False keeps
-    inference on the PyTorch path (the fused C kernel is used otherwise when it builds)."""
+    the PyTorch path (otherwise the fused C kernels run on CPU float32 when they build)."""
     if unused:
         raise ModelError(f"model 'idla': unknown option(s) {sorted(unused)}; valid: input_size, dropout, "
                          "channels_last, native")

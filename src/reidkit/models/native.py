@@ -1,11 +1,10 @@
 """Optional native kernels, compiled on first use with the system C compiler and loaded with ctypes.
 
-No torch headers and no build step at install time: one small C file (kernels.c: the NCC layer's and IDLA's
-inference kernels) is compiled in about a
-second with `-O3 -march=native` into a per-user cache keyed by the source, the compiler and this CPU's
-instruction-set flags. Without a working compiler (or with REIDKIT_NATIVE=0) callers fall back to their
-pure-PyTorch path, after one warning naming the reason. ctypes releases the GIL during the call, so callers
-split work across Python threads.
+No torch headers and no build step at install time: one small C file (kernels.c: the NCC layer's inference
+kernel, IDLA's forward and backward kernels) is compiled in about a second with `-O3 -march=native` into a
+per-user cache keyed by the source, the compiler and this CPU's instruction-set flags. Without a working compiler
+(or with REIDKIT_NATIVE=0) callers fall back to their pure-PyTorch path, after one warning naming the reason.
+ctypes releases the GIL during the call, so callers split work across Python threads.
 """
 
 from __future__ import annotations
@@ -73,7 +72,7 @@ def native_library() -> ctypes.CDLL | None:
 def load_library(compiler: str | None) -> ctypes.CDLL | None:
     """Build (or reuse from the cache) and load the kernels with `compiler`; None after one warning."""
     if compiler is None:
-        warnings.warn("reidkit: no C compiler found (set CC); NCC and IDLA inference use their slower PyTorch "
+        warnings.warn("reidkit: no C compiler found (set CC); the NCC layer and IDLA use their slower PyTorch "
                       "paths", stacklevel=3)
         return None
     try:
