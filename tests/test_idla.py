@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reidkit.engine.pair_trainer import PairModelConfig
 from reidkit.errors import ModelError
 from reidkit.models import build_model
 from reidkit.models.idla import (
@@ -198,6 +199,43 @@ def test_weights_are_tied_one_trunk_serves_both_views():
     with torch.no_grad():
         separate = model.pair_logits(model.trunk(x1), model.trunk(x2))
     torch.testing.assert_close(logits, separate, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["idla", "idla_ncc"])
+def test_batchnorm_trunk_normalises_each_convolution_before_pool_and_relu(name):
+    """Hand computation: conv (no bias) -> (x - mean) / sqrt(var + eps) * gamma + beta -> max-pool 2 -> ReLU, with
+    the batch's statistics in training mode and the running ones in eval mode; negative gammas included, where
+    pooling before normalising would differ."""
+    model = build_model(name, batchnorm=True)
+    trunk = model.trunk
+    assert trunk.conv1.bias is None and trunk.conv2.bias is None
+    gen = torch.Generator().manual_seed(4)
+    for norm in (trunk.norm1, trunk.norm2):
+        norm.weight.data = torch.randn(norm.num_features, generator=gen)  # about half negative
+        norm.bias.data = torch.randn(norm.num_features, generator=gen)
+    x = torch.randn(4, 3, 160, 60, generator=gen)
+
+    def by_hand(training: bool) -> torch.Tensor:
+        h = x
+        for conv, norm in ((trunk.conv1, trunk.norm1), (trunk.conv2, trunk.norm2)):
+            h = F.conv2d(h, conv.weight)
+            if training:
+                mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+            else:
+                mean, var = norm.running_mean, norm.running_var
+            h = (h - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + norm.eps)
+            h = h * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+            h = F.relu(F.max_pool2d(h, 2))
+        return h
+
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), by_hand(True), rtol=1e-4, atol=1e-4)
+        trunk.eval()
+        torch.testing.assert_close(trunk(x), by_hand(False), rtol=1e-4, atol=1e-4)
+    assert (trunk.norm1.running_mean != 0).any()  # the training-mode pass updated the running statistics
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in build_model(name).modules())  # paper default
+    from_config = build_model(name, **PairModelConfig(name=name, batchnorm=True).build_kwargs((160, 60)))
+    assert isinstance(from_config.trunk.norm2, torch.nn.BatchNorm2d)  # the trainer's `model.batchnorm` reaches it
 
 
 def test_tied_gradients_reach_the_shared_trunk_from_each_view():

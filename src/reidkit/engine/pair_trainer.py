@@ -65,6 +65,7 @@ class PairModelConfig:
     mode: str = "replace"  # idla_ncc: NCC "replace"s or sits "beside" the neighbourhood differences
     row_radius: int = 2  # idla_ncc: search band = rows y-r..y+r, whole width
     channels_last: bool = True
+    batchnorm: bool = False  # idla, idla_ncc: BatchNorm after the tied convolutions (not in the paper)
     levels: list[str] = field(default_factory=lambda: ["low", "mid", "high"])  # mls: CSN after these stages
     use_stn: bool = True  # mls: STN-placed patches (false: fixed patches)
     patch_size: list[int] = field(default_factory=lambda: [3, 3])  # mls: kernel patch (height, width), odd
@@ -75,6 +76,8 @@ class PairModelConfig:
             raise ConfigError(f"model.name={self.name!r}: the pair trainer trains {', '.join(PAIR_MODEL_NAMES)}")
         kwargs: dict[str, Any] = {"input_size": list(input_size), "dropout": self.dropout,
                                   "channels_last": self.channels_last}
+        if self.name in ("idla", "idla_ncc"):
+            kwargs.update(batchnorm=self.batchnorm)
         if self.name == "idla_ncc":
             kwargs.update(mode=self.mode, row_radius=self.row_radius)
         if self.name == "mls":

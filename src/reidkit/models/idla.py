@@ -127,19 +127,23 @@ def as_input_size(input_size: Sequence[int]) -> tuple[int, int]:
 class TiedTrunk(nn.Module):
     """The two tied convolution layers; one module applied to both views, so the weights are shared."""
 
-    def __init__(self, channels: tuple[int, int] = (20, 25), channels_last: bool = True):
+    def __init__(self, channels: tuple[int, int] = (20, 25), channels_last: bool = True, batchnorm: bool = False):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, channels[0], 5)
-        self.conv2 = nn.Conv2d(channels[0], channels[1], 5)
+        self.conv1 = nn.Conv2d(3, channels[0], 5, bias=not batchnorm)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], 5, bias=not batchnorm)
+        # Not in the paper (2015): BatchNorm after each convolution, an option for faster from-scratch training.
+        self.norm1 = nn.BatchNorm2d(channels[0]) if batchnorm else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(channels[1]) if batchnorm else nn.Identity()
         # oneDNN runs these convolutions about twice as fast in NHWC on CPU (docs/benchmarks/pairnets.md).
         self.channels_last = channels_last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # max-pool before ReLU: the same result (both are monotone) on a quarter of the values
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        # max-pool before ReLU: the same result (both are monotone) on a quarter of the values. BatchNorm goes
+        # before the pool: with a negative scale it is not monotone increasing.
+        x = F.relu(F.max_pool2d(self.norm1(self.conv1(x)), 2))
+        x = F.relu(F.max_pool2d(self.norm2(self.conv2(x)), 2))
         return x.contiguous()
 
 
@@ -186,7 +190,8 @@ class PairNetwork(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         last = [m for m in self.modules() if isinstance(m, nn.Linear)][-1]
         nn.init.normal_(last.weight, std=0.01)  # the logits layer has no ReLU after it: start near 50/50
 
@@ -388,10 +393,10 @@ class IDLA(PairNetwork):
     """The CVPR 2015 architecture; see the module docstring for the layer list."""
 
     def __init__(self, input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5,
-                 channels_last: bool = True, hidden: int = 500, native: bool = True):
+                 channels_last: bool = True, hidden: int = 500, native: bool = True, batchnorm: bool = False):
         super().__init__()
         self.input_size = as_input_size(input_size)
-        self.trunk = TiedTrunk(channels_last=channels_last)
+        self.trunk = TiedTrunk(channels_last=channels_last, batchnorm=batchnorm)
         self.differences = DifferenceBranches(self.trunk.conv2.out_channels, trunk_output_size(self.input_size),
                                               native=native)
         self.head = pair_head(self.differences.num_features, hidden, dropout)
@@ -406,10 +411,12 @@ class IDLA(PairNetwork):
 
 @register_model("idla")
 def build_idla(input_size: Sequence[int] = PAPER_INPUT_SIZE, dropout: float = 0.5, channels_last: bool = True,
-               native: bool = True, **unused: object) -> IDLA:
+               native: bool = True, batchnorm: bool = False, **unused: object) -> IDLA:
     """IDLA (Ahmed et al. 2015). Unknown keyword arguments are rejected with a ModelError. native=False keeps
-    the PyTorch path (otherwise the fused C kernels run on CPU float32 when they build)."""
+    the PyTorch path (otherwise the fused C kernels run on CPU float32 when they build); batchnorm=True adds
+    BatchNorm to the tied convolutions (not in the paper)."""
     if unused:
         raise ModelError(f"model 'idla': unknown option(s) {sorted(unused)}; valid: input_size, dropout, "
-                         "channels_last, native")
-    return IDLA(input_size=input_size, dropout=dropout, channels_last=channels_last, native=native)
+                         "channels_last, native, batchnorm")
+    return IDLA(input_size=input_size, dropout=dropout, channels_last=channels_last, native=native,
+                batchnorm=batchnorm)

@@ -270,13 +270,13 @@ class IDLANCC(PairNetwork):
     """
 
     def __init__(self, input_size: Sequence[int] = PAPER_INPUT_SIZE, mode: str = "replace", dropout: float = 0.5,
-                 row_radius: int = 2, channels_last: bool = True, hidden: int = 500):
+                 row_radius: int = 2, channels_last: bool = True, hidden: int = 500, batchnorm: bool = False):
         super().__init__()
         if mode not in NCC_MODES:
             raise ModelError(f"mode={mode!r}: expected one of {NCC_MODES}")
         self.input_size = as_input_size(input_size)
         self.mode = mode
-        self.trunk = TiedTrunk(channels_last=channels_last)
+        self.trunk = TiedTrunk(channels_last=channels_last, batchnorm=batchnorm)
         channels = self.trunk.conv2.out_channels
         map_size = trunk_output_size(self.input_size)
         self.ncc = NormalizedCrossCorrelation(5, row_radius)
@@ -303,10 +303,11 @@ class IDLANCC(PairNetwork):
 
 @register_model("idla_ncc")
 def build_idla_ncc(input_size: Sequence[int] = PAPER_INPUT_SIZE, mode: str = "replace", dropout: float = 0.5,
-                   row_radius: int = 2, channels_last: bool = True, **unused: object) -> IDLANCC:
-    """IDLA with the NCC matching layer (Subramaniam et al. 2016)."""
+                   row_radius: int = 2, channels_last: bool = True, batchnorm: bool = False,
+                   **unused: object) -> IDLANCC:
+    """IDLA with the NCC matching layer (Subramaniam et al. 2016); batchnorm=True as for `idla`."""
     if unused:
         raise ModelError(f"model 'idla_ncc': unknown option(s) {sorted(unused)}; valid: input_size, mode, dropout, "
-                         "row_radius, channels_last")
+                         "row_radius, channels_last, batchnorm")
     return IDLANCC(input_size=input_size, mode=mode, dropout=dropout, row_radius=row_radius,
-                   channels_last=channels_last)
+                   channels_last=channels_last, batchnorm=batchnorm)
