@@ -286,3 +286,27 @@ def test_score_equals_forward_on_every_pair_one_at_a_time():
             for j in range(4):
                 logits = model(query[i:i + 1], gallery[j:j + 1])[0]
                 assert scores[i, j].item() == pytest.approx((logits[1] - logits[0]).item(), abs=1e-4)
+
+
+@pytest.mark.parametrize(("symmetric", "flip"), [(True, False), (False, True), (True, True)])
+def test_test_time_views_average_forward_over_both_orders_and_mirrored_images(symmetric, flip):
+    model = build_model("idla", input_size=(40, 24)).eval()
+    gen = torch.Generator().manual_seed(5)
+    query, gallery = torch.randn(2, 3, 40, 24, generator=gen), torch.randn(3, 3, 40, 24, generator=gen)
+    scores = model.score(query, gallery, batch_size=4, symmetric=symmetric, flip=flip)
+
+    def log_odds(a, b):
+        logits = model(a, b)[0]
+        return (logits[1] - logits[0]).item()
+
+    with torch.no_grad():
+        for i in range(2):
+            for j in range(3):
+                views = [(query[i:i + 1], gallery[j:j + 1])]
+                if flip:
+                    views.append((query[i:i + 1].flip(-1), gallery[j:j + 1].flip(-1)))
+                if symmetric:
+                    views += [(b, a) for a, b in views]
+                expected = sum(log_odds(a, b) for a, b in views) / len(views)
+                assert scores[i, j].item() == pytest.approx(expected, abs=1e-4)
+    assert not torch.allclose(scores, model.score(query, gallery))  # the views do change the scores

@@ -206,7 +206,8 @@ class DistanceModel(torch.nn.Module):
     def embed_batched(self, images, batch_size=0):
         return images.float().flatten(1)
 
-    def pair_scores(self, f1, f2, i1, i2, batch_size=0):
+    def image_pair_scores(self, images1, images2, i1, i2, batch_size=0, symmetric=False, flip=False):
+        f1, f2 = self.embed_batched(images1), self.embed_batched(images2)
         return -((f1[i1] - f2[i2]) ** 2).sum(1)
 
 
@@ -252,6 +253,26 @@ def test_pair_network_scorer_matches_forward_on_each_pair():
             assert value == pytest.approx((logits[1] - logits[0]).item(), abs=1e-4)
 
 
+def test_pair_network_scorer_test_time_views_average_forward_over_orders_and_mirrors():
+    model = build_model("idla", input_size=(40, 24)).eval()
+    gen = torch.Generator().manual_seed(8)
+    query = torch.randint(0, 255, (2, 3, 40, 24), generator=gen, dtype=torch.uint8)
+    gallery = torch.randint(0, 255, (4, 3, 40, 24), generator=gen, dtype=torch.uint8)
+    q_index, g_index = np.array([1, 0, 1, 0]), np.array([3, 2, 0, 3])
+    got = pair_network_scorer(model, query, gallery, symmetric=True, flip=True)(q_index, g_index)
+
+    def log_odds(a, b):
+        logits = model(model.prepare(a), model.prepare(b))[0]
+        return (logits[1] - logits[0]).item()
+
+    with torch.no_grad():
+        for value, i, j in zip(got, q_index, g_index):
+            q, g = query[i:i + 1], gallery[j:j + 1]
+            qm, gm = q.flip(-1), g.flip(-1)
+            expected = (log_odds(q, g) + log_odds(g, q) + log_odds(qm, gm) + log_odds(gm, qm)) / 4
+            assert value == pytest.approx(expected, abs=1e-4)
+
+
 # -------------------------------------------------------------------------------------------------- trainer
 @pytest.fixture(scope="module")
 def toy_root(tmp_path_factory) -> Path:
@@ -277,7 +298,7 @@ def toy_config(**changes: object) -> PairTrainConfig:
 
 def test_training_writes_checkpoints_logs_pictures_and_resumes_to_the_same_weights(toy_root, tmp_path):
     straight = train_pair_model(toy_config(), toy_root, tmp_path / "straight", show_progress=False)
-    assert straight["epochs_done"] == 2 and set(straight["final"]) == {"pairs", "cmc"}
+    assert straight["epochs_done"] == 2 and set(straight["final"]) == {"pairs", "cmc", "views", "tta"}
     for name in ("last.pt", "best.pt", "log.jsonl", "summary.json", "pair_roc.png", "pair_confusion.png",
                  "pair_cmc.png", "pair_training_curves.png"):
         assert (tmp_path / "straight" / name).is_file(), name

@@ -148,6 +148,9 @@ class PairEvalConfig:
     max_rank: int = 20
     batch_size: int = 512  # pairs per forward pass when scoring
     threshold: float = 0.0  # log-odds threshold for "same" (0 = probability 0.5)
+    # test-time augmentation of validation and CMC scores: average both input orders / the mirrored pair
+    symmetric: bool = False
+    flip: bool = False
 
 
 @dataclass
@@ -363,22 +366,27 @@ class PairTrainer:
                 "pairs_per_second": pairs / max(elapsed, 1e-9), "lr": self.optimizer.param_groups[0]["lr"]}
 
     # ------------------------------------------------------------- validation
-    @torch.no_grad()
-    def validation_scores(self) -> np.ndarray:
-        """Same-person log-odds of the fixed balanced validation pairs."""
-        self.model.eval()
-        bs = self.cfg.eval.batch_size
-        feats = self.model.embed_batched(self.val_images, bs)
-        pairs = self.val_pairs
-        return self.model.pair_scores(feats, feats, torch.from_numpy(pairs.first), torch.from_numpy(pairs.second),
-                                      bs).numpy()
+    def validation_scores(self, symmetric: bool | None = None, flip: bool | None = None) -> np.ndarray:
+        """Same-person log-odds of the fixed balanced validation pairs (test-time views: `eval` unless given)."""
+        e, pairs = self.cfg.eval, self.val_pairs
+        symmetric = e.symmetric if symmetric is None else symmetric
+        flip = e.flip if flip is None else flip
+        return self.model.image_pair_scores(self.val_images, self.val_images, torch.from_numpy(pairs.first),
+                                            torch.from_numpy(pairs.second), e.batch_size, symmetric, flip).numpy()
 
     def evaluate(self) -> dict[str, Any]:
         report = verification_report(self.validation_scores(), self.val_pairs.label, self.cfg.eval.threshold)
         return {k: report[k] for k in ("accuracy", "balanced_accuracy", "auc")}
 
+    def validation_cmc(self, symmetric: bool, flip: bool) -> dict[str, Any]:
+        e = self.cfg.eval
+        return cuhk03_single_shot_cmc(self.model, self.val_images, self.val_pids, self.val_cams, e.cmc_ids,
+                                      e.cmc_draws, seed=self.cfg.data.split_seed, max_rank=e.max_rank,
+                                      batch_size=e.batch_size, symmetric=symmetric, flip=flip)
+
     def final_report(self) -> dict[str, Any]:
-        """Full evaluation of the current weights with pictures: ROC, confusion matrix, CMC."""
+        """Full evaluation of the current weights with pictures: ROC, confusion matrix, CMC. Unless `eval` already
+        asks for both test-time views, the pair metrics and CMC with both (`tta`) are reported too."""
         e = self.cfg.eval
         scores = self.validation_scores()
         report = verification_report(scores, self.val_pairs.label, e.threshold)
@@ -388,12 +396,15 @@ class PairTrainer:
                  title=f"{name}: validation pairs")
         plot_confusion(np.asarray(report["confusion_matrix"]), self.out / "pair_confusion.png",
                        title=f"{name}: validation pairs ({report['accuracy']:.1f}% correct)")
-        cmc = cuhk03_single_shot_cmc(self.model, self.val_images, self.val_pids, self.val_cams, e.cmc_ids,
-                                     e.cmc_draws, seed=self.cfg.data.split_seed, max_rank=e.max_rank,
-                                     batch_size=e.batch_size)
+        cmc = self.validation_cmc(e.symmetric, e.flip)
         plot_cmc(np.asarray(cmc["cmc"]) / 100.0, self.out / "pair_cmc.png",
                  title=f"{name}: single-shot CMC, {e.cmc_ids} ids x {e.cmc_draws} draws")
-        return {"pairs": report, "cmc": cmc}
+        result: dict[str, Any] = {"pairs": report, "cmc": cmc, "views": {"symmetric": e.symmetric, "flip": e.flip}}
+        if not (e.symmetric and e.flip):
+            tta = verification_report(self.validation_scores(True, True), self.val_pairs.label, e.threshold)
+            result["tta"] = {"pairs": tta, "cmc": self.validation_cmc(True, True),
+                             "views": {"symmetric": True, "flip": True}}
+        return result
 
     # ---------------------------------------------------------- checkpointing
     def _save(self, name: str, epoch: int, metrics: dict) -> None:

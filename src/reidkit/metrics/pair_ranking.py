@@ -74,28 +74,23 @@ def _one_image_per_id(pids: np.ndarray, camids: np.ndarray, chosen: np.ndarray, 
 
 def cuhk03_single_shot_cmc(model, images: torch.Tensor, pids, camids, num_ids: int = 100, num_draws: int = 10,
                            seed: int = 0, max_rank: int = 20, batch_size: int = 512, query_cam: int = 0,
-                           gallery_cam: int = 1) -> dict:
+                           gallery_cam: int = 1, symmetric: bool = False, flip: bool = False) -> dict:
     """CUHK03 classic single-shot CMC (percent) of a pair network, averaged over `num_draws` random draws.
 
     `images` (uint8 or normalised float, N x 3 x H x W) are indexed like `pids`/`camids`. Only images used by some
-    draw go through the trunk, once.
+    draw go through the trunk, once (per test-time view; `symmetric`/`flip`: see `PairNetwork.image_pair_scores`).
     """
     draws = single_shot_draws(pids, camids, num_ids, num_draws, seed, query_cam, gallery_cam)
     used = np.unique(np.concatenate([np.concatenate(d) for d in draws]))
     position = np.full(len(images), -1)
     position[used] = np.arange(used.size)
-    was_training = model.training
-    model.eval()
-    try:
-        feats = model.embed_batched(images[torch.from_numpy(used)], batch_size)
-        curves = []
-        for q_idx, g_idx in draws:
-            qi = torch.from_numpy(position[q_idx]).repeat_interleave(num_ids)
-            gi = torch.from_numpy(position[g_idx]).repeat(num_ids)
-            scores = model.pair_scores(feats, feats, qi, gi, batch_size).view(num_ids, num_ids)
-            curves.append(single_shot_cmc(scores, np.asarray(pids)[q_idx], np.asarray(pids)[g_idx], max_rank))
-    finally:
-        model.train(was_training)
+    qi = torch.cat([torch.from_numpy(position[q_idx]).repeat_interleave(num_ids) for q_idx, _ in draws])
+    gi = torch.cat([torch.from_numpy(position[g_idx]).repeat(num_ids) for _, g_idx in draws])
+    subset = images[torch.from_numpy(used)]
+    scores = model.image_pair_scores(subset, subset, qi, gi, batch_size, symmetric, flip)
+    scores = scores.view(len(draws), num_ids, num_ids)
+    curves = [single_shot_cmc(s, np.asarray(pids)[q_idx], np.asarray(pids)[g_idx], max_rank)
+              for s, (q_idx, g_idx) in zip(scores, draws)]
     cmc = 100.0 * np.mean(curves, axis=0)
     per_draw_rank1 = [100.0 * float(c[0]) for c in curves]
     return {"cmc": cmc.tolist(), "rank1": float(cmc[0]), "rank5": float(cmc[min(4, cmc.size - 1)]),
@@ -131,16 +126,19 @@ def rerank_top_k(distmat, scorer: PairScorer, k: int = 20) -> np.ndarray:
 
 
 def pair_network_scorer(model, query_images: torch.Tensor, gallery_images: torch.Tensor,
-                        batch_size: int = 512) -> PairScorer:
-    """A `rerank_top_k` scorer backed by a pair network; trunk features are computed lazily, once per image."""
-    cache: dict[str, dict[int, torch.Tensor]] = {"q": {}, "g": {}}
+                        batch_size: int = 512, symmetric: bool = False, flip: bool = False) -> PairScorer:
+    """A `rerank_top_k` scorer backed by a pair network; trunk features are computed lazily, once per image (and
+    test-time view: `symmetric`/`flip` as in `PairNetwork.image_pair_scores`)."""
+    views = (False, True) if flip else (False,)
+    cache: dict[tuple[str, bool], dict[int, torch.Tensor]] = {(k, v): {} for k in "qg" for v in views}
 
-    def features(kind: str, images: torch.Tensor, wanted: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        known = cache[kind]
+    def features(kind: str, mirrored: bool, images: torch.Tensor,
+                 wanted: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        known = cache[kind, mirrored]
         missing = np.setdiff1d(wanted, np.fromiter(known, dtype=np.int64, count=len(known)))
         if missing.size:
-            for i, f in zip(missing.tolist(), model.embed_batched(images[torch.from_numpy(missing)], batch_size)):
-                known[i] = f
+            feats = model.embed_batched(images[torch.from_numpy(missing)], batch_size, flip=mirrored)
+            known.update(zip(missing.tolist(), feats))
         ids = np.unique(wanted)
         return torch.stack([known[i] for i in ids.tolist()]), ids
 
@@ -148,11 +146,14 @@ def pair_network_scorer(model, query_images: torch.Tensor, gallery_images: torch
         was_training = model.training
         model.eval()
         try:
-            fq, q_ids = features("q", query_images, np.asarray(q_index))
-            fg, g_ids = features("g", gallery_images, np.asarray(g_index))
-            qi = torch.from_numpy(np.searchsorted(q_ids, q_index))
-            gi = torch.from_numpy(np.searchsorted(g_ids, g_index))
-            return model.pair_scores(fq, fg, qi, gi, batch_size).numpy()
+            total = np.zeros(len(q_index))
+            for mirrored in views:
+                fq, q_ids = features("q", mirrored, query_images, np.asarray(q_index))
+                fg, g_ids = features("g", mirrored, gallery_images, np.asarray(g_index))
+                qi = torch.from_numpy(np.searchsorted(q_ids, q_index))
+                gi = torch.from_numpy(np.searchsorted(g_ids, g_index))
+                total += model.pair_scores(fq, fg, qi, gi, batch_size, symmetric).numpy()
+            return total / len(views)
         finally:
             model.train(was_training)
 

@@ -235,19 +235,22 @@ class PairNetwork(nn.Module):
         return (x - mean) / std
 
     @torch.no_grad()
-    def embed_batched(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """Trunk features of many images (uint8 or normalised float), `batch_size` at a time."""
+    def embed_batched(self, images: torch.Tensor, batch_size: int = 256, flip: bool = False) -> torch.Tensor:
+        """Trunk features of many images (uint8 or normalised float), `batch_size` at a time; flip=True embeds
+        the left-right mirrored images (test-time augmentation)."""
         check_images(images, "images", self.input_size, allow_uint8=True)
-        return torch.cat([self.embed(self.prepare(images[i:i + batch_size]))
+        return torch.cat([self.embed(self.prepare(images[i:i + batch_size].flip(-1) if flip
+                                                  else images[i:i + batch_size]))
                           for i in range(0, len(images), batch_size)])
 
     @torch.no_grad()
     def pair_scores(self, feats1: torch.Tensor, feats2: torch.Tensor, index1: torch.Tensor, index2: torch.Tensor,
-                    batch_size: int = 512) -> torch.Tensor:
+                    batch_size: int = 512, symmetric: bool = False) -> torch.Tensor:
         """Same-person log-odds (logit_same - logit_different) of pairs (feats1[index1[i]], feats2[index2[i]]).
 
         Log-odds rank exactly like the softmax probability (sigmoid(score) = P(same)) but never saturate to
-        ties at 1.0, which matters when ranking a gallery.
+        ties at 1.0, which matters when ranking a gallery. symmetric=True averages the log-odds of both input
+        orders: the pair layers are not symmetric (K and K' have their own weights), so the orders differ.
         """
         if index1.shape != index2.shape:
             raise ModelError(f"pair_scores: index1 and index2 differ in shape: {tuple(index1.shape)} vs "
@@ -257,27 +260,46 @@ class PairNetwork(nn.Module):
         for start in range(0, flat1.numel(), batch_size):
             i1, i2 = flat1[start:start + batch_size], flat2[start:start + batch_size]
             logits = self.pair_logits(feats1[i1], feats2[i2]).float()
+            if symmetric:
+                logits = (logits + self.pair_logits(feats2[i2], feats1[i1]).float()) / 2
             out[start:start + len(i1)] = (logits[:, 1] - logits[:, 0]).cpu()
         return out.view(index1.shape)
 
     @torch.no_grad()
-    def score(self, query_images: torch.Tensor, gallery_images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """(Q, G) same-person log-odds of every query x gallery pair; each image goes through the trunk once.
+    def image_pair_scores(self, images1: torch.Tensor, images2: torch.Tensor, index1: torch.Tensor,
+                          index2: torch.Tensor, batch_size: int = 512, symmetric: bool = False,
+                          flip: bool = False) -> torch.Tensor:
+        """Log-odds of the image pairs (images1[index1[i]], images2[index2[i]]) in eval mode, each image through
+        the trunk once per view (once if `images2 is images1`). Test-time augmentation: symmetric averages both
+        input orders, flip averages in the pair of mirrored images. The train/eval mode is restored."""
+        check_images(images1, "images1", self.input_size, allow_uint8=True)
+        check_images(images2, "images2", self.input_size, allow_uint8=True)
+        was_training = self.training
+        self.eval()
+        try:
+            total = torch.zeros(index1.shape)
+            views = (False, True) if flip else (False,)
+            for mirrored in views:
+                feats1 = self.embed_batched(images1, batch_size, flip=mirrored)
+                feats2 = feats1 if images2 is images1 else self.embed_batched(images2, batch_size, flip=mirrored)
+                total += self.pair_scores(feats1, feats2, index1, index2, batch_size, symmetric)
+            return total / len(views)
+        finally:
+            self.train(was_training)
+
+    def score(self, query_images: torch.Tensor, gallery_images: torch.Tensor, batch_size: int = 512,
+              symmetric: bool = False, flip: bool = False) -> torch.Tensor:
+        """(Q, G) same-person log-odds of every query x gallery pair; each image goes through the trunk once
+        (per test-time view: see `image_pair_scores`).
 
         Images are uint8 or normalised float. Dropout is off for the call (the train/eval mode is restored).
         """
         check_images(query_images, "query_images", self.input_size, allow_uint8=True)
         check_images(gallery_images, "gallery_images", self.input_size, allow_uint8=True)
-        was_training = self.training
-        self.eval()
-        try:
-            fq = self.embed_batched(query_images, batch_size)
-            fg = self.embed_batched(gallery_images, batch_size)
-            q_index = torch.arange(len(fq)).repeat_interleave(len(fg))
-            g_index = torch.arange(len(fg)).repeat(len(fq))
-            return self.pair_scores(fq, fg, q_index, g_index, batch_size).view(len(fq), len(fg))
-        finally:
-            self.train(was_training)
+        q_index = torch.arange(len(query_images)).repeat_interleave(len(gallery_images))
+        g_index = torch.arange(len(gallery_images)).repeat(len(query_images))
+        scores = self.image_pair_scores(query_images, gallery_images, q_index, g_index, batch_size, symmetric, flip)
+        return scores.view(len(query_images), len(gallery_images))
 
 
 class _FusedSummary(torch.autograd.Function):
