@@ -127,34 +127,14 @@ def rerank_top_k(distmat, scorer: PairScorer, k: int = 20) -> np.ndarray:
 
 def pair_network_scorer(model, query_images: torch.Tensor, gallery_images: torch.Tensor,
                         batch_size: int = 512, symmetric: bool = False, flip: bool = False) -> PairScorer:
-    """A `rerank_top_k` scorer backed by a pair network; trunk features are computed lazily, once per image (and
-    test-time view: `symmetric`/`flip` as in `PairNetwork.image_pair_scores`)."""
-    views = (False, True) if flip else (False,)
-    cache: dict[tuple[str, bool], dict[int, torch.Tensor]] = {(k, v): {} for k in "qg" for v in views}
-
-    def features(kind: str, mirrored: bool, images: torch.Tensor,
-                 wanted: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-        known = cache[kind, mirrored]
-        missing = np.setdiff1d(wanted, np.fromiter(known, dtype=np.int64, count=len(known)))
-        if missing.size:
-            feats = model.embed_batched(images[torch.from_numpy(missing)], batch_size, flip=mirrored)
-            known.update(zip(missing.tolist(), feats))
-        ids = np.unique(wanted)
-        return torch.stack([known[i] for i in ids.tolist()]), ids
+    """A `rerank_top_k` scorer backed by a pair network: each call embeds only the images its pairs use, once per
+    image and test-time view (`symmetric`/`flip` as in `PairNetwork.image_pair_scores`)."""
 
     def scorer(q_index: np.ndarray, g_index: np.ndarray) -> np.ndarray:
-        was_training = model.training
-        model.eval()
-        try:
-            total = np.zeros(len(q_index))
-            for mirrored in views:
-                fq, q_ids = features("q", mirrored, query_images, np.asarray(q_index))
-                fg, g_ids = features("g", mirrored, gallery_images, np.asarray(g_index))
-                qi = torch.from_numpy(np.searchsorted(q_ids, q_index))
-                gi = torch.from_numpy(np.searchsorted(g_ids, g_index))
-                total += model.pair_scores(fq, fg, qi, gi, batch_size, symmetric).numpy()
-            return total / len(views)
-        finally:
-            model.train(was_training)
+        q_ids, qi = np.unique(np.asarray(q_index), return_inverse=True)
+        g_ids, gi = np.unique(np.asarray(g_index), return_inverse=True)
+        return model.image_pair_scores(query_images[torch.from_numpy(q_ids)], gallery_images[torch.from_numpy(g_ids)],
+                                       torch.from_numpy(qi.reshape(-1)), torch.from_numpy(gi.reshape(-1)), batch_size,
+                                       symmetric, flip).numpy()
 
     return scorer
