@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reidkit.utils import atomic_write_json, atomic_write_text
+from reidkit.utils import atomic_path, atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
@@ -38,7 +38,12 @@ def run(name: str, overrides: list[str], resume: bool) -> None:
 
 def summarize_run(folder: Path) -> dict:
     rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
-    best = max((r for r in rows if "val" in r), key=lambda r: r["val"]["mAP"], default=None)
+    val_rows = [r for r in rows if "val" in r]
+    best = max(val_rows, key=lambda r: r["val"]["mAP"], default=None)
+    students = len(best.get("val_students", [])) if best else 0
+    # each mutual student's own best epoch, as the model trained alone is reported at its best epoch
+    student_best = [max(({**r["val_students"][i], "epoch": r["epoch"]} for r in val_rows), key=lambda v: v["mAP"])
+                    for i in range(students)]
     overrides = json.loads((folder / "overrides.json").read_text()) if (folder / "overrides.json").exists() else []
     return {
         "name": folder.name,
@@ -49,6 +54,10 @@ def summarize_run(folder: Path) -> dict:
         "best_epoch": best["epoch"] if best else None,
         "val": best["val"] if best else {},
         "last_val": next((r["val"] for r in reversed(rows) if "val" in r), {}),
+        "student_best": student_best,
+        # validation mAP per evaluated epoch (one list per model: the model, or each mutual student)
+        "val_track": {"epoch": [r["epoch"] for r in val_rows],
+                      "mAP": [[v["mAP"] for v in r.get("val_students", [r["val"]])] for r in val_rows]},
         "mean_epoch_seconds": sum(r["epoch_seconds"] for r in rows) / max(1, len(rows)),
         "train_images_per_second": sum(r["images_per_second"] for r in rows) / max(1, len(rows)),
         "train_minutes": sum(r["epoch_seconds"] for r in rows) / 60,
@@ -68,7 +77,10 @@ NO_VAL_RUNS = ("s_no_val",)
 LOSS_RUNS_RECIPE = {"loss_ce": "CE", "main": "CE + TriHard", "loss_msml": "CE + MSML",
                     "loss_quadruplet": "CE + quadruplet", "loss_quadruplet_cos": "CE + quadruplet, cosine distance",
                     "loss_soft_hard": "CE + soft-hard",
+                    "loss_soft_hard_softplus": "CE + soft-hard, softplus instead of the margin (AGW)",
                     "loss_mutual": "mutual (2 students; alone = CE + TriHard)"}
+# Follow-up variants: listed once they have been started, not as "not run" rows.
+OPTIONAL_LOSS_RUNS = ("loss_quadruplet_cos", "loss_soft_hard_softplus")
 # Short protocol (12 epochs, one thread): the loss-family preview of docs/benchmarks/losses_cuhk03np.md.
 LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML", "s_msml_w015": "CE + 0.15 x MSML",
              "s_quadruplet": "CE + quadruplet",
@@ -78,6 +90,7 @@ LOSS_RUNS = {"s_ce_only": "CE", "s_base": "CE + TriHard", "s_msml": "CE + MSML",
              "s_base30": "CE + TriHard, 30 epochs",
              "s_aligned": "AlignedReID, 30 epochs"}
 LOSS_OUT = ROOT / "docs" / "benchmarks" / "losses_cuhk03np"
+LOSS_CURVES = ROOT / "docs" / "img" / "losses_cuhk03np_val_map.png"
 
 
 def _fmt(v: dict, key: str) -> str:
@@ -117,24 +130,54 @@ def ablation_table(results: dict[str, dict]) -> list[str]:
 
 def loss_table(results: dict[str, dict], runs: dict[str, str] = LOSS_RUNS) -> list[str]:
     """One row per model: mutual students and AlignedReID's global / global+local inference get their own rows."""
-    lines = ["| loss | run | val rank-1 | val mAP | val mINP | train min |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| loss | run | best epoch | val rank-1 | val mAP | val mINP | train min |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for name, label in runs.items():
         r = results.get(name)
         if r is None:
-            lines.append(f"| {label} | {name} | (not run) | | | |")
+            if name not in OPTIONAL_LOSS_RUNS:
+                lines.append(f"| {label} | {name} | (not run) | | | | |")
             continue
         best = r["best_row"]
         variants = [(label, r["val"])]
-        if "val_students" in best:
-            variants = [(f"{label}: student {i + 1}", v) for i, v in enumerate(best["val_students"])]
+        if r["student_best"]:
+            variants = [(f"{label}: student {i + 1}", v) for i, v in enumerate(r["student_best"])]
         if "val_local" in best:
             variants = [(f"{label}: global distance", r["val"]),
                         (f"{label}: global + 1 x local (val_local)", best["val_local"])]
         run = name if r["finished"] else f"{name} (running: best of {r['epochs']} epochs so far)"
         for text, v in variants:
-            lines.append(f"| {text} | {run} | {_fmt(v, 'rank1')} | {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
+            lines.append(f"| {text} | {run} | {v.get('epoch', r['best_epoch'])} | {_fmt(v, 'rank1')} "
+                         f"| {_fmt(v, 'mAP')} | {_fmt(v, 'mINP')} "
                          f"| {r['train_minutes']:.1f} |")
     return lines
+
+
+def plot_val_tracks(results: dict[str, dict], runs: dict[str, str], path: Path) -> None:
+    """Validation mAP against epoch, one line per trained model (each mutual student its own line)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, label in runs.items():
+        if name not in results:
+            continue
+        track = results[name]["val_track"]
+        color = None  # mutual students share their run's colour, told apart by line style
+        for i, series in enumerate(zip(*track["mAP"])):
+            text = label if len(track["mAP"][0]) == 1 else f"{label}: student {i + 1}"
+            (line,) = ax.plot(track["epoch"], series, "o-" if i == 0 else "s--", markersize=3, color=color,
+                              label=text)
+            color = line.get_color()
+    ax.set(xlabel="epoch", ylabel="validation mAP (%)", title="CUHK03-NP validation (150 ids), recipe budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
 
 
 def replace_block(path: Path, tag: str, lines: list[str]) -> None:
@@ -158,6 +201,7 @@ def table() -> None:
     replace_block(OUT.with_suffix(".md"), "no-val-table", run_table([results[n] for n in NO_VAL_RUNS if n in results]))
     losses = {n: results[n] for n in {**LOSS_RUNS_RECIPE, **LOSS_RUNS} if n in results}
     replace_block(LOSS_OUT.with_suffix(".md"), "loss-table-recipe", loss_table(losses, LOSS_RUNS_RECIPE))
+    plot_val_tracks(losses, LOSS_RUNS_RECIPE, LOSS_CURVES)
     atomic_write_json({"meta": meta, "runs": list(losses.values())}, LOSS_OUT.with_suffix(".json"))
     replace_block(LOSS_OUT.with_suffix(".md"), "loss-table", loss_table(losses))
     print("\n".join(loss_table(losses)))

@@ -282,6 +282,11 @@ def test_soft_hard_equals_loops(margin: float | None) -> None:
     close(SoftHardTripletLoss(margin=margin)(x, labels), ref_soft_hard(x, labels, margin))
 
 
+def test_soft_hard_soft_margin_is_softplus_whatever_the_margin() -> None:
+    x, labels = batch(6)
+    close(SoftHardTripletLoss(margin=0.3, soft_margin=True)(x, labels), ref_soft_hard(x, labels, None))
+
+
 def test_soft_hard_detached_weights_change_only_the_gradient() -> None:
     x, labels = batch(7)
     attached, detached = SoftHardTripletLoss()(x, labels), SoftHardTripletLoss(detach_weights=True)(x, labels)

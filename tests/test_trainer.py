@@ -13,7 +13,7 @@ from reidkit.engine.checkpoint import load_checkpoint
 from reidkit.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from reidkit.engine.extractor import Extractor
 from reidkit.engine.trainer import EmbeddingTrainer, train_embedding
-from reidkit.errors import TrainingError
+from reidkit.errors import ConfigError, TrainingError
 
 
 def tiny_config(**optim) -> TrainConfig:
@@ -89,3 +89,20 @@ def test_two_students_train_mutually_with_their_own_checkpoints(tiny_market, tmp
     assert len(row["val_students"]) == 2
     s0, s1 = _weights(tmp_path / "dml" / "best.pt"), _weights(tmp_path / "dml" / "best_student1.pt")
     assert any(not torch.equal(s0[k], s1[k]) for k in s0)  # two different networks, not one copied
+
+
+def test_metric_loss_settings_reach_the_loss_or_fail_clearly(tiny_market, tmp_path):
+    def built(**loss):
+        cfg = tiny_config()
+        for key, value in loss.items():
+            setattr(cfg.loss, key, value)
+        trainer = EmbeddingTrainer(cfg, tmp_path, tiny_market, show_progress=False)
+        trainer.num_classes, trainer.models = 4, [None]  # set by setup(); the losses need nothing else
+        trainer._build_losses()
+        return trainer.metric_loss
+
+    assert built(metric_loss="soft_hard", margin=0.3).margin == 0.3
+    assert built(metric_loss="soft_hard", soft_margin=True).margin is None  # softplus, as AGW
+    assert built(metric_loss="triplet_batch_hard", metric_params={"margin": 0.7}).margin == 0.7  # params win
+    with pytest.raises(ConfigError, match="loss.soft_margin=true.*quadruplet"):
+        built(metric_loss="quadruplet", soft_margin=True)

@@ -169,8 +169,11 @@ class EmbeddingTrainer:
         self.metric_loss = None
         if lc.metric_loss != "none":
             accepted = loss_parameters(lc.metric_loss)
+            if lc.soft_margin and "soft_margin" not in accepted:
+                raise ConfigError(f"loss.soft_margin=true: loss.metric_loss={lc.metric_loss!r} has no soft margin")
             common = {k: v for k, v in (("margin", lc.margin), ("soft_margin", lc.soft_margin)) if k in accepted}
-            self.metric_loss = build_loss(lc.metric_loss, **common, **lc.metric_params)
+            # metric_params override the shared settings (e.g. a loss-specific margin)
+            self.metric_loss = build_loss(lc.metric_loss, **{**common, **lc.metric_params})
         self.local_loss = None
         if lc.local_weight > 0:
             # Mined with batch-hard on the same global features and metric as the global triplet: the same hard

@@ -94,7 +94,7 @@ class SoftHardTripletLoss(MetricLoss):
 
         d_p = sum_p w_p d(a,p),  w_p = softmax over positives p != a of  d(a,p)
         d_n = sum_n w_n d(a,n),  w_n = softmax over negatives of       -d(a,n)
-        loss_a = softplus(d_p - d_n)            (margin=None, AGW)   or  [d_p - d_n + margin]_+
+        loss_a = softplus(d_p - d_n)            (margin=None or soft_margin=True, AGW)   or  [d_p - d_n + margin]_+
 
     mean over anchors that have a positive and a negative. Uses weights, not a miner; gradients flow through
     the weights unless detach_weights=True.
@@ -106,8 +106,10 @@ class SoftHardTripletLoss(MetricLoss):
         metric: str = "euclidean",
         detach_weights: bool = False,
         reduction: str = "mean",
+        soft_margin: bool = False,
     ) -> None:
         super().__init__(metric, miner=None)
+        margin = None if soft_margin else margin  # same switch as the other triplet losses
         self.margin = None if margin is None else check_non_negative(margin, "SoftHardTripletLoss.margin")
         self.detach_weights = bool(detach_weights)
         self.reduction = check_reduction(reduction, "SoftHardTripletLoss.reduction")
