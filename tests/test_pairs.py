@@ -239,6 +239,23 @@ def test_rerank_top_k_reorders_only_the_top_k_like_a_plain_loop():
         np.testing.assert_array_equal(out[i, by_distance[3:]], dist[i, by_distance[3:]])
 
 
+@pytest.mark.parametrize("pair_weight", [0.0, 0.3, 0.5, 0.8])
+def test_rerank_top_k_fuses_embedding_and_pair_ranks_like_a_plain_loop(pair_weight):
+    rng = np.random.default_rng(9)
+    dist = rng.random((5, 12))
+    pair_score = rng.integers(0, 4, size=(5, 12)).astype(float)  # ties on purpose
+    out = rerank_top_k(dist, lambda q, g: pair_score[q, g], k=6, pair_weight=pair_weight)
+    for i in range(5):
+        by_distance = sorted(range(12), key=lambda j: dist[i, j])
+        top = by_distance[:6]
+        by_pair = sorted(top, key=lambda j: (-pair_score[i, j], top.index(j)))
+        fused = {j: (1 - pair_weight) * top.index(j) + pair_weight * by_pair.index(j) for j in top}
+        expected = sorted(top, key=lambda j: (fused[j], top.index(j)))
+        assert sorted(range(12), key=lambda j: out[i, j]) == expected + by_distance[6:]
+    with pytest.raises(MetricInputError, match="pair_weight"):
+        rerank_top_k(dist, lambda q, g: pair_score[q, g], pair_weight=1.5)
+
+
 def test_pair_network_scorer_matches_forward_on_each_pair():
     model = build_model("idla", input_size=(40, 24)).eval()
     gen = torch.Generator().manual_seed(7)

@@ -99,25 +99,32 @@ def cuhk03_single_shot_cmc(model, images: torch.Tensor, pids, camids, num_ids: i
             "num_ids": num_ids, "num_draws": num_draws}
 
 
-def rerank_top_k(distmat, scorer: PairScorer, k: int = 20) -> np.ndarray:
-    """Re-order each query's `k` nearest gallery items (by `distmat`) by a pair scorer; the rest keep their order.
+def rerank_top_k(distmat, scorer: PairScorer, k: int = 20, pair_weight: float = 1.0) -> np.ndarray:
+    """Re-order each query's `k` nearest gallery items (by `distmat`) with a pair scorer; the rest keep their order.
 
-    `scorer(query_index, gallery_index)` returns one score per pair (higher = same person). The result is a
-    distance matrix usable by any evaluator: the top-k entries get new values below every original distance,
-    ordered by the pair score (ties keep the embedding order); entries beyond k are unchanged.
+    `scorer(query_index, gallery_index)` returns one score per pair (higher = same person). Within the top-k,
+    items are ordered by the rank fusion (1 - pair_weight) * embedding rank + pair_weight * pair-score rank
+    (ranks 0..k-1; ties keep the embedding order): pair_weight=1 orders by the pair score alone, 0 keeps the
+    embedding's order. Ranks, not raw values, so the two scales need no calibration against each other. The
+    result is a distance matrix usable by any evaluator: the top-k entries get new values below every original
+    distance, in the fused order; entries beyond k are unchanged.
     """
     dist = np.asarray(distmat, dtype=np.float64)
     if dist.ndim != 2 or dist.size == 0:
         raise MetricInputError(f"distmat: expected a non-empty 2-D matrix, got shape {dist.shape}")
     if k < 1:
         raise MetricInputError(f"k={k}: must be at least 1")
+    if not 0.0 <= pair_weight <= 1.0:
+        raise MetricInputError(f"pair_weight={pair_weight}: must be in [0, 1]")
     k = min(k, dist.shape[1])
     top = np.argsort(dist, axis=1, kind="stable")[:, :k]
     rows = np.repeat(np.arange(dist.shape[0]), k)
     scores = np.asarray(scorer(rows, top.ravel()), dtype=np.float64).reshape(top.shape)
     if scores.shape != top.shape or np.isnan(scores).any():
         raise MetricInputError("scorer: must return one non-NaN score per (query, gallery) pair")
-    order = np.argsort(-scores, axis=1, kind="stable")  # stable: ties keep the embedding order
+    pair_rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1, kind="stable")
+    fused = (1.0 - pair_weight) * np.arange(k) + pair_weight * pair_rank
+    order = np.argsort(fused, axis=1, kind="stable")  # stable: ties keep the embedding order
     reordered = np.take_along_axis(top, order, axis=1)
     out = dist.copy()
     floor = dist.min() - 1.0

@@ -1,0 +1,78 @@
+"""Under- or over-fitting? A pair-network run's best checkpoint on training identities vs validation identities.
+
+    .venv/bin/python bench/bench_pair_fit.py runs/idla_bn_long [runs/... ...]
+
+Both sides are scored the same way: eval mode (no dropout), no augmentation, 7,000 balanced cross-camera pairs
+(every positive pair with a random negative, then a fixed random subset for the training identities; the run's own
+fixed validation pairs). The training accuracy in log.jsonl is not this: it is measured with dropout, random shifts
+and (in hard rounds) mined negatives. Writes docs/benchmarks/pair_fit.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reidkit.config import from_dict
+from reidkit.engine.checkpoint import load_checkpoint
+from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer
+from reidkit.engine.pairs import balanced_pairs
+from reidkit.metrics.verification import verification_report
+from reidkit.utils import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected"
+OUT = ROOT / "docs" / "benchmarks" / "pair_fit"
+NUM_PAIRS = 7_000
+
+
+def fit_report(run: Path, data: Path, work: Path) -> dict:
+    payload = load_checkpoint(run / "best.pt")
+    cfg = from_dict(PairTrainConfig, payload["config"])
+    trainer = PairTrainer(cfg, work, data_root=data, show_progress=False)
+    trainer.setup()
+    trainer.model.load_state_dict(payload["model"])
+    trainer.model.eval()
+    pairs = balanced_pairs(trainer.train_pids, trainer.train_cams, np.random.default_rng(123), cfg.data.cross_camera)
+    pick = np.random.default_rng(5).choice(pairs.label.size, min(NUM_PAIRS, pairs.label.size), replace=False)
+    scores = trainer.model.image_pair_scores(trainer.train_images, trainer.train_images,
+                                             torch.from_numpy(pairs.first[pick]), torch.from_numpy(pairs.second[pick]),
+                                             cfg.eval.batch_size).numpy()
+    train = verification_report(scores, pairs.label[pick], cfg.eval.threshold)
+    val = verification_report(trainer.validation_scores(False, False), trainer.val_pairs.label, cfg.eval.threshold)
+    keys = ("balanced_accuracy", "auc")
+    return {"run": run.name, "epoch": payload["epoch"], "train_ids": {k: train[k] for k in keys},
+            "val_ids": {k: val[k] for k in keys}, "pairs": int(pick.size)}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Pair networks: training identities vs validation identities", "",
+             "Best checkpoint of each run, eval mode, no augmentation, balanced cross-camera pairs "
+             "(`bench/bench_pair_fit.py`). A small gap with both sides low = underfitting.", "",
+             "| run | epoch | train ids: balanced acc. | train ids: AUC | val ids: balanced acc. | val ids: AUC |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        t, v = r["train_ids"], r["val_ids"]
+        lines.append(f"| {r['run']} | {r['epoch']} | {t['balanced_accuracy']:.1f}% | {t['auc']:.3f} "
+                     f"| {v['balanced_accuracy']:.1f}% | {v['auc']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "pair_fit_work",
+                        help="scratch output folder for the trainer (nothing is trained)")
+    args = parser.parse_args()
+    rows = [fit_report(run, args.data, args.work) for run in args.runs]
+    atomic_write_json({"runs": rows}, OUT.with_suffix(".json"))
+    atomic_write_text(markdown(rows), OUT.with_suffix(".md"))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
