@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AlignedReID: add W x the local (shortest-path) distance to the --metric distance; needs a "
                         "checkpoint with a local branch or features with query_local/gallery_local (0 = global only; "
                         "--metric l2 --local-weight 1 is the paper's global + local distance)")
+    p.add_argument("--pair-checkpoint", type=Path,
+                   help="pair network (idla, idla_ncc, mls) that re-orders each query's top-k (needs image paths: "
+                        "--checkpoint, or --features from `reidkit extract`)")
+    p.add_argument("--pair-top-k", type=int, default=20, help="with --pair-checkpoint: how many to re-order")
+    p.add_argument("--pair-weight", type=float, default=1.0,
+                   help="with --pair-checkpoint: rank fusion, (1 - W) x embedding rank + W x pair rank (1 = pair only)")
+    p.add_argument("--pair-tta", action="store_true",
+                   help="with --pair-checkpoint: average both input orders and the mirrored pair")
     p.add_argument("--max-rank", type=int, default=50)
     p.add_argument("--out", type=Path, help="write metrics JSON (and a CMC plot beside it)")
     p.add_argument("--device", default="auto")

@@ -51,6 +51,9 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     """Load a distance matrix, features or checkpoint; print R1/R5/R10/mAP/mINP; write JSON + plots to --out."""
     _check_local_weight(args)
     source, inputs = _load_inputs(args)
+    if getattr(args, "pair_checkpoint", None) is not None:
+        inputs["distmat"] = _pair_reranked(inputs, source, args)
+        source += f", top-{args.pair_top_k} re-ranked by {args.pair_checkpoint} (pair weight {args.pair_weight:g})"
     try:
         result = evaluate_rank_full(inputs["distmat"], *(inputs[k] for k in ID_KEYS), max_rank=args.max_rank,
                                     use_metric_cuhk03=args.protocol == "cuhk03", ap=args.ap)
@@ -61,6 +64,32 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "out", None) is not None:
         _write_outputs(Path(args.out), report, result, inputs)
     return report
+
+
+def _pair_reranked(inputs: dict[str, np.ndarray], source: str, args: argparse.Namespace) -> np.ndarray:
+    """`distmat` with each query's top-k re-ordered by a pair network (IDLA, IDLA-NCC, MLS) on the images."""
+    from ..data.store import load_image_tensor
+    from ..engine.checkpoint import model_from_checkpoint
+    from ..models.idla import PairNetwork
+    from .pair_ranking import pair_network_scorer, rerank_top_k
+
+    where = f"--pair-checkpoint {args.pair_checkpoint}"
+    missing = [k for k in PATH_KEYS if k not in inputs]
+    if missing:
+        raise ReIDError(f"{where}: the pair network needs the images, but {source} has no {', '.join(missing)} "
+                        "(use --checkpoint, or --features written by `reidkit extract`)")
+    model, payload = model_from_checkpoint(args.pair_checkpoint)
+    if not isinstance(model, PairNetwork):
+        raise ReIDError(f"{where}: holds a {payload['model_name']!r} model, not a pair network (idla, idla_ncc, mls)")
+    model.eval()
+    query, gallery = (load_image_tensor([str(p) for p in inputs[key]], model.input_size,
+                                        show_progress=not args.quiet, desc=f"decoding {name} images")
+                      for key, name in (("q_paths", "query"), ("g_paths", "gallery")))
+    scorer = pair_network_scorer(model, query, gallery, symmetric=args.pair_tta, flip=args.pair_tta)
+    try:
+        return rerank_top_k(inputs["distmat"], scorer, k=args.pair_top_k, pair_weight=args.pair_weight)
+    except MetricInputError as exc:
+        raise ReIDError(f"{where}: {exc}") from exc
 
 
 def _report(result: RankResult, source: str, args: argparse.Namespace) -> dict[str, Any]:
