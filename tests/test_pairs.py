@@ -441,3 +441,14 @@ def test_evaluate_pair_checkpoint_errors_name_the_problem(tiny_market, tmp_path,
     assert main(["evaluate", "--features", str(tmp_path / "feats.npz"), "--pair-checkpoint", str(pair),
                  "--pair-weight", "2"]) == 2
     assert "pair_weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "option", "value"), [("idla", "mode", "beside"), ("idla", "levels", ["high"]),
+                                                       ("mls", "batchnorm", True), ("idla_ncc", "use_stn", False)])
+def test_pair_model_options_of_another_model_are_refused(name, option, value):
+    from reidkit.engine.pair_trainer import PairModelConfig
+
+    cfg = PairModelConfig(name=name, **{option: value})
+    with pytest.raises(ConfigError, match=f"model.{option}=.*not '{name}'"):
+        cfg.build_kwargs((160, 60))
+    assert PairModelConfig(name=name).build_kwargs((160, 60))["input_size"] == [160, 60]  # defaults pass

@@ -106,3 +106,6 @@ def test_metric_loss_settings_reach_the_loss_or_fail_clearly(tiny_market, tmp_pa
     assert built(metric_loss="triplet_batch_hard", metric_params={"margin": 0.7}).margin == 0.7  # params win
     with pytest.raises(ConfigError, match="loss.soft_margin=true.*quadruplet"):
         built(metric_loss="quadruplet", soft_margin=True)
+    with pytest.raises(ConfigError, match="loss.margin=0.5.*quadruplet.*metric_params"):
+        built(metric_loss="quadruplet", margin=0.5)  # would be ignored: quadruplet has alpha/beta
+    assert built(metric_loss="quadruplet").alpha == 1.0  # the default margin is no request

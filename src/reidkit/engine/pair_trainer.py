@@ -74,6 +74,7 @@ class PairModelConfig:
     def build_kwargs(self, input_size: tuple[int, int]) -> dict[str, Any]:
         if self.name not in PAIR_MODEL_NAMES:
             raise ConfigError(f"model.name={self.name!r}: the pair trainer trains {', '.join(PAIR_MODEL_NAMES)}")
+        self._check_applicable()
         kwargs: dict[str, Any] = {"input_size": list(input_size), "dropout": self.dropout,
                                   "channels_last": self.channels_last}
         if self.name in ("idla", "idla_ncc"):
@@ -84,6 +85,19 @@ class PairModelConfig:
             kwargs.update(levels=list(self.levels), use_stn=self.use_stn, patch_size=list(self.patch_size),
                           num_patches=self.num_patches)
         return kwargs
+
+    def _check_applicable(self) -> None:
+        """A model-specific option set for another model would be silently ignored: refuse it instead."""
+        defaults = PairModelConfig()
+        for option, models in MODEL_SPECIFIC_OPTIONS.items():
+            if self.name not in models and getattr(self, option) != getattr(defaults, option):
+                raise ConfigError(f"model.{option}={getattr(self, option)!r} applies to model.name "
+                                  f"{' / '.join(models)}, not {self.name!r}: remove it or change model.name")
+
+
+# Options of PairModelConfig that only some pair models have.
+MODEL_SPECIFIC_OPTIONS = {"batchnorm": ("idla", "idla_ncc"), "mode": ("idla_ncc",), "row_radius": ("idla_ncc",),
+                          "levels": ("mls",), "use_stn": ("mls",), "patch_size": ("mls",), "num_patches": ("mls",)}
 
 
 @dataclass

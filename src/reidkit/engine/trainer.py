@@ -30,7 +30,7 @@ from ..metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ..models import build_model
 from ..utils import atomic_write_json, progress, resolve_device, seed_everything
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig
+from .config import LossConfig, TrainConfig
 from .features import embed_tensor, embed_tensor_local
 from .plots import plot_training_curves
 from .runlog import append_log, start_run
@@ -167,8 +167,11 @@ class EmbeddingTrainer:
         elif lc.id_loss != "none":
             raise ConfigError(f"loss.id_loss={lc.id_loss!r}: expected ce or none")
         self.metric_loss = None
+        accepted = loss_parameters(lc.metric_loss) if lc.metric_loss != "none" else []
+        if lc.margin != LossConfig.margin and "margin" not in accepted and lc.local_weight == 0:
+            raise ConfigError(f"loss.margin={lc.margin}: loss.metric_loss={lc.metric_loss!r} has no margin (its own "
+                              "settings go in loss.metric_params, e.g. alpha/beta for quadruplet)")
         if lc.metric_loss != "none":
-            accepted = loss_parameters(lc.metric_loss)
             if lc.soft_margin and "soft_margin" not in accepted:
                 raise ConfigError(f"loss.soft_margin=true: loss.metric_loss={lc.metric_loss!r} has no soft margin")
             common = {k: v for k, v in (("margin", lc.margin), ("soft_margin", lc.soft_margin)) if k in accepted}
