@@ -71,6 +71,7 @@ def _pair_reranked(inputs: dict[str, np.ndarray], source: str, args: argparse.Na
     from ..data.store import load_image_tensor
     from ..engine.checkpoint import model_from_checkpoint
     from ..models.idla import PairNetwork
+    from ..utils import resolve_device
     from .pair_ranking import pair_network_scorer, rerank_top_k
 
     where = f"--pair-checkpoint {args.pair_checkpoint}"
@@ -81,7 +82,7 @@ def _pair_reranked(inputs: dict[str, np.ndarray], source: str, args: argparse.Na
     model, payload = model_from_checkpoint(args.pair_checkpoint)
     if not isinstance(model, PairNetwork):
         raise ReIDError(f"{where}: holds a {payload['model_name']!r} model, not a pair network (idla, idla_ncc, mls)")
-    model.eval()
+    model.to(resolve_device(args.device)).eval()
     query, gallery = (load_image_tensor([str(p) for p in inputs[key]], model.input_size,
                                         show_progress=not args.quiet, desc=f"decoding {name} images")
                       for key, name in (("q_paths", "query"), ("g_paths", "gallery")))
