@@ -285,27 +285,15 @@ def run_results(run_dirs: list[Path], copy_pictures: bool = True) -> dict[str, d
 
 def plot_validation_tracks(runs: dict[str, dict], path: Path) -> None:
     """Balanced validation pair accuracy against the epoch, one line per run (its pace at a glance)."""
-    import matplotlib
+    from reidkit.engine.plots import plot_metric_per_epoch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from reidkit.utils import atomic_path
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    series = []
     for name, run in runs.items():
         rows = [r for r in run["per_epoch"] if "val_balanced_accuracy" in r]
-        ax.plot([r["epoch"] for r in rows], [r["val_balanced_accuracy"] for r in rows], "o-", markersize=3,
-                label=f"{name} ({run['model']})")
-    ax.axhline(90, color="grey", linestyle=":", label="target 90%")
-    ax.set(xlabel="epoch", ylabel="balanced validation pair accuracy (%)",
-           title="Pair networks on CUHK03-NP validation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+        label = f"{name} ({run['model']})"
+        series.append((label, [r["epoch"] for r in rows], [r["val_balanced_accuracy"] for r in rows], label))
+    plot_metric_per_epoch(series, path, "balanced validation pair accuracy (%)",
+                          "Pair networks on CUHK03-NP validation", target=90)
 
 
 def stripe_histograms(images: torch.Tensor, stripes: int = 6, bins: int = 8) -> np.ndarray:

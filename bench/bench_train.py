@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reidkit.utils import atomic_path, atomic_write_json, atomic_write_text
+from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
@@ -154,30 +154,19 @@ def loss_table(results: dict[str, dict], runs: dict[str, str] = LOSS_RUNS) -> li
 
 
 def plot_val_tracks(results: dict[str, dict], runs: dict[str, str], path: Path) -> None:
-    """Validation mAP against epoch, one line per trained model (each mutual student its own line)."""
-    import matplotlib
+    """Validation mAP against the epoch, one line per trained model (each mutual student its own line)."""
+    from reidkit.engine.plots import plot_metric_per_epoch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    series = []
     for name, label in runs.items():
         if name not in results:
             continue
         track = results[name]["val_track"]
-        color = None  # mutual students share their run's colour, told apart by line style
-        for i, series in enumerate(zip(*track["mAP"])):
-            text = label if len(track["mAP"][0]) == 1 else f"{label}: student {i + 1}"
-            (line,) = ax.plot(track["epoch"], series, "o-" if i == 0 else "s--", markersize=3, color=color,
-                              label=text)
-            color = line.get_color()
-    ax.set(xlabel="epoch", ylabel="validation mAP (%)", title="CUHK03-NP validation (150 ids), recipe budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+        students = len(track["mAP"][0])
+        for i, values in enumerate(zip(*track["mAP"])):
+            text = label if students == 1 else f"{label}: student {i + 1}"
+            series.append((text, track["epoch"], list(values), name))
+    plot_metric_per_epoch(series, path, "validation mAP (%)", "CUHK03-NP validation (150 ids), recipe budget")
 
 
 def replace_block(path: Path, tag: str, lines: list[str]) -> None:

@@ -109,3 +109,16 @@ def test_metric_loss_settings_reach_the_loss_or_fail_clearly(tiny_market, tmp_pa
     with pytest.raises(ConfigError, match="loss.margin=0.5.*quadruplet.*metric_params"):
         built(metric_loss="quadruplet", margin=0.5)  # would be ignored: quadruplet has alpha/beta
     assert built(metric_loss="quadruplet").alpha == 1.0  # the default margin is no request
+
+
+def test_plot_metric_per_epoch_writes_a_picture_atomically(tmp_path):
+    from PIL import Image
+
+    from reidkit.engine.plots import plot_metric_per_epoch
+
+    path = tmp_path / "curves.png"
+    plot_metric_per_epoch([("a: student 1", [5, 10], [20.0, 40.0], "a"), ("a: student 2", [5, 10], [21.0, 41.0], "a"),
+                           ("b", [5, 10, 15], [10.0, 30.0, 35.0], "b")], path, "mAP (%)", "runs", target=50)
+    with Image.open(path) as picture:
+        assert picture.format == "PNG" and picture.size == (720, 405)  # 8 x 4.5 inches at 90 dpi
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]  # no temporary file left behind

@@ -40,3 +40,28 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)
+
+
+def plot_metric_per_epoch(series: list[tuple[str, list[int], list[float], str]], path: str | Path, ylabel: str,
+                          title: str, target: float | None = None) -> None:
+    """One validation metric against the epoch for several runs: (label, epochs, values, group) per line.
+
+    Lines of one group (e.g. the students of one mutual-learning run) share a colour; the group's later lines
+    are dashed. `target` draws a dotted horizontal reference line.
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours: dict[str, str] = {}
+    for label, epochs, values, group in series:
+        later = group in colours
+        (line,) = ax.plot(epochs, values, "s--" if later else "o-", markersize=3, color=colours.get(group),
+                          label=label)
+        colours.setdefault(group, line.get_color())
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle=":", label=f"target {target:g}")
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
