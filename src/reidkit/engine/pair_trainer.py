@@ -56,6 +56,9 @@ from .runlog import append_log, start_run
 
 PAIR_MODEL_NAMES = ("idla", "idla_ncc", "mls")
 PAIR_LOSSES = ("ce", "improved_ranking")
+# Options of PairModelConfig that only some pair models have: passed to those, refused for the others.
+MODEL_SPECIFIC_OPTIONS = {"batchnorm": ("idla", "idla_ncc"), "mode": ("idla_ncc",), "row_radius": ("idla_ncc",),
+                          "levels": ("mls",), "use_stn": ("mls",), "patch_size": ("mls",), "num_patches": ("mls",)}
 
 
 @dataclass
@@ -77,13 +80,10 @@ class PairModelConfig:
         self._check_applicable()
         kwargs: dict[str, Any] = {"input_size": list(input_size), "dropout": self.dropout,
                                   "channels_last": self.channels_last}
-        if self.name in ("idla", "idla_ncc"):
-            kwargs.update(batchnorm=self.batchnorm)
-        if self.name == "idla_ncc":
-            kwargs.update(mode=self.mode, row_radius=self.row_radius)
-        if self.name == "mls":
-            kwargs.update(levels=list(self.levels), use_stn=self.use_stn, patch_size=list(self.patch_size),
-                          num_patches=self.num_patches)
+        for option, models in MODEL_SPECIFIC_OPTIONS.items():
+            if self.name in models:
+                value = getattr(self, option)
+                kwargs[option] = list(value) if isinstance(value, list) else value
         return kwargs
 
     def _check_applicable(self) -> None:
@@ -94,10 +94,6 @@ class PairModelConfig:
                 raise ConfigError(f"model.{option}={getattr(self, option)!r} applies to model.name "
                                   f"{' / '.join(models)}, not {self.name!r}: remove it or change model.name")
 
-
-# Options of PairModelConfig that only some pair models have.
-MODEL_SPECIFIC_OPTIONS = {"batchnorm": ("idla", "idla_ncc"), "mode": ("idla_ncc",), "row_radius": ("idla_ncc",),
-                          "levels": ("mls",), "use_stn": ("mls",), "patch_size": ("mls",), "num_patches": ("mls",)}
 
 
 @dataclass

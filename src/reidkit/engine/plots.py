@@ -36,10 +36,7 @@ def plot_training_curves(rows: list[dict], path: str | Path) -> None:
         ax_val.legend(fontsize=8)
     else:
         ax_val.set_axis_off()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_metric_per_epoch(series: list[tuple[str, list[int], list[float], str]], path: str | Path, ylabel: str,
@@ -61,6 +58,10 @@ def plot_metric_per_epoch(series: list[tuple[str, list[int], list[float], str]],
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
