@@ -399,3 +399,9 @@ def test_max_train_ids_keeps_the_first_training_identities(toy_root, tmp_path):
     assert np.unique(trainer.train_pids).tolist() == np.unique(full.train_pids)[:2].tolist()
     assert len(trainer.train_images) == len(trainer.train_pids) == 8  # 2 ids x 2 cameras x 2 images
     assert len(trainer.val_images) == len(full.val_images)  # the carve-out is unchanged
+
+
+def test_identity_term_is_refused_for_mls_with_the_key_named(toy_root, tmp_path):
+    trainer = PairTrainer(toy_config(**{"loss.id_weight": 1.0}), tmp_path / "id", toy_root, show_progress=False)
+    with pytest.raises(ConfigError, match="loss.id_weight applies to .*not 'mls'"):
+        trainer.setup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -452,3 +453,44 @@ def test_pair_model_options_of_another_model_are_refused(name, option, value):
     with pytest.raises(ConfigError, match=f"model.{option}=.*not '{name}'"):
         cfg.build_kwargs((160, 60))
     assert PairModelConfig(name=name).build_kwargs((160, 60))["input_size"] == [160, 60]  # defaults pass
+
+
+def id_config(**changes: object) -> PairTrainConfig:
+    return toy_config(**{"loss.id_weight": 1.0, "model.batchnorm": "true", **changes})
+
+
+def test_identity_term_logs_its_loss_and_resumes_with_its_head(toy_root, tmp_path):
+    straight = train_pair_model(id_config(), toy_root, tmp_path / "straight", show_progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    num_ids = 8 - 3  # the toy set minus the validation carve-out
+    # a fresh head's smoothed CE sits near log(num_ids); the pair CE alone is below log(2)
+    assert abs(rows[0]["identity_loss"] - math.log(num_ids)) < 0.7
+    assert rows[0]["loss"] > rows[0]["identity_loss"] and straight["best"]
+    interrupt_and_resume_pair_training(id_config, toy_root, tmp_path / "resumed")
+    assert same_checkpoint_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt")
+    heads = [torch.load(tmp_path / run / "last.pt", weights_only=False)["extra"]["id_head"]
+             for run in ("straight", "resumed")]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_identity_labels_number_each_training_person_once(toy_root, tmp_path):
+    trainer = PairTrainer(id_config(), tmp_path / "labels", toy_root, show_progress=False)
+    trainer.setup()
+    labels, pids = trainer.id_labels.numpy(), trainer.train_pids
+    assert sorted(set(labels)) == list(range(len(set(pids))))
+    for i, j in itertools.combinations(range(len(pids)), 2):
+        assert (labels[i] == labels[j]) == (pids[i] == pids[j])
+    assert trainer.id_head.classifier.out_features == len(set(pids))
+
+
+def test_identity_term_errors_name_the_key(toy_root, tmp_path):
+    with pytest.raises(ConfigError, match="loss.id_weight"):
+        train_pair_model(id_config(**{"loss.id_weight": -1}), toy_root, tmp_path / "a", show_progress=False)
+    train_pair_model(id_config(**{"optim.epochs": 1, "loss.id_weight": 0}), toy_root, tmp_path / "c",
+                     show_progress=False)
+    with pytest.raises(ConfigError, match="without loss.id_weight"):
+        train_pair_model(id_config(**{"optim.epochs": 2}), toy_root, tmp_path / "c", resume=True,
+                         show_progress=False)
+    with pytest.raises(ConfigError, match=r"model.batchnorm: True there, False now"):
+        train_pair_model(toy_config(**{"optim.epochs": 2}), toy_root, tmp_path / "c", resume=True,
+                         show_progress=False)

@@ -3,7 +3,8 @@
 Per epoch: identity-grouped balanced batches (every positive pair once, each with a negative for the same anchor
 image from the batch's images; see engine/pairs.py) -> random translations (+ optional flips) -> cross-entropy on
 the 2-way logits (`loss.name: ce`), or the MLS improved ranking loss (`loss.name: improved_ranking`: cross-entropy +
-a margin between the positive and the negative pair of each anchor) ->
+a margin between the positive and the negative pair of each anchor), optionally + an identity-classification term on
+each image's trunk features (`loss.id_weight`) ->
 from `sampling.hard_from_epoch` on, hard-negative rounds: part of the negatives are replaced by the candidate the
 current model scores most "same" -> validation pair accuracy / AUC on the carved-out identities -> atomic
 `last.pt` (+ `best.pt`, best balanced validation accuracy) and a JSONL log line. With `max_minutes`, no
@@ -103,6 +104,10 @@ class PairLossConfig:
     verification_weight: float = 1.0
     ranking_weight: float = 1.0
     score: str = "prob"  # improved_ranking: s = P(same) ("prob") or the log-odds ("logit")
+    # Identity classification of each image's trunk features beside the pair loss (verification +
+    # identification, Zheng et al. 2017): a training-only head; 0 = off (the papers' pair loss alone).
+    id_weight: float = 0.0
+    id_label_smooth: float = 0.1
 
     def build(self) -> torch.nn.Module | None:
         """The ranking loss module, or None for plain cross-entropy."""
@@ -194,6 +199,20 @@ def retain_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
+class IdentityHead(nn.Module):
+    """Training-only identity classifier on a pair model's (N, C, h, w) trunk features: average-pooled to a small
+    grid (keeps coarse layout: head vs legs), BatchNorm, linear layer to the training identities."""
+
+    def __init__(self, channels: int, num_ids: int, grid: tuple[int, int] = (8, 4)):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.norm = nn.BatchNorm1d(channels * grid[0] * grid[1])
+        self.classifier = nn.Linear(channels * grid[0] * grid[1], num_ids)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.pool(feats).flatten(1)))
+
+
 def load_train_records(root: str | Path) -> list[Record]:
     """Training records of `root`: its bounding_box_train when that is all it has, else the dataset's train."""
     root = Path(root)
@@ -226,6 +245,7 @@ class PairTrainer:
         self.model_cfg = cfg.model.build_kwargs((cfg.data.height, cfg.data.width))
         self.model = build_model(cfg.model.name, **self.model_cfg).to(self.device)
         self.loss_fn = cfg.loss.build()
+        self.id_head = self._build_identity_head()
         self.optimizer = self._build_optimizer()
         steps = len(identity_batches(self.train_pids, self.train_cams, cfg.sampling.ids_per_batch,
                                      np.random.default_rng(cfg.seed), cfg.data.cross_camera))
@@ -256,9 +276,29 @@ class PairTrainer:
             self.val_pairs = balanced_pairs(self.val_pids, self.val_cams, np.random.default_rng(cfg.data.split_seed),
                                             cfg.data.cross_camera)
 
+    def _build_identity_head(self) -> IdentityHead | None:
+        lc = self.cfg.loss
+        if lc.id_weight < 0 or not 0 <= lc.id_label_smooth < 1:
+            raise ConfigError(f"loss.id_weight={lc.id_weight} must be >= 0 and loss.id_label_smooth="
+                              f"{lc.id_label_smooth} in [0, 1)")
+        if lc.id_weight == 0:
+            return None
+        was_training = self.model.training
+        self.model.eval()  # a probe for the feature shape must not touch BatchNorm running statistics
+        with torch.no_grad():
+            probe = self.model.embed(self.model.prepare(self.train_images[:2]))
+        self.model.train(was_training)
+        if probe.dim() != 4:
+            raise ConfigError(f"loss.id_weight applies to models with a convolutional trunk (idla, idla_ncc), "
+                              f"not {self.cfg.model.name!r}: set it to 0")
+        self.id_labels = torch.from_numpy(np.unique(self.train_pids, return_inverse=True)[1]).long()
+        head = IdentityHead(probe.shape[1], int(self.id_labels.max()) + 1).to(self.device)
+        self.id_loss = build_loss("ce", num_classes=head.classifier.out_features, epsilon=lc.id_label_smooth)
+        return head
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        params = self.model.parameters()
+        params = list(self.model.parameters()) + (list(self.id_head.parameters()) if self.id_head else [])
         if o.optimizer == "sgd":
             return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
         if o.optimizer == "adam":
@@ -340,6 +380,10 @@ class PairTrainer:
             first, second = self._mine_hard_negatives(batch, feats, rng) if hard else (batch.first, batch.second)
             logits = self.model.pair_logits(feats[torch.from_numpy(first)], feats[torch.from_numpy(second)])
         loss, terms = self._loss(logits.float(), labels, batch)
+        if self.id_head is not None:
+            id_loss = self.id_loss(self.id_head(feats).float(), self.id_labels[batch.images].to(self.device))
+            loss = loss + self.cfg.loss.id_weight * id_loss
+            terms = {**terms, "identity_loss": id_loss.item()}
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at {where}; lower optim.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
@@ -354,6 +398,8 @@ class PairTrainer:
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.cfg
         self.model.train()
+        if self.id_head is not None:
+            self.id_head.train()
         rng = np.random.default_rng([cfg.seed, epoch])
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         batches = identity_batches(self.train_pids, self.train_cams, cfg.sampling.ids_per_batch, rng,
@@ -420,14 +466,26 @@ class PairTrainer:
     def _save(self, name: str, epoch: int, metrics: dict) -> None:
         save_checkpoint(self.out / name, model=self.model, model_name=self.cfg.model.name, model_cfg=self.model_cfg,
                         epoch=epoch, optimizer=self.optimizer, scheduler=self.scheduler, config=to_dict(self.cfg),
-                        metrics=metrics)
+                        metrics=metrics, extra={"id_head": self.id_head.state_dict()} if self.id_head else None)
 
     def _resume(self) -> tuple[int, dict]:
         payload = load_checkpoint(self.out / "last.pt", map_location=self.device)
         if payload["model_name"] != self.cfg.model.name:
             raise ConfigError(f"resume: {self.out / 'last.pt'} holds a {payload['model_name']!r} model but the "
                               f"config trains {self.cfg.model.name!r}")
+        saved = payload["model_cfg"]  # keys missing there predate the option: the model had its default
+        changed = sorted(k for k in saved.keys() & self.model_cfg.keys() if saved[k] != self.model_cfg[k])
+        if changed:
+            raise ConfigError(f"resume: {self.out / 'last.pt'} was trained with other model options ("
+                              + ", ".join(f"model.{k}: {saved[k]!r} there, {self.model_cfg[k]!r} now"
+                                          for k in changed)
+                              + "); resume with the same options or start a new run")
         self.model.load_state_dict(payload["model"])
+        if self.id_head is not None:
+            if "id_head" not in payload.get("extra", {}):
+                raise ConfigError(f"resume: {self.out / 'last.pt'} was trained without loss.id_weight; resume it "
+                                  "with the same loss settings or start a new run")
+            self.id_head.load_state_dict(payload["extra"]["id_head"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         set_rng_state(payload["rng"])
@@ -487,6 +545,9 @@ def plot_pair_training_curves(rows: list[dict], path: str | Path) -> None:
     if all("ranking_loss" in r for r in rows):
         ax_loss.plot(epochs, [r["verification_loss"] for r in rows], ".--", label="verification (CE)")
         ax_loss.plot(epochs, [r["ranking_loss"] for r in rows], ".--", label="ranking hinge")
+    if all("identity_loss" in r for r in rows):
+        ax_loss.plot(epochs, [r["identity_loss"] for r in rows], ".--", label="identity (unweighted)")
+    if ax_loss.get_legend_handles_labels()[0][1:]:
         ax_loss.legend(fontsize=8)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], ".-", label="train pairs")
