@@ -28,7 +28,12 @@ IMAGES, PAIRS, TOP = 76, 400, 6
 
 
 def profile_model(name: str, steps: int) -> dict:
+    """`name` is a registered pair model, or "<name>:pytorch" for its pure-PyTorch path (no native kernels)."""
+    name, _, path = name.partition(":")
     model = build_model(name, batchnorm=True, dropout=0.3).train()
+    for module in model.modules():
+        if hasattr(module, "native") and path == "pytorch":
+            module.native = False
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(IMAGES, 3, *model.input_size, generator=gen)
@@ -52,7 +57,8 @@ def profile_model(name: str, steps: int) -> dict:
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     top = [{"op": e.key, "share": e.self_cpu_time_total / total} for e in events[:TOP]]
-    return {"model": name, "seconds_per_step": seconds, "pairs_per_second": PAIRS / seconds, "top_ops": top}
+    label = name + (" (PyTorch path)" if path == "pytorch" else "")
+    return {"model": label, "seconds_per_step": seconds, "pairs_per_second": PAIRS / seconds, "top_ops": top}
 
 
 def markdown(report: dict) -> str:
@@ -69,7 +75,8 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["idla", "idla_ncc"])
+    parser.add_argument("--models", nargs="+", default=["idla", "idla:pytorch", "idla_ncc", "idla_ncc:pytorch"],
+                        help="pair models; NAME:pytorch = the model without its native C kernels")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()

@@ -159,3 +159,89 @@ def test_idla_ncc_rejects_unknown_mode_and_wrong_inputs():
         build_model("idla_ncc", mode="sideways")
     with pytest.raises(ModelError, match="x1"):
         build_model("idla_ncc")(torch.zeros(1, 3, 64, 32), torch.zeros(1, 3, 160, 60))
+
+
+# ------------------------------------------------------------------ fused NCC + summary kernels (training path)
+def summary_reference(a: torch.Tensor, b: torch.Tensor, summary: CorrelationSummary, patch: int,
+                      radius: int) -> torch.Tensor:
+    """The unfused definition: textbook NCC maps (plain loops), then the 1x1 convolution and ReLU."""
+    maps = naive_ncc(a.detach(), b.detach(), patch, radius, 1e-4).float()
+    return F.relu(F.conv2d(maps, summary.conv.weight.detach(), summary.conv.bias.detach()))
+
+
+@needs_native
+@pytest.mark.parametrize(("n", "c", "h", "w", "patch", "radius", "outs", "threads"), [
+    (2, 3, 6, 12, 5, 2, 25, 1),  # the paper's band (5 rows x 12 columns) and 25 outputs
+    (3, 2, 5, 12, 5, 2, 25, 2),  # split over two threads
+    (2, 2, 5, 7, 3, 1, 6, 1),    # another width (not a multiple of 4), radius and output count
+    (1, 2, 2, 5, 5, 2, 16, 2),   # maps lower than the band: most candidate rows fall outside
+])
+def test_fused_summary_matches_the_naive_reference(n, c, h, w, patch, radius, outs, threads):
+    gen = torch.Generator().manual_seed(11)
+    a, b = torch.randn(n, c, h, w, generator=gen), torch.randn(n, c, h, w, generator=gen)
+    layer = NormalizedCrossCorrelation(patch, radius, eps=1e-4)
+    summary = CorrelationSummary(c, (2 * radius + 1) * w, outs)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = summary.fused(layer, a, b)
+    finally:
+        torch.set_num_threads(previous)
+    assert got is not None and got.shape == (n, outs, h, w)
+    torch.testing.assert_close(got, summary_reference(a, b, summary, patch, radius), rtol=1e-4, atol=1e-5)
+
+
+@needs_native
+@pytest.mark.parametrize(("patch", "radius", "w", "outs"), [(5, 2, 12, 25), (3, 1, 7, 6)])
+def test_fused_summary_gradients_match_float64_autograd_of_the_unfused_layers(patch, radius, w, outs):
+    gen = torch.Generator().manual_seed(12)
+    a, b = torch.randn(2, 3, 6, w, generator=gen), torch.randn(2, 3, 6, w, generator=gen)
+    upstream = torch.randn(2, outs, 6, w, generator=gen)
+    layer = NormalizedCrossCorrelation(patch, radius, eps=1e-4)
+    summary = CorrelationSummary(3, (2 * radius + 1) * w, outs)
+
+    def gradients(model: CorrelationSummary, x: torch.Tensor, y: torch.Tensor, fused: bool) -> list[torch.Tensor]:
+        x, y = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = model.fused(layer, x, y) if fused else model(layer.correlate_padded(x, y), x.shape[2])
+        (out * upstream.to(out.dtype)).sum().backward()
+        return [x.grad, y.grad, model.conv.weight.grad, model.conv.bias.grad]
+
+    reference = gradients(summary.double(), a.double(), b.double(), fused=False)  # autograd, float64
+    summary.float().zero_grad()
+    got = gradients(summary, a, b, fused=True)
+    for name, g, r in zip(("a", "b", "weight", "bias"), got, reference):
+        torch.testing.assert_close(g, r.float(), rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@needs_native
+def test_fused_summary_steps_aside_outside_its_limits():
+    layer = NormalizedCrossCorrelation(5, 2)
+    wide = CorrelationSummary(2, 5 * 14, 25)  # 70 candidates per position: more than the kernel's 64
+    a = torch.randn(1, 2, 4, 14)
+    assert wide.fused(layer, a, a) is None
+    assert CorrelationSummary(2, 5 * 12, 40).fused(layer, a[..., :12], a[..., :12]) is None  # > 32 outputs
+    assert CorrelationSummary(2, 5 * 12, 25).fused(NormalizedCrossCorrelation(5, 2, native=False), a[..., :12],
+                                                   a[..., :12]) is None
+
+
+@needs_native
+def test_idla_ncc_fused_and_pytorch_paths_give_the_same_logits_and_gradients():
+    torch.manual_seed(0)
+    model = build_model("idla_ncc", batchnorm=True, dropout=0.0).train()
+    gen = torch.Generator().manual_seed(1)
+    f1, f2 = torch.randn(3, 25, 37, 12, generator=gen), torch.randn(3, 25, 37, 12, generator=gen)
+
+    def run(native: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.ncc.native = native
+        model.zero_grad()
+        a, b = f1.clone().requires_grad_(), f2.clone().requires_grad_()
+        logits = model.pair_layers(a, b)
+        (logits * torch.tensor([1.3, -0.7])).sum().backward()
+        grads = {"a": a.grad, "b": b.grad, **{k: p.grad for k, p in model.named_parameters() if p.grad is not None}}
+        return logits.detach(), grads
+
+    fused, plain = run(True), run(False)
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-4, atol=1e-6)
+    assert fused[1].keys() == plain[1].keys()
+    for name in plain[1]:
+        torch.testing.assert_close(fused[1][name], plain[1][name], rtol=1e-3, atol=1e-6, msg=name)

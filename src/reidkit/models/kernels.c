@@ -19,7 +19,7 @@
 #endif
 
 static void normalised_patches(const float *map, int h, int w, int k, float eps, float *dst, int dst_rows,
-                               int first_row, float *scratch) {
+                               int first_row, float *scratch, float *scale_out) {
     /* dst: (k*k, dst_rows, w); patches of map rows 0..h-1 go to dst rows first_row..first_row+h-1.
      * scratch: k * (h + k - 1) * w + 3 * h * w floats. shifted[v] is the zero-padded map shifted left by
      * v - k/2 columns, with pitch w: patch component (u, v) of all positions is then the contiguous run
@@ -53,6 +53,7 @@ static void normalised_patches(const float *map, int h, int w, int k, float eps,
         scale[i] = sc;
         offset[i] = -mean * sc;
     }
+    if (scale_out) memcpy(scale_out, scale, sizeof(float) * hw);
     for (int u = 0; u < k; ++u)
         for (int v = 0; v < k; ++v) {
             const float *run = shifted + (size_t)v * ph * w + (size_t)u * w;
@@ -138,8 +139,8 @@ int ncc_forward_blocks(const float *a, const float *b, float *out, int h, int w,
         return -1;
     }
     for (long block = first; block < last; ++block) {
-        normalised_patches(a + block * map, h, w, k, eps, p, h, 0, scratch);
-        normalised_patches(b + block * map, h, w, k, eps, q, hq, radius, scratch);
+        normalised_patches(a + block * map, h, w, k, eps, p, h, 0, scratch, NULL);
+        normalised_patches(b + block * map, h, w, k, eps, q, hq, radius, scratch, NULL);
         float *dst = out + block * out_block;
         if (T == 60 && radius > 0) /* radius 0: no padding rows to absorb band_rows60's 4-float spill */
             band_rows60(p, q, dst, h, w, kk, hq);
@@ -344,5 +345,323 @@ int idla_summary_backward_pairs(const float *f, const float *g, const float *wei
     free(gz);
     free(fpad);
     free(gf);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------------
+ * IDLA-NCC training (reidkit.models.ncc): patch normalisation, band correlation and the 1x1 summary convolution
+ * that consumes the correlations, fused, forward and backward. Neither the normalised patches (25x the maps) nor
+ * the correlation tensor (~1 GB for a 400-pair training batch) is ever written to memory: each (pair, channel)
+ * block is normalised into cache-resident buffers and processed one map row at a time.
+ *
+ * a, b: (N, C, H, W) maps; P, Q their normalised patches (as ncc_forward_blocks); wt: summary weights
+ * (C, T, opad), T = (2r+1)*W <= 64 candidates, t = d*W + x2 the candidate at row y + d - r, column x2;
+ *   corr[n][c][y][x][t] = sum_j P[j][y][x] * Q[j][y + d - r][x2]
+ *   s[n][y][x][o]       = sum_{c, t} corr[n][c][y][x][t] * wt[c][t][o]   (before the bias and ReLU)
+ * s: (N, H, W, opad), opad a multiple of 16 (<= 32). The correlation row of one (pair, channel, y) is W x 64
+ * floats (t padded to 64: lanes t >= T hold products with the next row and are never used). */
+#define NCC_T 64
+#define NCC_XB 4
+
+static inline v16 load16(const float *ptr) { return *(const v16u *)ptr; }
+
+typedef struct {
+    float *p, *q, *scratch, *scale_p, *scale_q, *corr, *dcorr, *dp, *dq, *qt;
+} ncc_buffers;
+
+static void ncc_free(ncc_buffers *buf) {
+    free(buf->p);
+    free(buf->q);
+    free(buf->scratch);
+    free(buf->scale_p);
+    free(buf->scale_q);
+    free(buf->corr);
+    free(buf->dcorr);
+    free(buf->dp);
+    free(buf->dq);
+    free(buf->qt);
+}
+
+static int ncc_alloc(ncc_buffers *buf, int h, int w, int k, int radius, int backward) {
+    const size_t kk = (size_t)k * k, hw = (size_t)h * w, hq = (size_t)(h + 2 * radius) * w;
+    memset(buf, 0, sizeof(*buf));
+    buf->p = malloc(sizeof(float) * kk * hw);
+    buf->q = calloc(kk * hq + NCC_T, sizeof(float)); /* zero rows stay zero; slack: the last band read spills */
+    buf->scratch = malloc(sizeof(float) * ((size_t)k * (h + k - 1) * w + 3 * hw));
+    buf->scale_p = malloc(sizeof(float) * hw);
+    buf->scale_q = malloc(sizeof(float) * hw);
+    buf->corr = malloc(sizeof(float) * (size_t)w * NCC_T);
+    int ok = buf->p && buf->q && buf->scratch && buf->scale_p && buf->scale_q && buf->corr;
+    if (backward) {
+        buf->dcorr = malloc(sizeof(float) * (size_t)w * NCC_T);
+        buf->dp = malloc(sizeof(float) * kk * hw);
+        buf->dq = malloc(sizeof(float) * (kk * hq + NCC_T));
+        buf->qt = malloc(sizeof(float) * (hq + NCC_T) * 32); /* Q position-major, components padded to 32 */
+        ok = ok && buf->dcorr && buf->dp && buf->dq && buf->qt;
+    }
+    if (!ok) ncc_free(buf);
+    return ok ? 0 : -1;
+}
+
+/* corr[x][0..63] for row y of a block: P planes of h*w, Q planes of (h+2r)*w (band of row y starts at y*w) */
+static void ncc_corr_row(const ncc_buffers *buf, int y, int h, int w, int kk, int radius) {
+    const size_t p_plane = (size_t)h * w, q_plane = (size_t)(h + 2 * radius) * w;
+    for (int x = 0; x < w; x += NCC_XB) {
+        const int nx = w - x < NCC_XB ? w - x : NCC_XB;
+        v16 acc[NCC_XB][4];
+        for (int i = 0; i < NCC_XB; ++i)
+            for (int v = 0; v < 4; ++v) acc[i][v] = (v16){0};
+        for (int j = 0; j < kk; ++j) {
+            const float *qj = buf->q + j * q_plane + (size_t)y * w;
+            const v16 q0 = load16(qj), q1 = load16(qj + 16), q2 = load16(qj + 32), q3 = load16(qj + 48);
+            const float *pj = buf->p + j * p_plane + (size_t)y * w + x;
+            for (int i = 0; i < NCC_XB; ++i) {
+                if (i >= nx) break;
+                const float pv = pj[i];
+                acc[i][0] += q0 * pv;
+                acc[i][1] += q1 * pv;
+                acc[i][2] += q2 * pv;
+                acc[i][3] += q3 * pv;
+            }
+        }
+        for (int i = 0; i < nx; ++i)
+            for (int v = 0; v < 4; ++v) *(v16u *)(buf->corr + (size_t)(x + i) * NCC_T + 16 * v) = acc[i][v];
+    }
+}
+
+static void ncc_normalise_block(ncc_buffers *buf, const float *a, const float *b, int h, int w, int k, int radius,
+                                float eps) {
+    normalised_patches(a, h, w, k, eps, buf->p, h, 0, buf->scratch, buf->scale_p);
+    normalised_patches(b, h, w, k, eps, buf->q, h + 2 * radius, radius, buf->scratch, buf->scale_q);
+}
+
+static inline __attribute__((always_inline)) void ncc_summary_pair(ncc_buffers *buf, const float *a, const float *b,
+                                                                   const float *wt, float *s, long n, int c, int h,
+                                                                   int w, int k, int radius, float eps, int no) {
+    const int kk = k * k, T = (2 * radius + 1) * w, opad = 16 * no;
+    const size_t hw = (size_t)h * w;
+    float *sn = s + (size_t)n * hw * opad;
+    memset(sn, 0, sizeof(float) * hw * opad);
+    for (int ch = 0; ch < c; ++ch) {
+        const size_t block = ((size_t)n * c + ch) * hw;
+        ncc_normalise_block(buf, a + block, b + block, h, w, k, radius, eps);
+        const float *wtc = wt + (size_t)ch * T * opad;
+        for (int y = 0; y < h; ++y) {
+            ncc_corr_row(buf, y, h, w, kk, radius);
+            for (int x = 0; x < w; x += NCC_XB) {
+                const int nx = w - x < NCC_XB ? w - x : NCC_XB;
+                v16 acc[NCC_XB][2];
+                for (int i = 0; i < nx; ++i) {
+                    acc[i][0] = load16(sn + ((size_t)y * w + x + i) * opad);
+                    acc[i][1] = no > 1 ? load16(sn + ((size_t)y * w + x + i) * opad + 16) : (v16){0};
+                }
+                for (int t = 0; t < T; ++t) {
+                    const v16 w0 = load16(wtc + (size_t)t * opad), w1 = no > 1 ? load16(wtc + (size_t)t * opad + 16)
+                                                                               : (v16){0};
+                    for (int i = 0; i < NCC_XB; ++i) {
+                        if (i >= nx) break;
+                        const float cv = buf->corr[(size_t)(x + i) * NCC_T + t];
+                        acc[i][0] += w0 * cv;
+                        if (no > 1) acc[i][1] += w1 * cv;
+                    }
+                }
+                for (int i = 0; i < nx; ++i) {
+                    *(v16u *)(sn + ((size_t)y * w + x + i) * opad) = acc[i][0];
+                    if (no > 1) *(v16u *)(sn + ((size_t)y * w + x + i) * opad + 16) = acc[i][1];
+                }
+            }
+        }
+    }
+}
+
+/* Pairs first..last-1. Returns 0, -1 without scratch memory, -2 for unsupported sizes. */
+int ncc_summary_pairs(const float *a, const float *b, const float *wt, float *s, int c, int h, int w, int k,
+                      int radius, float eps, int opad, long first, long last) {
+    if (opad % 16 || opad < 16 || opad > 32 || (2 * radius + 1) * w > NCC_T || k * k > 32) return -2;
+    ncc_buffers buf;
+    if (ncc_alloc(&buf, h, w, k, radius, 0)) return -1;
+    for (long n = first; n < last; ++n) {
+        if (opad == 16)
+            ncc_summary_pair(&buf, a, b, wt, s, n, c, h, w, k, radius, eps, 1);
+        else
+            ncc_summary_pair(&buf, a, b, wt, s, n, c, h, w, k, radius, eps, 2);
+    }
+    ncc_free(&buf);
+    return 0;
+}
+
+/* Backward of the patch normalisation for one map: P = (X - mean) * scale per position, X_j the k*k patch values
+ * (zero padding included), scale = 1/sqrt(sum (X - mean)^2 + eps). With g = dL/dP:
+ *   dL/dY_j = scale * (g_j - P_j * sum_i g_i P_i),   dL/dX_j = dL/dY_j - mean_i dL/dY_i,
+ * and patch value X_j of position (y, x), j = u*k + v, is map[y + u - k/2][x + v - k/2]: its gradient is added
+ * there (positions outside the map are padding). p, g: planes j at plane * j + row0 * w; g is overwritten;
+ * scratch: 2 * h * w floats. */
+static void ncc_normalisation_backward(const float *p, float *g, const float *scale, float *dmap, int h, int w,
+                                       int k, size_t plane, int row0, float *scratch) {
+    const int kk = k * k, half = k / 2;
+    const size_t hw = (size_t)h * w, off = (size_t)row0 * w;
+    float *dot = scratch, *mean = scratch + hw;
+    memset(scratch, 0, sizeof(float) * 2 * hw);
+    for (int j = 0; j < kk; ++j) {
+        const float *pj = p + j * plane + off, *gj = g + j * plane + off;
+        for (size_t i = 0; i < hw; ++i) dot[i] += gj[i] * pj[i];
+    }
+    for (int j = 0; j < kk; ++j) {
+        const float *pj = p + j * plane + off;
+        float *gj = g + j * plane + off;
+        for (size_t i = 0; i < hw; ++i) {
+            gj[i] = scale[i] * (gj[i] - pj[i] * dot[i]);
+            mean[i] += gj[i];
+        }
+    }
+    const float inv = 1.0f / (float)kk;
+    memset(dmap, 0, sizeof(float) * hw);
+    for (int u = 0; u < k; ++u)
+        for (int v = 0; v < k; ++v) {
+            const float *gj = g + (u * k + v) * plane + off;
+            const int dy = u - half, dx = v - half, x0 = dx < 0 ? -dx : 0, x1 = dx > 0 ? w - dx : w;
+            for (int y = 0; y < h; ++y) {
+                const int yy = y + dy;
+                if (yy < 0 || yy >= h) continue;
+                const float *src = gj + (size_t)y * w, *m = mean + (size_t)y * w;
+                float *dst = dmap + (size_t)yy * w + dx;
+                for (int x = x0; x < x1; ++x) dst[x] += src[x] - m[x] * inv;
+            }
+        }
+}
+
+/* Backward for pairs first..last-1, given ds = dL/ds (N, H, W, opad; zero in padded lanes):
+ *   dcorr[x][t] = sum_o ds[y][x][o] wt[c][t][o]      dwt[c][t][o] += sum_x corr[x][t] ds[y][x][o]
+ *   dP[j][y][x] = sum_t dcorr[x][t] Q[j][band t]     dQ[j][band t] += sum_x P[j][y][x] dcorr[x][t]
+ * then through the normalisation to da, db (written). wtt: wt transposed, (C, outs, 64), zero for t >= T (wt
+ * itself is not needed);
+ * dwt: (C, T, opad), accumulated (one buffer per span of pairs). */
+static inline __attribute__((always_inline)) void ncc_summary_backward_pair(
+    ncc_buffers *buf, const float *a, const float *b, const float *wtt, const float *ds, float *da,
+    float *db, float *dwt, long n, int c, int h, int w, int k, int radius, float eps, int outs, int no) {
+    const int kk = k * k, T = (2 * radius + 1) * w, opad = 16 * no, hq = h + 2 * radius;
+    const size_t hw = (size_t)h * w, p_plane = hw, q_plane = (size_t)hq * w;
+    const float *dsn = ds + (size_t)n * hw * opad;
+    for (int ch = 0; ch < c; ++ch) {
+        const size_t block = ((size_t)n * c + ch) * hw;
+        ncc_normalise_block(buf, a + block, b + block, h, w, k, radius, eps);
+        const float *wttc = wtt + (size_t)ch * outs * NCC_T;
+        float *dwtc = dwt + (size_t)ch * T * opad;
+        /* Q position-major: qt[(row * w + x2) * 32 + j], rows in padded coordinates */
+        memset(buf->qt, 0, sizeof(float) * (q_plane + NCC_T) * 32);
+        for (int j = 0; j < kk; ++j)
+            for (size_t i = 0; i < q_plane; ++i) buf->qt[i * 32 + j] = buf->q[j * q_plane + i];
+        memset(buf->dq, 0, sizeof(float) * (kk * q_plane + NCC_T));
+        for (int y = 0; y < h; ++y) {
+            ncc_corr_row(buf, y, h, w, kk, radius);
+            const float *dsy = dsn + (size_t)y * w * opad;
+            /* dcorr rows (lanes t >= T stay 0: wtt is zero there) */
+            for (int x = 0; x < w; x += NCC_XB) {
+                const int nx = w - x < NCC_XB ? w - x : NCC_XB;
+                v16 acc[NCC_XB][4];
+                for (int i = 0; i < NCC_XB; ++i)
+                    for (int v = 0; v < 4; ++v) acc[i][v] = (v16){0};
+                for (int o = 0; o < outs; ++o) {
+                    const float *row = wttc + (size_t)o * NCC_T;
+                    const v16 w0 = load16(row), w1 = load16(row + 16), w2 = load16(row + 32), w3 = load16(row + 48);
+                    for (int i = 0; i < NCC_XB; ++i) {
+                        if (i >= nx) break;
+                        const float g = dsy[(size_t)(x + i) * opad + o];
+                        acc[i][0] += w0 * g;
+                        acc[i][1] += w1 * g;
+                        acc[i][2] += w2 * g;
+                        acc[i][3] += w3 * g;
+                    }
+                }
+                for (int i = 0; i < nx; ++i)
+                    for (int v = 0; v < 4; ++v) *(v16u *)(buf->dcorr + (size_t)(x + i) * NCC_T + 16 * v) = acc[i][v];
+            }
+            /* weight gradient, 4 candidates at a time */
+            for (int t = 0; t < T; t += 4) {
+                const int nt = T - t < 4 ? T - t : 4;
+                v16 acc[4][2];
+                for (int i = 0; i < nt; ++i) {
+                    acc[i][0] = load16(dwtc + (size_t)(t + i) * opad);
+                    acc[i][1] = no > 1 ? load16(dwtc + (size_t)(t + i) * opad + 16) : (v16){0};
+                }
+                for (int x = 0; x < w; ++x) {
+                    const v16 d0 = load16(dsy + (size_t)x * opad), d1 = no > 1 ? load16(dsy + (size_t)x * opad + 16)
+                                                                               : (v16){0};
+                    for (int i = 0; i < 4; ++i) {
+                        if (i >= nt) break;
+                        const float cv = buf->corr[(size_t)x * NCC_T + t + i];
+                        acc[i][0] += d0 * cv;
+                        if (no > 1) acc[i][1] += d1 * cv;
+                    }
+                }
+                for (int i = 0; i < nt; ++i) {
+                    *(v16u *)(dwtc + (size_t)(t + i) * opad) = acc[i][0];
+                    if (no > 1) *(v16u *)(dwtc + (size_t)(t + i) * opad + 16) = acc[i][1];
+                }
+            }
+            /* dP: the band of row y in qt starts at position y * w and runs over t */
+            for (int x = 0; x < w; x += NCC_XB) {
+                const int nx = w - x < NCC_XB ? w - x : NCC_XB;
+                v16 acc[NCC_XB][2];
+                for (int i = 0; i < NCC_XB; ++i) acc[i][0] = acc[i][1] = (v16){0};
+                for (int t = 0; t < T; ++t) {
+                    const float *qv = buf->qt + ((size_t)y * w + t) * 32;
+                    const v16 q0 = load16(qv), q1 = load16(qv + 16);
+                    for (int i = 0; i < NCC_XB; ++i) {
+                        if (i >= nx) break;
+                        const float g = buf->dcorr[(size_t)(x + i) * NCC_T + t];
+                        acc[i][0] += q0 * g;
+                        acc[i][1] += q1 * g;
+                    }
+                }
+                for (int i = 0; i < nx; ++i) {
+                    float tmp[32];
+                    *(v16u *)tmp = acc[i][0];
+                    *(v16u *)(tmp + 16) = acc[i][1];
+                    for (int j = 0; j < kk; ++j) buf->dp[j * p_plane + (size_t)y * w + x + i] = tmp[j];
+                }
+            }
+            /* dQ: 4 components at a time, accumulated over the band (lanes t >= T add dcorr's zeros) */
+            for (int j0 = 0; j0 < kk; j0 += 4) {
+                const int nj = kk - j0 < 4 ? kk - j0 : 4;
+                v16 acc[4][4];
+                for (int i = 0; i < nj; ++i)
+                    for (int v = 0; v < 4; ++v) acc[i][v] = load16(buf->dq + (j0 + i) * q_plane + (size_t)y * w + 16 * v);
+                for (int x = 0; x < w; ++x) {
+                    const float *dc = buf->dcorr + (size_t)x * NCC_T;
+                    const v16 c0 = load16(dc), c1 = load16(dc + 16), c2 = load16(dc + 32), c3 = load16(dc + 48);
+                    for (int i = 0; i < 4; ++i) {
+                        if (i >= nj) break;
+                        const float pv = buf->p[(j0 + i) * p_plane + (size_t)y * w + x];
+                        acc[i][0] += c0 * pv;
+                        acc[i][1] += c1 * pv;
+                        acc[i][2] += c2 * pv;
+                        acc[i][3] += c3 * pv;
+                    }
+                }
+                for (int i = 0; i < nj; ++i)
+                    for (int v = 0; v < 4; ++v)
+                        *(v16u *)(buf->dq + (j0 + i) * q_plane + (size_t)y * w + 16 * v) = acc[i][v];
+            }
+        }
+        ncc_normalisation_backward(buf->p, buf->dp, buf->scale_p, da + block, h, w, k, p_plane, 0, buf->scratch);
+        ncc_normalisation_backward(buf->q, buf->dq, buf->scale_q, db + block, h, w, k, q_plane, radius,
+                                   buf->scratch);
+    }
+}
+
+int ncc_summary_backward_pairs(const float *a, const float *b, const float *wtt, const float *ds,
+                               float *da, float *db, float *dwt, int c, int h, int w, int k, int radius, float eps,
+                               int opad, int outs, long first, long last) {
+    if (opad % 16 || opad < 16 || opad > 32 || outs > opad || (2 * radius + 1) * w > NCC_T || k * k > 32) return -2;
+    ncc_buffers buf;
+    if (ncc_alloc(&buf, h, w, k, radius, 1)) return -1;
+    for (long n = first; n < last; ++n) {
+        if (opad == 16)
+            ncc_summary_backward_pair(&buf, a, b, wtt, ds, da, db, dwt, n, c, h, w, k, radius, eps, outs, 1);
+        else
+            ncc_summary_backward_pair(&buf, a, b, wtt, ds, da, db, dwt, n, c, h, w, k, radius, eps, outs, 2);
+    }
+    ncc_free(&buf);
     return 0;
 }

@@ -1,9 +1,10 @@
 """Optional native kernels, compiled on first use with the system C compiler and loaded with ctypes.
 
 No torch headers and no build step at install time: one small C file (kernels.c: the NCC layer's inference
-kernel, IDLA's forward and backward kernels) is compiled in about a second with `-O3 -march=native` into a
-per-user cache keyed by the source, the compiler and this CPU's instruction-set flags. Without a working compiler
-(or with REIDKIT_NATIVE=0) callers fall back to their pure-PyTorch path, after one warning naming the reason.
+kernel, IDLA's and IDLA-NCC's forward and backward kernels) is compiled in about a second with
+`-O3 -march=native` into a per-user cache keyed by the source, the compiler and this CPU's instruction-set
+flags. Without a working compiler (or with REIDKIT_NATIVE=0) callers fall back to their pure-PyTorch path, after
+one warning naming the reason.
 ctypes releases the GIL during the call, so callers split work across Python threads.
 """
 
@@ -90,6 +91,12 @@ def load_library(compiler: str | None) -> ctypes.CDLL | None:
     library.idla_summary_pairs.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_long] * 2
     library.idla_summary_backward_pairs.restype = ctypes.c_int
     library.idla_summary_backward_pairs.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 4 + [ctypes.c_long] * 2
+    library.ncc_summary_pairs.restype = ctypes.c_int
+    library.ncc_summary_pairs.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 5 + [ctypes.c_float, ctypes.c_int,
+                                                                                       ctypes.c_long, ctypes.c_long]
+    library.ncc_summary_backward_pairs.restype = ctypes.c_int
+    library.ncc_summary_backward_pairs.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int] * 5 + [
+        ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
     return library
 
 

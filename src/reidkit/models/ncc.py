@@ -24,7 +24,10 @@ Inference on CPU float32 goes through a fused C kernel instead (kernels.c, built
 reidkit.models.native; `native=False` or REIDKIT_NATIVE=0 keep the PyTorch path, which is also the fallback
 without a C compiler): per (pair, channel) block it normalises both maps' patches into cache-resident buffers
 and computes the band products with register-blocked vector code, so no patch store is ever materialised.
-Training (autograd) always uses the PyTorch path above.
+Inside IDLA-NCC the layer's consumer, the 1x1 summary convolution, is fused in as well (forward and backward, so
+training too: `CorrelationSummary.fused`): per (pair, channel, row) the correlations exist only in L1, and neither
+the normalised patches nor the ~1 GB correlation tensor of a training batch are written. The PyTorch path above
+serves autograd for the layer on its own, other devices and machines without a C compiler.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from .idla import (
     pair_head,
     trunk_output_size,
 )
-from .native import native_library, run_split
+from .native import native_library, run_split, split_spans
 from .registry import register_model
 
 NCC_MODES = ("replace", "beside")
@@ -239,6 +242,52 @@ class NormalizedCrossCorrelation(nn.Module):
         return corr.permute(0, 1, 4, 5, 2, 3).reshape(n, c * d * w2, h, w)
 
 
+class _FusedCorrelationSummary(torch.autograd.Function):
+    """CorrelationSummary's pre-activation sums straight from the two (N, C, H, W) maps: patch normalisation,
+    band correlation and the 1x1 summary in the C kernels ncc_summary_pairs / ncc_summary_backward_pairs
+    (kernels.c), pairs split over torch's threads. Neither the normalised patches nor the correlations are written.
+
+    weight_t: (C, T, opad) summary weights, T = (2r+1)*W candidates, zero-padded to opad outputs.
+    Returns (N, H, W, opad).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, weight_t: torch.Tensor, ncc: NormalizedCrossCorrelation,
+                outs: int, library) -> torch.Tensor:
+        a, b, weight_t = a.detach().contiguous(), b.detach().contiguous(), weight_t.detach().contiguous()
+        n, c, h, w = a.shape
+        opad = weight_t.shape[2]
+        out = a.new_empty(n, h, w, opad)
+        args = (a.data_ptr(), b.data_ptr(), weight_t.data_ptr(), out.data_ptr(), c, h, w, ncc.patch_size,
+                ncc.row_radius, ncc.eps, opad)
+        run_split(lambda first, last: library.ncc_summary_pairs(*args, first, last), n, "NCC summary")
+        ctx.save_for_backward(a, b, weight_t)
+        ctx.ncc, ctx.outs, ctx.library = ncc, outs, library
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b, weight_t = ctx.saved_tensors
+        n, c, h, w = a.shape
+        candidates, opad = weight_t.shape[1:]
+        ncc, outs = ctx.ncc, ctx.outs
+        # (C, outs, 64): candidates padded to the kernel's 64-float correlation rows
+        weight_tt = F.pad(weight_t[:, :, :outs].transpose(1, 2), (0, 64 - candidates)).contiguous()
+        grad = grad.contiguous()
+        grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
+        slots = {first: i for i, (first, _) in enumerate(split_spans(n))}
+        partial = weight_t.new_zeros(len(slots), *weight_t.shape)  # one weight-gradient buffer per span
+
+        def run(first: int, last: int) -> int:
+            return ctx.library.ncc_summary_backward_pairs(
+                a.data_ptr(), b.data_ptr(), weight_tt.data_ptr(), grad.data_ptr(), grad_a.data_ptr(),
+                grad_b.data_ptr(), partial[slots[first]].data_ptr(), c, h, w, ncc.patch_size, ncc.row_radius,
+                ncc.eps, opad, outs, first, last)
+
+        run_split(run, n, "NCC summary backward")
+        return grad_a, grad_b, partial.sum(0), None, None, None
+
+
 class CorrelationSummary(nn.Module):
     """1x1 convolution of the C*(2r+1)*W correlation maps down to `out_channels`, then ReLU.
 
@@ -259,6 +308,21 @@ class CorrelationSummary(nn.Module):
         out = torch.matmul(corr_padded.reshape(n, c, hp * w, self.candidates), weight).sum(1)  # (N, H'*W, out)
         out = F.relu(out + self.conv.bias).view(n, hp, w, -1)[:, :height]
         return out.permute(0, 3, 1, 2)
+
+    def fused(self, ncc: NormalizedCrossCorrelation, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+        """forward(ncc.correlate_padded(a, b), H) computed by the fused C kernels (CPU float32, with autograd);
+        None where they do not apply (no compiler, other device/dtype, tracing, sizes past the kernel's limits:
+        (2r+1)*W > 64 candidates, patches over 32 values, over 32 outputs)."""
+        library = native_library() if ncc.native and not torch.jit.is_tracing() else None
+        outs = self.conv.out_channels
+        if (library is None or a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32
+                or outs > 32 or ncc.patch_size ** 2 > 32 or self.candidates > 64 or a.shape[0] == 0):
+            return None
+        opad = 16 if outs <= 16 else 32
+        weight_t = F.pad(self.conv.weight.view(outs, self.channels, self.candidates).permute(1, 2, 0),
+                         (0, opad - outs))
+        sums = _FusedCorrelationSummary.apply(a, b, weight_t, ncc, outs, library)
+        return F.relu(sums[..., :outs] + self.conv.bias).permute(0, 3, 1, 2)
 
 
 class IDLANCC(PairNetwork):
@@ -294,8 +358,10 @@ class IDLANCC(PairNetwork):
         return self.trunk(images)
 
     def pair_layers(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
-        corr = self.ncc.correlate_padded(feats1, feats2)
-        features = [self.ncc_across(self.ncc_summary(corr, feats1.shape[2])).flatten(1)]
+        summary = self.ncc_summary.fused(self.ncc, feats1, feats2)
+        if summary is None:
+            summary = self.ncc_summary(self.ncc.correlate_padded(feats1, feats2), feats1.shape[2])
+        features = [self.ncc_across(summary).flatten(1)]
         if self.differences is not None:
             features.insert(0, self.differences(feats1, feats2))
         return self.head(torch.cat(features, 1))
