@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ModelError
-from .native import native_library, run_split, split_spans
+from .native import native_library, run_split, run_split_summed
 from .registry import register_model
 
 PAPER_INPUT_SIZE = (160, 60)
@@ -327,17 +327,14 @@ class _FusedSummary(torch.autograd.Function):
         n, c, h, w = f.shape
         gz = (grad * (out > 0)).contiguous()  # through the output ReLU
         grad_f, grad_g = torch.empty_like(f), torch.empty_like(g)
-        slots = {first: i for i, (first, _) in enumerate(split_spans(n))}
-        partial = torch.zeros(len(slots), *weight_t.shape)  # one weight-gradient buffer per span, summed below
 
-        def run(first: int, last: int) -> int:
-            slot = slots[first]
+        def run(first: int, last: int, grad_weight_t: int) -> int:
             return ctx.library.idla_summary_backward_pairs(
                 f.data_ptr(), g.data_ptr(), weight_t.data_ptr(), gz.data_ptr(), grad_f.data_ptr(), grad_g.data_ptr(),
-                partial[slot].data_ptr(), c, h, w, ctx.size, first, last)
+                grad_weight_t, c, h, w, ctx.size, first, last)
 
-        run_split(run, n, "IDLA patch summary backward")
-        grad_weight = partial.sum(0).t().reshape(25, c, ctx.size, ctx.size)
+        grad_weight_t = run_split_summed(run, n, tuple(weight_t.shape), "IDLA patch summary backward")
+        grad_weight = grad_weight_t.t().reshape(25, c, ctx.size, ctx.size)
         return grad_f, grad_g, grad_weight, gz.sum((0, 2, 3)), None
 
 

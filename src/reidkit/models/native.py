@@ -122,6 +122,17 @@ def run_split(kernel: Callable[[int, int], int], items: int, what: str) -> None:
         raise MemoryError(f"{what}: the native kernel could not allocate its scratch buffers")
 
 
+def run_split_summed(kernel: Callable[[int, int, int], int], items: int, shape: tuple[int, ...],
+                     what: str) -> torch.Tensor:
+    """run_split for kernels that accumulate into a shared float32 buffer (a weight gradient): each span gets its
+    own zeroed buffer of `shape`, passed as kernel(first, last, buffer_pointer); returns their sum."""
+    spans = split_spans(items)
+    slots = {first: i for i, (first, _) in enumerate(spans)}
+    partial = torch.zeros(len(spans), *shape)
+    run_split(lambda first, last: kernel(first, last, partial[slots[first]].data_ptr()), items, what)
+    return partial.sum(0)
+
+
 def _pool(workers: int) -> ThreadPoolExecutor:
     """One long-lived pool per process and size; keyed by pid because a forked child inherits the pool object
     but not its threads."""

@@ -49,7 +49,7 @@ from .idla import (
     pair_head,
     trunk_output_size,
 )
-from .native import native_library, run_split, split_spans
+from .native import native_library, run_split, run_split_summed
 from .registry import register_model
 
 NCC_MODES = ("replace", "beside")
@@ -275,17 +275,15 @@ class _FusedCorrelationSummary(torch.autograd.Function):
         weight_tt = F.pad(weight_t[:, :, :outs].transpose(1, 2), (0, 64 - candidates)).contiguous()
         grad = grad.contiguous()
         grad_a, grad_b = torch.empty_like(a), torch.empty_like(b)
-        slots = {first: i for i, (first, _) in enumerate(split_spans(n))}
-        partial = weight_t.new_zeros(len(slots), *weight_t.shape)  # one weight-gradient buffer per span
 
-        def run(first: int, last: int) -> int:
+        def run(first: int, last: int, grad_weight: int) -> int:
             return ctx.library.ncc_summary_backward_pairs(
                 a.data_ptr(), b.data_ptr(), weight_tt.data_ptr(), grad.data_ptr(), grad_a.data_ptr(),
-                grad_b.data_ptr(), partial[slots[first]].data_ptr(), c, h, w, ncc.patch_size, ncc.row_radius,
-                ncc.eps, opad, outs, first, last)
+                grad_b.data_ptr(), grad_weight, c, h, w, ncc.patch_size, ncc.row_radius, ncc.eps, opad, outs,
+                first, last)
 
-        run_split(run, n, "NCC summary backward")
-        return grad_a, grad_b, partial.sum(0), None, None, None
+        grad_weight_t = run_split_summed(run, n, tuple(weight_t.shape), "NCC summary backward")
+        return grad_a, grad_b, grad_weight_t, None, None, None
 
 
 class CorrelationSummary(nn.Module):
