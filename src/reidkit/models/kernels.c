@@ -365,6 +365,25 @@ int idla_summary_backward_pairs(const float *f, const float *g, const float *wei
 
 static inline v16 load16(const float *ptr) { return *(const v16u *)ptr; }
 
+/* The three 64-lane products of these kernels: acc[i][0..63] += sum_k scalars[i * step_i + k * step_k] *
+ * rows[k * row_stride + 0..63] for i < nx (<= NCC_XB), k < count. acc stays in registers. */
+static inline __attribute__((always_inline)) void accumulate_rows64(v16 acc[NCC_XB][4], int nx, const float *rows,
+                                                                    size_t row_stride, const float *scalars,
+                                                                    size_t step_i, size_t step_k, int count) {
+    for (int k = 0; k < count; ++k) {
+        const float *row = rows + k * row_stride;
+        const v16 r0 = load16(row), r1 = load16(row + 16), r2 = load16(row + 32), r3 = load16(row + 48);
+        for (int i = 0; i < NCC_XB; ++i) {
+            if (i >= nx) break;
+            const float sv = scalars[i * step_i + k * step_k];
+            acc[i][0] += r0 * sv;
+            acc[i][1] += r1 * sv;
+            acc[i][2] += r2 * sv;
+            acc[i][3] += r3 * sv;
+        }
+    }
+}
+
 typedef struct {
     float *p, *q, *scratch, *scale_p, *scale_q, *corr, *dcorr, *dp, *dq, *qt;
 } ncc_buffers;
@@ -411,19 +430,7 @@ static void ncc_corr_row(const ncc_buffers *buf, int y, int h, int w, int kk, in
         v16 acc[NCC_XB][4];
         for (int i = 0; i < NCC_XB; ++i)
             for (int v = 0; v < 4; ++v) acc[i][v] = (v16){0};
-        for (int j = 0; j < kk; ++j) {
-            const float *qj = buf->q + j * q_plane + (size_t)y * w;
-            const v16 q0 = load16(qj), q1 = load16(qj + 16), q2 = load16(qj + 32), q3 = load16(qj + 48);
-            const float *pj = buf->p + j * p_plane + (size_t)y * w + x;
-            for (int i = 0; i < NCC_XB; ++i) {
-                if (i >= nx) break;
-                const float pv = pj[i];
-                acc[i][0] += q0 * pv;
-                acc[i][1] += q1 * pv;
-                acc[i][2] += q2 * pv;
-                acc[i][3] += q3 * pv;
-            }
-        }
+        accumulate_rows64(acc, nx, buf->q + (size_t)y * w, q_plane, buf->p + (size_t)y * w + x, 1, p_plane, kk);
         for (int i = 0; i < nx; ++i)
             for (int v = 0; v < 4; ++v) *(v16u *)(buf->corr + (size_t)(x + i) * NCC_T + 16 * v) = acc[i][v];
     }
@@ -561,18 +568,7 @@ static inline __attribute__((always_inline)) void ncc_summary_backward_pair(
                 v16 acc[NCC_XB][4];
                 for (int i = 0; i < NCC_XB; ++i)
                     for (int v = 0; v < 4; ++v) acc[i][v] = (v16){0};
-                for (int o = 0; o < outs; ++o) {
-                    const float *row = wttc + (size_t)o * NCC_T;
-                    const v16 w0 = load16(row), w1 = load16(row + 16), w2 = load16(row + 32), w3 = load16(row + 48);
-                    for (int i = 0; i < NCC_XB; ++i) {
-                        if (i >= nx) break;
-                        const float g = dsy[(size_t)(x + i) * opad + o];
-                        acc[i][0] += w0 * g;
-                        acc[i][1] += w1 * g;
-                        acc[i][2] += w2 * g;
-                        acc[i][3] += w3 * g;
-                    }
-                }
+                accumulate_rows64(acc, nx, wttc, NCC_T, dsy + (size_t)x * opad, opad, 1, outs);
                 for (int i = 0; i < nx; ++i)
                     for (int v = 0; v < 4; ++v) *(v16u *)(buf->dcorr + (size_t)(x + i) * NCC_T + 16 * v) = acc[i][v];
             }
@@ -622,23 +618,12 @@ static inline __attribute__((always_inline)) void ncc_summary_backward_pair(
                 }
             }
             /* dQ: 4 components at a time, accumulated over the band (lanes t >= T add dcorr's zeros) */
-            for (int j0 = 0; j0 < kk; j0 += 4) {
-                const int nj = kk - j0 < 4 ? kk - j0 : 4;
-                v16 acc[4][4];
+            for (int j0 = 0; j0 < kk; j0 += NCC_XB) {
+                const int nj = kk - j0 < NCC_XB ? kk - j0 : NCC_XB;
+                v16 acc[NCC_XB][4];
                 for (int i = 0; i < nj; ++i)
                     for (int v = 0; v < 4; ++v) acc[i][v] = load16(buf->dq + (j0 + i) * q_plane + (size_t)y * w + 16 * v);
-                for (int x = 0; x < w; ++x) {
-                    const float *dc = buf->dcorr + (size_t)x * NCC_T;
-                    const v16 c0 = load16(dc), c1 = load16(dc + 16), c2 = load16(dc + 32), c3 = load16(dc + 48);
-                    for (int i = 0; i < 4; ++i) {
-                        if (i >= nj) break;
-                        const float pv = buf->p[(j0 + i) * p_plane + (size_t)y * w + x];
-                        acc[i][0] += c0 * pv;
-                        acc[i][1] += c1 * pv;
-                        acc[i][2] += c2 * pv;
-                        acc[i][3] += c3 * pv;
-                    }
-                }
+                accumulate_rows64(acc, nj, buf->dcorr, NCC_T, buf->p + j0 * p_plane + (size_t)y * w, p_plane, 1, w);
                 for (int i = 0; i < nj; ++i)
                     for (int v = 0; v < 4; ++v)
                         *(v16u *)(buf->dq + (j0 + i) * q_plane + (size_t)y * w + 16 * v) = acc[i][v];
