@@ -106,6 +106,11 @@ def bench_model(name: str, x1: torch.Tensor, x2: torch.Tensor, repeats: int) -> 
                 lambda: unfold_pair_layers(model, feats1, feats2), batch, repeats)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 results["idla forward(x1, x2), bf16 autocast"] = throughput(lambda: model(x1, x2), batch, repeats)
+        if name == "idla_ncc":
+            model.fuse_summary = False
+            results["idla_ncc pair layers, correlation tensor then summary (session 5 path)"] = throughput(
+                lambda: model.pair_logits(feats1, feats2), batch, repeats)
+            model.fuse_summary = True
     return results
 
 

@@ -310,3 +310,17 @@ def test_test_time_views_average_forward_over_both_orders_and_mirrored_images(sy
                 expected = sum(log_odds(a, b) for a, b in views) / len(views)
                 assert scores[i, j].item() == pytest.approx(expected, abs=1e-4)
     assert not torch.allclose(scores, model.score(query, gallery))  # the views do change the scores
+
+
+def test_pair_logits_over_many_chunks_equal_the_pair_layers_on_each_small_batch():
+    model = build_model("idla", input_size=(64, 32)).eval()
+    feats = model.embed(torch.randn(20, 3, 64, 32))
+    gen = torch.Generator().manual_seed(4)
+    first, second = torch.randint(0, 20, (2, 600), generator=gen)
+    with torch.no_grad():
+        got = model.pair_logits(feats[first], feats[second])  # 600 pairs: several chunks of either size
+        expected = torch.cat([model.pair_layers(feats[first[i:i + 7]], feats[second[i:i + 7]])
+                              for i in range(0, 600, 7)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    plain = build_model("idla", input_size=(64, 32), native=False)
+    assert plain.pair_chunk == 32 and model.pair_chunk == (256 if native_library() is not None else 32)

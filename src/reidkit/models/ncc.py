@@ -352,11 +352,20 @@ class IDLANCC(PairNetwork):
         self.head = pair_head(num_features, hidden, dropout)
         self.reset_parameters()
 
+    # NCC branch by the fused C kernels where they apply (CorrelationSummary.fused); False: the correlation tensor
+    # is built and then summarised (benchmarks compare the two)
+    fuse_summary = True
+
+    @property
+    def pair_chunk(self) -> int:
+        """As IDLA's; without the fused summary the correlation tensor (~3 MB per pair) asks for small chunks."""
+        return PairNetwork.pair_chunk.fget(self) if self.fuse_summary else 32
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk(images)
 
     def pair_layers(self, feats1: torch.Tensor, feats2: torch.Tensor) -> torch.Tensor:
-        summary = self.ncc_summary.fused(self.ncc, feats1, feats2)
+        summary = self.ncc_summary.fused(self.ncc, feats1, feats2) if self.fuse_summary else None
         if summary is None:
             summary = self.ncc_summary(self.ncc.correlate_padded(feats1, feats2), feats1.shape[2])
         features = [self.ncc_across(summary).flatten(1)]
