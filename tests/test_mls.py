@@ -337,7 +337,7 @@ def toy_config(**changes: object) -> PairTrainConfig:
 def test_mls_training_with_the_ranking_loss_writes_reports_and_resumes_exactly(toy_root, tmp_path):
     straight = train_pair_model(toy_config(), toy_root, tmp_path / "straight", show_progress=False)
     assert straight["model"] == "mls" and straight["epochs_done"] == 2
-    assert set(straight["final"]) == {"pairs", "cmc", "views", "tta"}
+    assert set(straight["final"]) == {"pairs", "cmc", "views", "tta", "calibrated"}
     for name in ("last.pt", "best.pt", "summary.json", "pair_roc.png", "pair_confusion.png", "pair_cmc.png",
                  "pair_training_curves.png"):
         assert (tmp_path / "straight" / name).is_file(), name

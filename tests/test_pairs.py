@@ -36,6 +36,7 @@ from reidkit.metrics.pair_ranking import (
 from reidkit.metrics.rank import MetricInputError
 from reidkit.metrics.verification import (
     balanced_accuracy,
+    best_threshold,
     confusion_matrix,
     pair_accuracy,
     roc_auc,
@@ -156,6 +157,20 @@ def test_roc_and_auc_against_naive_threshold_sweep_and_pair_counting():
     wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
     assert roc_auc(scores, labels) == pytest.approx(wins / (len(pos) * len(neg)))
     assert roc_auc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0 and roc_auc([1, 1], [0, 1]) == 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_threshold_matches_a_sweep_over_every_cut(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 80)
+    scores = np.round(rng.normal(labels * 1.5 - 0.4, 1.0), 1)  # ties; the best cut is not at 0
+    cuts = np.r_[scores.min() - 1, (np.unique(scores)[1:] + np.unique(scores)[:-1]) / 2, scores.max()]
+    best = max(balanced_accuracy(scores, labels, c) for c in cuts)
+    threshold = best_threshold(scores, labels)
+    assert balanced_accuracy(scores, labels, threshold) == pytest.approx(best)
+    assert not np.isin(threshold, scores)  # strictly between two scores: no pair sits on the cut
+    assert balanced_accuracy([0.1, 0.2, 0.9, 0.8], [0, 0, 1, 1], best_threshold([0.1, 0.2, 0.9, 0.8],
+                                                                               [0, 0, 1, 1])) == 1.0
 
 
 def test_verification_rejects_bad_input():
@@ -316,7 +331,7 @@ def toy_config(**changes: object) -> PairTrainConfig:
 
 def test_training_writes_checkpoints_logs_pictures_and_resumes_to_the_same_weights(toy_root, tmp_path):
     straight = train_pair_model(toy_config(), toy_root, tmp_path / "straight", show_progress=False)
-    assert straight["epochs_done"] == 2 and set(straight["final"]) == {"pairs", "cmc", "views", "tta"}
+    assert straight["epochs_done"] == 2 and set(straight["final"]) == {"pairs", "cmc", "views", "tta", "calibrated"}
     for name in ("last.pt", "best.pt", "log.jsonl", "summary.json", "pair_roc.png", "pair_confusion.png",
                  "pair_cmc.png", "pair_training_curves.png"):
         assert (tmp_path / "straight" / name).is_file(), name
@@ -494,3 +509,21 @@ def test_identity_term_errors_name_the_key(toy_root, tmp_path):
     with pytest.raises(ConfigError, match=r"model.batchnorm: True there, False now"):
         train_pair_model(toy_config(**{"optim.epochs": 2}), toy_root, tmp_path / "c", resume=True,
                          show_progress=False)
+
+
+def test_calibrated_report_uses_the_threshold_best_on_training_identity_pairs(toy_root, tmp_path):
+    trainer = PairTrainer(toy_config(), tmp_path / "calibrated", toy_root, show_progress=False)
+    trainer.setup()
+    trainer.model.eval()
+    train_scores, train_labels = trainer.training_pair_scores(False, False)
+    assert set(np.unique(train_labels)) == {0, 1} and not set(trainer.train_pids) & set(trainer.val_pids)
+    ordered = np.sort(train_scores)
+    cuts = np.r_[ordered[0] - 1, (ordered[1:] + ordered[:-1]) / 2, ordered[-1]]
+    best_on_train = max(balanced_accuracy(train_scores, train_labels, c) for c in cuts)
+    val_scores = trainer.validation_scores(False, False)
+    report = trainer.calibrated_report(val_scores, False, False)
+    assert balanced_accuracy(train_scores, train_labels, report["threshold"]) == pytest.approx(best_on_train)
+    predicted_same = val_scores > report["threshold"]
+    labels = trainer.val_pairs.label.astype(bool)
+    by_hand = 50 * (np.mean(predicted_same[labels]) + np.mean(~predicted_same[~labels]))
+    assert report["balanced_accuracy"] == pytest.approx(by_hand)

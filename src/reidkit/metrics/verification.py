@@ -73,6 +73,17 @@ def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fpr, tpr, np.r_[np.inf, s_sorted[last_of_tie]]
 
 
+def best_threshold(scores, labels) -> float:
+    """The threshold (same = score > threshold) with the highest balanced accuracy on these pairs, midway between
+    two consecutive distinct scores. Meant for pairs other than the ones reported (e.g. training identities)."""
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    best = int(np.argmax(tpr - fpr))  # balanced accuracy = (tpr + 1 - fpr) / 2
+    if best == 0:  # calling every pair "different" is best: threshold at the highest score
+        return float(thresholds[1])
+    below = thresholds[best + 1] if best + 1 < thresholds.size else thresholds[best] - 1.0
+    return float((thresholds[best] + below) / 2)
+
+
 def roc_auc(scores, labels) -> float:
     """Area under the ROC curve (trapezoids; equals P(score_same > score_different) with ties counting 1/2)."""
     fpr, tpr, _ = roc_curve(scores, labels)
