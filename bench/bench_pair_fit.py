@@ -1,6 +1,6 @@
 """Under- or over-fitting? A pair-network run's best checkpoint on training identities vs validation identities.
 
-    .venv/bin/python bench/bench_pair_fit.py runs/idla_bn_long [runs/... ...]
+    .venv/bin/python bench/bench_pair_fit.py runs/idla_bn_long [runs/... ...] [--checkpoint best.pt last.pt]
 
 Both sides are scored the same way: eval mode (no dropout), no augmentation, 7,000 balanced cross-camera pairs
 (every positive pair with a random negative, then a fixed random subset for the training identities; the run's own
@@ -25,8 +25,8 @@ OUT = ROOT / "docs" / "benchmarks" / "pair_fit"
 NUM_PAIRS = 7_000
 
 
-def fit_report(run: Path, data: Path, work: Path) -> dict:
-    payload = load_checkpoint(run / "best.pt")
+def fit_report(run: Path, data: Path, work: Path, checkpoint: str = "best.pt") -> dict:
+    payload = load_checkpoint(run / checkpoint)
     cfg = from_dict(PairTrainConfig, payload["config"])
     trainer = PairTrainer(cfg, work, data_root=data, show_progress=False)
     trainer.setup()
@@ -39,7 +39,8 @@ def fit_report(run: Path, data: Path, work: Path) -> dict:
     threshold = best_threshold(scores, labels)  # fitted on the training-identity pairs only
     calibrated = verification_report(val_scores, trainer.val_pairs.label, threshold)
     keys = ("balanced_accuracy", "auc")
-    return {"run": run.name, "epoch": payload["epoch"], "train_ids": {k: train[k] for k in keys},
+    name = run.name + ("" if checkpoint == "best.pt" else f" ({checkpoint})")
+    return {"run": name, "epoch": payload["epoch"], "train_ids": {k: train[k] for k in keys},
             "val_ids": {k: val[k] for k in keys}, "pairs": int(labels.size),
             "train_threshold": threshold, "val_at_train_threshold": calibrated["balanced_accuracy"]}
 
@@ -67,8 +68,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "pair_fit_work",
                         help="scratch output folder for the trainer (nothing is trained)")
+    parser.add_argument("--checkpoint", nargs="+", default=["best.pt"],
+                        help="checkpoint file(s) of each run to score, e.g. best.pt last.pt")
     args = parser.parse_args()
-    rows = [fit_report(run, args.data, args.work) for run in args.runs]
+    rows = [fit_report(run, args.data, args.work, name) for run in args.runs for name in args.checkpoint]
     atomic_write_json({"runs": rows}, OUT.with_suffix(".json"))
     atomic_write_text(markdown(rows), OUT.with_suffix(".md"))
     print(markdown(rows))
