@@ -245,3 +245,30 @@ def test_idla_ncc_fused_and_pytorch_paths_give_the_same_logits_and_gradients():
     assert fused[1].keys() == plain[1].keys()
     for name in plain[1]:
         torch.testing.assert_close(fused[1][name], plain[1][name], rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_traceable_correlation_matches_the_naive_loop_reference():
+    gen = torch.Generator().manual_seed(13)
+    a, b = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64), torch.randn(2, 3, 6, 5, generator=gen,
+                                                                                   dtype=torch.float64)
+    layer = NormalizedCrossCorrelation(3, 1, eps=1e-4)
+    corr = layer._correlate_traceable(a, b)  # (N, C, H, W, 2r+1, W)
+    as_maps = corr.permute(0, 1, 4, 5, 2, 3).reshape(2, 3 * 3 * 5, 6, 5)
+    torch.testing.assert_close(as_maps, naive_ncc(a, b, 3, 1, 1e-4))
+
+
+@pytest.mark.parametrize("mode", ["replace", "beside"])
+def test_idla_ncc_exports_to_onnx_with_a_dynamic_batch(tmp_path, mode):
+    ort = pytest.importorskip("onnxruntime")
+    from reidkit.export.onnx import export_pair_onnx
+
+    torch.manual_seed(0)
+    model = build_model("idla_ncc", input_size=(64, 32), mode=mode).eval()
+    x1, x2 = torch.randn(5, 3, 64, 32), torch.randn(5, 3, 64, 32)
+    export_pair_onnx(model, tmp_path / "idla_ncc.onnx")  # traced with a batch of 2
+    session = ort.InferenceSession(str(tmp_path / "idla_ncc.onnx"), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x1, x2).numpy()
+    assert exported.shape == (5, 2)
+    assert abs(exported - expected).max() < 1e-4 * max(1.0, abs(expected).max())

@@ -203,6 +203,8 @@ class NormalizedCrossCorrelation(nn.Module):
                              f"{tuple(a.shape)} and {tuple(b.shape)}")
         n, c, h, w = a.shape
         r, size = self.row_radius, self.chunk_size
+        if torch.jit.is_tracing():  # ONNX export: the paths below write into preallocated buffers
+            return F.pad(self._correlate_traceable(a, b), (0, 0, 0, 0, 0, 0, 0, 2 * r))
         if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
             chunks = [_BandCorrelation.apply(self.normalized_patches(a[i:i + size]),
                                              self.normalized_patches(b[i:i + size]), r) for i in range(0, n, size)]
@@ -215,6 +217,26 @@ class NormalizedCrossCorrelation(nn.Module):
             for i in range(0, n, size):
                 self._correlate_chunk(a[i:i + size], b[i:i + size], out[i:i + size])
         return out
+
+    def _correlate_traceable(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W, 2r+1, W) correlations from exportable ops only (pad, fixed slices, pooling, einsum): the
+        ONNX exporter has no dynamic-shape `unfold`, and the fast paths write into preallocated buffers."""
+        r, h = self.row_radius, a.shape[2]
+        p = self._normalized_patches_traceable(a)  # (kk, N, C, H, W)
+        q = F.pad(self._normalized_patches_traceable(b), (0, 0, r, r))
+        bands = torch.stack([q[..., d:d + h, :] for d in range(2 * r + 1)], -1)  # (kk, N, C, H, W, 2r+1)
+        return torch.einsum("jncyx,jncyvd->ncyxdv", p, bands)
+
+    def _normalized_patches_traceable(self, x: torch.Tensor) -> torch.Tensor:
+        """normalized_patches(x) by fixed slices of the padded map instead of an unfold view."""
+        k, half = self.patch_size, self.patch_size // 2
+        h, w = x.shape[2:]
+        mean = F.avg_pool2d(x, k, 1, half, count_include_pad=True)
+        mean_sq = F.avg_pool2d(x * x, k, 1, half, count_include_pad=True)
+        scale = torch.rsqrt(((mean_sq - mean * mean) * (k * k)).clamp_min(0) + self.eps)
+        padded = F.pad(x, (half, half, half, half))
+        components = torch.stack([padded[:, :, u:u + h, v:v + w] for u in range(k) for v in range(k)])
+        return (components - mean) * scale
 
     def _native_forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
         """Fill `out` with the fused C kernel, split over torch's thread count; False when it does not apply."""
