@@ -405,3 +405,12 @@ def test_identity_term_is_refused_for_mls_with_the_key_named(toy_root, tmp_path)
     trainer = PairTrainer(toy_config(**{"loss.id_weight": 1.0}), tmp_path / "id", toy_root, show_progress=False)
     with pytest.raises(ConfigError, match="loss.id_weight applies to .*not 'mls'"):
         trainer.setup()
+
+
+def test_onnx_export_of_mls_fails_with_a_clear_error(tmp_path):
+    pytest.importorskip("onnx")
+    from reidkit.export.onnx import export_pair_onnx
+
+    with pytest.raises(ModelError, match="MultiLevelSimilarity.* cannot be exported to ONNX opset 17"):
+        export_pair_onnx(build_model("mls", input_size=SMALL), tmp_path / "mls.onnx")
+    assert not (tmp_path / "mls.onnx").exists()

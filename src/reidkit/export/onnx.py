@@ -103,7 +103,12 @@ def export_pair_onnx(model: torch.nn.Module, path: str | os.PathLike, opset: int
     """A pair network's forward(x1, x2) -> (N, 2) logits as ONNX (inputs "x1", "x2", output "logits"), batch axis
     dynamic. IDLA records its traceable neighbourhood-difference path; verify the result on the target runtime."""
     dummy = (torch.zeros(2, 3, *model.input_size), torch.zeros(2, 3, *model.input_size))
-    _trace_to_onnx(model, dummy, path, opset, ["x1", "x2"], ["logits"])
+    try:
+        _trace_to_onnx(model, dummy, path, opset, ["x1", "x2"], ["logits"])
+    except torch.onnx.OnnxExporterError as error:  # e.g. MLS: its STN's affine_grid and uneven adaptive pooling
+        reason = str(error).split("[Caused by", 1)[0].strip()
+        raise ModelError(f"export_pair_onnx: {type(model).__name__} cannot be exported to ONNX opset {opset}: "
+                         f"{reason}") from None
 
 
 def _sidecar(torch_ext: TorchExtractor, checkpoint: Path, out: Path, opset: int,
