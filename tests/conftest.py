@@ -43,3 +43,22 @@ def interrupt_and_resume_pair_training(make_config, root: Path, out: Path) -> di
     interrupted = train_pair_model(make_config(max_minutes=1e-9), root, out, show_progress=False)
     assert interrupted["epochs_done"] == 1
     return train_pair_model(make_config(), root, out, resume=True, show_progress=False)
+
+
+def assert_pair_onnx_export_matches(model, path: Path, batch: int = 5) -> None:
+    """Export a pair network (traced with a batch of 2), run it on onnxruntime with another batch size and compare
+    the logits with PyTorch's."""
+    import torch
+
+    ort = pytest.importorskip("onnxruntime")
+    from reidkit.export.onnx import export_pair_onnx
+
+    model.eval()
+    x1, x2 = torch.randn(batch, 3, *model.input_size), torch.randn(batch, 3, *model.input_size)
+    export_pair_onnx(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x1, x2).numpy()
+    assert exported.shape == (batch, 2)
+    assert abs(exported - expected).max() < 1e-4 * max(1.0, abs(expected).max())

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_pair_onnx_export_matches
 from reidkit.engine.pair_trainer import PairModelConfig
 from reidkit.errors import ModelError
 from reidkit.models import build_model
@@ -72,19 +73,8 @@ def test_traceable_neighbourhood_differences_match_plain_loops():
 
 
 def test_idla_exports_to_onnx_with_a_dynamic_batch(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    from reidkit.export.onnx import export_pair_onnx
-
     torch.manual_seed(0)
-    model = build_model("idla").eval()
-    x1, x2 = torch.randn(5, 3, 160, 60), torch.randn(5, 3, 160, 60)
-    export_pair_onnx(model, tmp_path / "idla.onnx")  # traced with a batch of 2
-    session = ort.InferenceSession(str(tmp_path / "idla.onnx"), providers=["CPUExecutionProvider"])
-    exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
-    with torch.no_grad():
-        expected = model(x1, x2).numpy()
-    assert exported.shape == (5, 2)
-    assert abs(exported - expected).max() < 1e-4
+    assert_pair_onnx_export_matches(build_model("idla"), tmp_path / "idla.onnx")
 
 
 def test_neighbourhood_differences_gradient_matches_finite_differences():

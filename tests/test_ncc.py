@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import assert_pair_onnx_export_matches
 from reidkit.errors import ModelError
 from reidkit.models import build_model
 from reidkit.models.native import load_library, native_library
@@ -259,16 +260,5 @@ def test_traceable_correlation_matches_the_naive_loop_reference():
 
 @pytest.mark.parametrize("mode", ["replace", "beside"])
 def test_idla_ncc_exports_to_onnx_with_a_dynamic_batch(tmp_path, mode):
-    ort = pytest.importorskip("onnxruntime")
-    from reidkit.export.onnx import export_pair_onnx
-
     torch.manual_seed(0)
-    model = build_model("idla_ncc", input_size=(64, 32), mode=mode).eval()
-    x1, x2 = torch.randn(5, 3, 64, 32), torch.randn(5, 3, 64, 32)
-    export_pair_onnx(model, tmp_path / "idla_ncc.onnx")  # traced with a batch of 2
-    session = ort.InferenceSession(str(tmp_path / "idla_ncc.onnx"), providers=["CPUExecutionProvider"])
-    exported = session.run(None, {"x1": x1.numpy(), "x2": x2.numpy()})[0]
-    with torch.no_grad():
-        expected = model(x1, x2).numpy()
-    assert exported.shape == (5, 2)
-    assert abs(exported - expected).max() < 1e-4 * max(1.0, abs(expected).max())
+    assert_pair_onnx_export_matches(build_model("idla_ncc", input_size=(64, 32), mode=mode), tmp_path / "m.onnx")
