@@ -173,7 +173,12 @@ class NormalizedCrossCorrelation(nn.Module):
         scale = torch.rsqrt(centred_ss + self.eps)
         # Component-major (offset (u, v) first): each output row then runs along whole map rows, ~5x faster to
         # write than patch-major (N, C, H, W, k, k) whose innermost loop is k long (measured).
-        view = F.pad(x, (half, half, half, half)).unfold(2, k, 1).unfold(3, k, 1).permute(4, 5, 0, 1, 2, 3)
+        padded = F.pad(x, (half, half, half, half))
+        if torch.jit.is_tracing():  # ONNX export has no dynamic-shape unfold: the same view from fixed slices
+            h, w = x.shape[2:]
+            view = torch.stack([torch.stack([padded[:, :, u:u + h, v:v + w] for v in range(k)]) for u in range(k)])
+        else:
+            view = padded.unfold(2, k, 1).unfold(3, k, 1).permute(4, 5, 0, 1, 2, 3)
         return view, -mean * scale, scale
 
     def normalized_patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,23 +225,12 @@ class NormalizedCrossCorrelation(nn.Module):
 
     def _correlate_traceable(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W, 2r+1, W) correlations from exportable ops only (pad, fixed slices, pooling, einsum): the
-        ONNX exporter has no dynamic-shape `unfold`, and the fast paths write into preallocated buffers."""
+        fast paths write into preallocated buffers, which a trace records wrongly."""
         r, h = self.row_radius, a.shape[2]
-        p = self._normalized_patches_traceable(a)  # (kk, N, C, H, W)
-        q = F.pad(self._normalized_patches_traceable(b), (0, 0, r, r))
+        p = self.normalized_patches(a)  # (kk, N, C, H, W)
+        q = F.pad(self.normalized_patches(b), (0, 0, r, r))
         bands = torch.stack([q[..., d:d + h, :] for d in range(2 * r + 1)], -1)  # (kk, N, C, H, W, 2r+1)
         return torch.einsum("jncyx,jncyvd->ncyxdv", p, bands)
-
-    def _normalized_patches_traceable(self, x: torch.Tensor) -> torch.Tensor:
-        """normalized_patches(x) by fixed slices of the padded map instead of an unfold view."""
-        k, half = self.patch_size, self.patch_size // 2
-        h, w = x.shape[2:]
-        mean = F.avg_pool2d(x, k, 1, half, count_include_pad=True)
-        mean_sq = F.avg_pool2d(x * x, k, 1, half, count_include_pad=True)
-        scale = torch.rsqrt(((mean_sq - mean * mean) * (k * k)).clamp_min(0) + self.eps)
-        padded = F.pad(x, (half, half, half, half))
-        components = torch.stack([padded[:, :, u:u + h, v:v + w] for u in range(k) for v in range(k)])
-        return (components - mean) * scale
 
     def _native_forward(self, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> bool:
         """Fill `out` with the fused C kernel, split over torch's thread count; False when it does not apply."""
