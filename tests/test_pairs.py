@@ -363,6 +363,24 @@ def test_config_errors_name_the_key(toy_root, tmp_path):
         balanced_pairs([1, 2, 3], [0, 1, 0], np.random.default_rng(0))
 
 
+def test_idla_accuracy_recipe_is_the_budget_config_plus_its_stated_options():
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    budget = yaml.safe_load((configs / "idla_cuhk03np_cpu.yaml").read_text())
+    recipe = yaml.safe_load((configs / "idla_bn_id_cuhk03np.yaml").read_text())
+    assert recipe["model"].pop("batchnorm") is True
+    assert recipe.pop("loss") == {"id_weight": 1.0, "id_label_smooth": 0.1}
+    assert (recipe["optim"].pop("epochs"), recipe["sampling"].pop("hard_from_epoch")) == (80, 75)
+    assert (recipe.pop("num_threads"), recipe.pop("max_minutes")) == (2, 0)
+    for key in ("optim", "sampling"):
+        budget[key].pop("epochs" if key == "optim" else "hard_from_epoch")
+    budget.pop("num_threads"), budget.pop("max_minutes")
+    assert recipe == budget
+    cfg = load_config(PairTrainConfig, configs / "idla_bn_id_cuhk03np.yaml")
+    assert cfg.model.batchnorm and cfg.loss.id_weight == 1.0 and cfg.optim.epochs == 80
+
+
 @pytest.mark.shared
 def test_real_cuhk03np_training_folder_gives_pairs_for_the_carve_out():
     root = SHARED / "datasets" / "cuhk03np-detected"
