@@ -5,12 +5,14 @@
 Both sides are scored the same way: eval mode (no dropout), no augmentation, 7,000 balanced cross-camera pairs
 (every positive pair with a random negative, then a fixed random subset for the training identities; the run's own
 fixed validation pairs). The training accuracy in log.jsonl is not this: it is measured with dropout, random shifts
-and (in hard rounds) mined negatives. Writes docs/benchmarks/pair_fit.{json,md}.
+and (in hard rounds) mined negatives. Writes docs/benchmarks/pair_fit.{json,md}, keeping the rows of runs not
+scored this time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from reidkit.config import from_dict
@@ -62,6 +64,14 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kept_rows(rescored: set[str]) -> list[dict]:
+    """Rows of earlier invocations for runs not scored again, so the table grows run by run."""
+    path = OUT.with_suffix(".json")
+    if not path.is_file():
+        return []
+    return [row for row in json.loads(path.read_text())["runs"] if row["run"] not in rescored]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
@@ -72,6 +82,7 @@ def main() -> None:
                         help="checkpoint file(s) of each run to score, e.g. best.pt last.pt")
     args = parser.parse_args()
     rows = [fit_report(run, args.data, args.work, name) for run in args.runs for name in args.checkpoint]
+    rows += kept_rows({row["run"] for row in rows})
     atomic_write_json({"runs": rows}, OUT.with_suffix(".json"))
     atomic_write_text(markdown(rows), OUT.with_suffix(".md"))
     print(markdown(rows))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reidkit.engine.pair_trainer import retain_freed_memory
+from reidkit.engine.pair_trainer import plot_pair_confusion, retain_freed_memory
 from reidkit.export.onnx import export_pair_onnx
 from reidkit.models import build_model
 from reidkit.models.native import native_library
@@ -283,7 +283,12 @@ def run_results(run_dirs: list[Path], copy_pictures: bool = True) -> dict[str, d
                            **{f"val_{k}": v for k, v in r.get("val", {}).items()}} for r in rows],
         }
         IMG_DIR.mkdir(parents=True, exist_ok=True)
-        for picture in ("pair_roc.png", "pair_confusion.png", "pair_cmc.png", "pair_training_curves.png"):
+        if "tta" in final and not (run / "pair_confusion_tta.png").is_file() and copy_pictures:
+            # runs from before the trainer drew it: the same picture from the numbers in summary.json
+            plot_pair_confusion(final["tta"]["pairs"], run / "pair_confusion_tta.png",
+                                f"{summary['model']}, test-time views")
+        for picture in ("pair_roc.png", "pair_confusion.png", "pair_confusion_tta.png", "pair_cmc.png",
+                        "pair_training_curves.png"):
             if (run / picture).is_file() and copy_pictures:
                 shutil.copyfile(run / picture, IMG_DIR / picture.replace("pair_", f"pair_{run.name}_", 1))
     if out and copy_pictures:

@@ -333,7 +333,7 @@ def test_training_writes_checkpoints_logs_pictures_and_resumes_to_the_same_weigh
     straight = train_pair_model(toy_config(), toy_root, tmp_path / "straight", show_progress=False)
     assert straight["epochs_done"] == 2 and set(straight["final"]) == {"pairs", "cmc", "views", "tta", "calibrated"}
     for name in ("last.pt", "best.pt", "log.jsonl", "summary.json", "pair_roc.png", "pair_confusion.png",
-                 "pair_cmc.png", "pair_training_curves.png"):
+                 "pair_confusion_tta.png", "pair_cmc.png", "pair_training_curves.png"):
         assert (tmp_path / "straight" / name).is_file(), name
     rows = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["hard_negatives"] and not rows[0]["hard_negatives"]

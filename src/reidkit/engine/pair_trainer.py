@@ -223,6 +223,12 @@ def load_train_records(root: str | Path) -> list[Record]:
     return load_dataset(root).train
 
 
+def plot_pair_confusion(report: dict[str, Any], path: Path, name: str) -> Path:
+    """The validation pairs' confusion matrix picture of a `verification_report`."""
+    return plot_confusion(np.asarray(report["confusion_matrix"]), path,
+                          title=f"{name}\nvalidation pairs: {report['accuracy']:.1f}% correct")
+
+
 class PairTrainer:
     def __init__(self, cfg: PairTrainConfig, out_dir: str | Path, data_root: str | Path | None = None,
                  device: str | None = None, show_progress: bool = True):
@@ -462,16 +468,15 @@ class PairTrainer:
 
     def final_report(self) -> dict[str, Any]:
         """Full evaluation of the current weights with pictures: ROC, confusion matrix, CMC. Unless `eval` already
-        asks for both test-time views, the pair metrics and CMC with both (`tta`) are reported too."""
+        asks for both test-time views, the pair metrics and CMC with both (`tta`) are reported too, with their own
+        confusion matrix and ROC curve."""
         e = self.cfg.eval
+        labels = self.val_pairs.label
         scores = self.validation_scores()
-        report = verification_report(scores, self.val_pairs.label, e.threshold)
-        fpr, tpr, _ = roc_curve(scores, self.val_pairs.label)
+        report = verification_report(scores, labels, e.threshold)
         name = self.cfg.model.name
-        plot_roc({f"{name} (AUC {report['auc']:.3f})": (fpr, tpr)}, self.out / "pair_roc.png",
-                 title=f"{name}: validation pairs")
-        plot_confusion(np.asarray(report["confusion_matrix"]), self.out / "pair_confusion.png",
-                       title=f"{name}: validation pairs ({report['accuracy']:.1f}% correct)")
+        curves = {f"{name} (AUC {report['auc']:.3f})": roc_curve(scores, labels)[:2]}
+        plot_pair_confusion(report, self.out / "pair_confusion.png", name)
         cmc = self.validation_cmc(e.symmetric, e.flip)
         plot_cmc(np.asarray(cmc["cmc"]) / 100.0, self.out / "pair_cmc.png",
                  title=f"{name}: single-shot CMC, {e.cmc_ids} ids x {e.cmc_draws} draws")
@@ -479,9 +484,13 @@ class PairTrainer:
                                   "calibrated": self.calibrated_report(scores, e.symmetric, e.flip)}
         if not (e.symmetric and e.flip):
             tta_scores = self.validation_scores(True, True)
-            result["tta"] = {"pairs": verification_report(tta_scores, self.val_pairs.label, e.threshold),
-                             "cmc": self.validation_cmc(True, True), "views": {"symmetric": True, "flip": True},
+            tta = verification_report(tta_scores, labels, e.threshold)
+            curves[f"{name}, test-time views (AUC {tta['auc']:.3f})"] = roc_curve(tta_scores, labels)[:2]
+            plot_pair_confusion(tta, self.out / "pair_confusion_tta.png", f"{name}, test-time views")
+            result["tta"] = {"pairs": tta, "cmc": self.validation_cmc(True, True),
+                             "views": {"symmetric": True, "flip": True},
                              "calibrated": self.calibrated_report(tta_scores, True, True)}
+        plot_roc(curves, self.out / "pair_roc.png", title=f"{name}: validation pairs")
         return result
 
     # ---------------------------------------------------------- checkpointing
