@@ -373,9 +373,9 @@ def test_idla_accuracy_recipe_is_the_budget_config_plus_its_stated_options():
     assert recipe.pop("loss") == {"id_weight": 1.0, "id_label_smooth": 0.1}
     assert (recipe["optim"].pop("epochs"), recipe["sampling"].pop("hard_from_epoch")) == (80, 75)
     assert (recipe.pop("num_threads"), recipe.pop("max_minutes")) == (2, 0)
-    for key in ("optim", "sampling"):
-        budget[key].pop("epochs" if key == "optim" else "hard_from_epoch")
-    budget.pop("num_threads"), budget.pop("max_minutes")
+    for section, key in (("optim", "epochs"), ("sampling", "hard_from_epoch")):
+        del budget[section][key]
+    del budget["num_threads"], budget["max_minutes"]
     assert recipe == budget
     cfg = load_config(PairTrainConfig, configs / "idla_bn_id_cuhk03np.yaml")
     assert cfg.model.batchnorm and cfg.loss.id_weight == 1.0 and cfg.optim.epochs == 80
