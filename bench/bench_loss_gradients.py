@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 
 from checkpoint_report import measured_or_published
+from reidkit.checkpoint import model_from_checkpoint
 from reidkit.config import load_config
 from reidkit.data.market import parse_market_name
 from reidkit.data.store import load_image_tensor
-from reidkit.engine.checkpoint import model_from_checkpoint
-from reidkit.engine.config import TrainConfig
-from reidkit.engine.transforms import normalize
+from reidkit.data.transforms import normalize
 from reidkit.losses import build_loss
 from reidkit.miners import HardestPairMiner
 from reidkit.models import build_model
+from reidkit.training.config import TrainConfig
 from reidkit.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from bench_pairnets import cpu_name, run_results, throughput
-from reidkit.engine.pair_trainer import retain_freed_memory
 from reidkit.models import build_model
 from reidkit.models.complexity import count_flops, count_params
+from reidkit.training.pair import retain_freed_memory
 from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
+from reidkit.checkpoint import load_checkpoint
 from reidkit.config import from_dict
-from reidkit.engine.checkpoint import load_checkpoint
-from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer
 from reidkit.metrics.verification import best_threshold, verification_report
+from reidkit.training.pair import PairTrainConfig, PairTrainer
 from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from checkpoint_report import measured_or_published
+from reidkit.checkpoint import load_checkpoint
+from reidkit.data.pairs import balanced_pairs
 from reidkit.data.records import split_arrays
 from reidkit.data.split import carve_validation_records
-from reidkit.engine.checkpoint import load_checkpoint
-from reidkit.engine.extractor import Extractor
-from reidkit.engine.pair_trainer import load_train_records
-from reidkit.engine.pairs import balanced_pairs
+from reidkit.inference.extractor import Extractor
 from reidkit.metrics.verification import roc_curve, verification_report
+from reidkit.training.pair import load_train_records
 from reidkit.utils import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from reidkit.engine.pair_trainer import retain_freed_memory
 from reidkit.models import build_model
+from reidkit.training.pair import retain_freed_memory
 from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]

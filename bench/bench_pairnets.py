@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reidkit.engine.pair_trainer import plot_pair_confusion, retain_freed_memory
 from reidkit.export.onnx import export_pair_onnx
 from reidkit.models import build_model
-from reidkit.models.native import native_library
-from reidkit.models.ncc import NormalizedCrossCorrelation
+from reidkit.models.pair.native import native_library
+from reidkit.models.pair.ncc import NormalizedCrossCorrelation
+from reidkit.training.pair import plot_pair_confusion, retain_freed_memory
 from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,9 +173,9 @@ def bench_runtimes(x1: torch.Tensor, x2: torch.Tensor, repeats: int, threads: in
 
 def load_run_split(run: Path, data_root: Path) -> tuple[torch.nn.Module, dict, object] | None:
     """(eval-mode best.pt model, its data config, the carve-out it trained with), or None if either is missing."""
+    from reidkit.checkpoint import model_from_checkpoint
     from reidkit.data.split import carve_validation_records
-    from reidkit.engine.checkpoint import model_from_checkpoint
-    from reidkit.engine.pair_trainer import load_train_records
+    from reidkit.training.pair import load_train_records
 
     if not (run / "best.pt").is_file() or not data_root.is_dir():
         return None
@@ -191,9 +191,9 @@ def int8_validation(run: Path, data_root: Path, work: Path, threads: int) -> dic
     Calibration uses training images only: 4 batches of 64 pairs among the first 512 images of the carve-out's
     training side (image i with image i + 256).
     """
+    from reidkit.data.pairs import balanced_pairs
     from reidkit.data.records import split_arrays
     from reidkit.data.store import load_image_tensor
-    from reidkit.engine.pairs import balanced_pairs
     from reidkit.metrics.verification import verification_report
 
     loaded = load_run_split(run, data_root)
@@ -298,7 +298,7 @@ def run_results(run_dirs: list[Path], copy_pictures: bool = True) -> dict[str, d
 
 def plot_validation_tracks(runs: dict[str, dict], path: Path) -> None:
     """Balanced validation pair accuracy against the epoch, one line per run (its pace at a glance)."""
-    from reidkit.engine.plots import plot_metric_per_epoch
+    from reidkit.training.plots import plot_metric_per_epoch
 
     series = []
     for name, run in runs.items():
@@ -346,7 +346,7 @@ def bench_rerank(run: Path, data_root: Path, top_k: int = 20, embedding: Path | 
            for key in ("pid", "camid")]
     q_pids, q_cams, g_pids, g_cams = ids
     if embedding is not None:
-        from reidkit.engine.extractor import Extractor
+        from reidkit.inference.extractor import Extractor
 
         extractor = Extractor(embedding, device="cpu")
         q_feat, g_feat = (extractor.embed([r.path for r in recs]) for recs in (split.query, split.gallery))

@@ -94,7 +94,7 @@ def _distances(a, b):
 
 
 def _run_k_reciprocal(method: str, data, show_progress: bool) -> tuple[np.ndarray, dict]:
-    from reidkit.metrics.reranking import re_ranking, re_ranking_features
+    from reidkit.rerank.methods import re_ranking, re_ranking_features
 
     qf, gf = data[0], data[1]
     info: dict = {}
@@ -123,7 +123,7 @@ def worker(config: dict) -> dict:
         distmat, info = _run_k_reciprocal(method, data, show_progress=n >= 50000)
         result.update(info)
     elif method in ("aqe", "ssm"):
-        from reidkit.metrics.reranking import rerank
+        from reidkit.rerank.methods import rerank
 
         distmat = rerank(data[0], data[1], method, **config.get("params", {}))
     elif method == "local":

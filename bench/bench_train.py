@@ -155,7 +155,7 @@ def loss_table(results: dict[str, dict], runs: dict[str, str] = LOSS_RUNS) -> li
 
 def plot_val_tracks(results: dict[str, dict], runs: dict[str, str], path: Path) -> None:
     """Validation mAP against the epoch, one line per trained model (each mutual student its own line)."""
-    from reidkit.engine.plots import plot_metric_per_epoch
+    from reidkit.training.plots import plot_metric_per_epoch
 
     series = []
     for name, label in runs.items():

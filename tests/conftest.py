@@ -38,7 +38,7 @@ def same_checkpoint_weights(path_a: Path, path_b: Path) -> bool:
 
 def interrupt_and_resume_pair_training(make_config, root: Path, out: Path) -> dict:
     """Train the pair model for one epoch (a zero time budget stops after it), then resume it to the end."""
-    from reidkit.engine.pair_trainer import train_pair_model
+    from reidkit.training.pair import train_pair_model
 
     interrupted = train_pair_model(make_config(max_minutes=1e-9), root, out, show_progress=False)
     assert interrupted["epochs_done"] == 1

@@ -16,18 +16,18 @@ import pytest
 import torch
 import yaml
 
-from reidkit.cli import main
+from reidkit.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from reidkit.cli.main import main
 from reidkit.config import load_config
 from reidkit.data import load_dataset
 from reidkit.data.records import split_arrays
-from reidkit.engine.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from reidkit.engine.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
-from reidkit.engine.extractor import Extractor
-from reidkit.engine.features import embed_tensor, embed_tensor_local
-from reidkit.engine.trainer import EmbeddingTrainer
 from reidkit.errors import ConfigError, ModelError
+from reidkit.inference.extractor import Extractor
+from reidkit.inference.features import embed_tensor, embed_tensor_local
 from reidkit.metrics import evaluate_rank_full
 from reidkit.models import build_model
+from reidkit.training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
+from reidkit.training.embedding import EmbeddingTrainer
 from test_alignment import naive_local_distance
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -296,8 +296,8 @@ def test_mutual_students_each_train_their_local_branch(tiny_market, tmp_path):
 @pytest.fixture
 def captured_distmat(monkeypatch):
     """The distance matrix `reidkit evaluate` ranks, and the arrays it extracted from a checkpoint."""
-    import reidkit.engine.extractor as extractor
-    import reidkit.metrics.report as report
+    import reidkit.cli.evaluate as report
+    import reidkit.inference.extractor as extractor
 
     seen: dict = {}
     real_rank, real_extract = report.evaluate_rank_full, extractor.extract_split_features

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from reidkit.engine.backends import (
+from reidkit.errors import ModelError
+from reidkit.inference.backends import (
     OnnxExtractor,
     OpenVinoExtractor,
     Preprocessing,
@@ -18,7 +19,6 @@ from reidkit.engine.backends import (
     _rewrite_mvn_with_epsilon,
     build_extractor,
 )
-from reidkit.errors import ModelError
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -33,7 +33,7 @@ INTEL_0267 = MODELS / "onnx" / "person-reidentification-retail-0267.onnx"
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised small embedding model at the usual 256x128 input."""
-    from reidkit.engine.checkpoint import save_checkpoint
+    from reidkit.checkpoint import save_checkpoint
     from reidkit.models import build_model
 
     torch.manual_seed(0)
@@ -149,7 +149,7 @@ def test_failed_verification_writes_nothing(checkpoint, tmp_path):
 def test_export_cli_prints_json(checkpoint, tmp_path, capsys):
     import argparse
 
-    from reidkit.export.cli import add_export_parser
+    from reidkit.cli.export import add_export_parser
 
     parser = argparse.ArgumentParser()
     add_export_parser(parser.add_subparsers(dest="command"))

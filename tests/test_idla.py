@@ -7,17 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_pair_onnx_export_matches
-from reidkit.engine.pair_trainer import PairModelConfig
 from reidkit.errors import ModelError
 from reidkit.models import build_model
-from reidkit.models.idla import (
+from reidkit.models.pair.idla import (
     AcrossPatch,
     PatchSummary,
     _neighbourhood_differences_traceable,
     neighbourhood_differences,
     trunk_output_size,
 )
-from reidkit.models.native import native_library
+from reidkit.models.pair.native import native_library
+from reidkit.training.pair import PairModelConfig
 
 
 def naive_neighbourhood_differences(f: torch.Tensor, g: torch.Tensor, size: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reidkit.cli import main
+from reidkit.cli.main import main
 from reidkit.errors import ReIDError
 from reidkit.metrics import (
     compute_distance_matrix,
@@ -469,8 +469,8 @@ def test_cli_bad_npz_exit_code_2(tmp_path, capsys):
 
 
 def test_cli_evaluate_checkpoint_on_dataset(tiny_market, tmp_path, monkeypatch):
-    import reidkit.engine.extractor as extractor
-    from reidkit.engine.checkpoint import save_checkpoint
+    import reidkit.inference.extractor as extractor
+    from reidkit.checkpoint import save_checkpoint
     from reidkit.models import build_model
 
     extracted = {}

@@ -17,16 +17,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import interrupt_and_resume_pair_training, same_checkpoint_weights
+from reidkit.checkpoint import model_from_checkpoint
+from reidkit.cli.train import PAIR_MODELS, _model_name
 from reidkit.config import load_config
-from reidkit.engine.checkpoint import model_from_checkpoint
-from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, train_pair_model
-from reidkit.engine.pairs import anchor_is_first, identity_batches
-from reidkit.engine.train_cli import PAIR_MODELS, _model_name
+from reidkit.data.pairs import anchor_is_first, identity_batches
 from reidkit.errors import ConfigError, ModelError, TrainingError
 from reidkit.losses import ImprovedRankingLoss, build_loss
 from reidkit.models import build_model
 from reidkit.models.complexity import count_flops, count_params, flop_breakdown
-from reidkit.models.mls import PatchSampler, depthwise_correlation, level_map_sizes
+from reidkit.models.pair.mls import PatchSampler, depthwise_correlation, level_map_sizes
+from reidkit.training.pair import PairTrainConfig, PairTrainer, train_pair_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = (48, 40)  # smallest convenient input: maps 12x10 (low), 6x5 (mid), 3x3 (high)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import assert_pair_onnx_export_matches
 from reidkit.errors import ModelError
 from reidkit.models import build_model
-from reidkit.models.native import load_library, native_library
-from reidkit.models.ncc import CorrelationSummary, NormalizedCrossCorrelation
+from reidkit.models.pair.native import load_library, native_library
+from reidkit.models.pair.ncc import CorrelationSummary, NormalizedCrossCorrelation
 
 
 def naive_ncc(a: torch.Tensor, b: torch.Tensor, patch: int, radius: int, eps: float) -> torch.Tensor:

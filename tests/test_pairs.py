@@ -15,8 +15,7 @@ from PIL import Image
 
 from conftest import interrupt_and_resume_pair_training, same_checkpoint_weights
 from reidkit.config import load_config
-from reidkit.engine.pair_trainer import PairTrainConfig, PairTrainer, load_train_records, train_pair_model
-from reidkit.engine.pairs import (
+from reidkit.data.pairs import (
     balanced_pairs,
     hardest_candidates,
     identity_batches,
@@ -44,6 +43,7 @@ from reidkit.metrics.verification import (
     verification_report,
 )
 from reidkit.models import build_model
+from reidkit.training.pair import PairTrainConfig, PairTrainer, load_train_records, train_pair_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -415,9 +415,9 @@ def _features_with_paths(tiny_market: Path, path: Path) -> dict:
 
 
 def test_evaluate_pair_checkpoint_reranks_the_top_k_like_a_plain_loop(tiny_market, tmp_path, monkeypatch):
-    import reidkit.metrics.report as report
-    from reidkit.cli import main
-    from reidkit.engine.checkpoint import save_checkpoint
+    import reidkit.cli.evaluate as report
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.cli.main import main
 
     arrays = _features_with_paths(tiny_market, tmp_path / "feats.npz")
     torch.manual_seed(0)
@@ -455,8 +455,8 @@ def test_evaluate_pair_checkpoint_reranks_the_top_k_like_a_plain_loop(tiny_marke
 
 
 def test_evaluate_pair_checkpoint_errors_name_the_problem(tiny_market, tmp_path, capsys):
-    from reidkit.cli import main
-    from reidkit.engine.checkpoint import save_checkpoint
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.cli.main import main
 
     arrays = _features_with_paths(tiny_market, tmp_path / "feats.npz")
     no_paths = tmp_path / "no_paths.npz"
@@ -480,7 +480,7 @@ def test_evaluate_pair_checkpoint_errors_name_the_problem(tiny_market, tmp_path,
 @pytest.mark.parametrize(("name", "option", "value"), [("idla", "mode", "beside"), ("idla", "levels", ["high"]),
                                                        ("mls", "batchnorm", True), ("idla_ncc", "use_stn", False)])
 def test_pair_model_options_of_another_model_are_refused(name, option, value):
-    from reidkit.engine.pair_trainer import PairModelConfig
+    from reidkit.training.pair import PairModelConfig
 
     cfg = PairModelConfig(name=name, **{option: value})
     with pytest.raises(ConfigError, match=f"model.{option}=.*not '{name}'"):

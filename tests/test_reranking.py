@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from reidkit.errors import ConfigError, DataError
-from reidkit.metrics.reranking import (
+from reidkit.rerank.methods import (
     knn_transition,
     query_expansion,
     re_ranking,
@@ -304,7 +304,7 @@ def test_rerank_dispatch():
 
 
 def test_cli_evaluate_rerank_matches_published_function_then_loop_evaluation(tmp_path):
-    from reidkit.cli import main
+    from reidkit.cli.main import main
     from reidkit.metrics import evaluate_rank
 
     rng = np.random.default_rng(5)

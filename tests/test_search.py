@@ -355,7 +355,7 @@ def test_search_rank1_matches_plain_loop_and_evaluate_rank():
 
 
 def test_k_reciprocal_over_the_whole_gallery_equals_full_reranking():
-    from reidkit.metrics.reranking import re_ranking_features
+    from reidkit.rerank.methods import re_ranking_features
 
     gallery, queries = clustered(60, 8, 6, seed=5), clustered(4, 8, 6, seed=6)
     meta = index_module.Metadata(np.array([f"g{i}" for i in range(60)], dtype=object), *(np.zeros(60, int),) * 3)
@@ -368,7 +368,7 @@ def test_k_reciprocal_over_the_whole_gallery_equals_full_reranking():
 
 
 def test_pair_network_reranking_orders_candidates_by_pair_score(tmp_path, image_folder):
-    from reidkit.engine.backends import images_to_uint8
+    from reidkit.inference.backends import images_to_uint8
     from reidkit.models import build_model
 
     torch.manual_seed(0)
@@ -407,7 +407,7 @@ def test_ranked_list_picture_frames(tmp_path):
 # ----------------------------------------------------------------------------------------------- CLI
 
 def _parser() -> argparse.ArgumentParser:
-    from reidkit.search.cli import add_search_parsers
+    from reidkit.cli.search import add_search_parsers
 
     parser = argparse.ArgumentParser(prog="reidkit")
     add_search_parsers(parser.add_subparsers(dest="command", required=True))
@@ -416,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
 
 @pytest.fixture
 def small_checkpoint(tmp_path) -> Path:
-    from reidkit.engine.checkpoint import save_checkpoint
+    from reidkit.checkpoint import save_checkpoint
     from reidkit.models import build_model
 
     torch.manual_seed(0)
@@ -429,10 +429,12 @@ def small_checkpoint(tmp_path) -> Path:
 
 
 def test_cli_choices_mirror_library_constants():
-    from reidkit.engine.backends import BACKENDS
-    from reidkit.export.cli import FORMAT_CHOICES
+    from reidkit.cli import search as cli
+    from reidkit.cli.export import FORMAT_CHOICES
     from reidkit.export.onnx import FORMATS
-    from reidkit.search import cli, knn, rerank, sources
+    from reidkit.inference.backends import BACKENDS
+    from reidkit.rerank import candidates as rerank
+    from reidkit.search import knn, sources
 
     approx, rerankers = ("auto", "none", *knn.APPROX_KINDS), ("none", *rerank.RERANKERS)
     assert cli.BACKEND_CHOICES == BACKENDS and cli.METHOD_CHOICES == knn.METHODS
@@ -469,7 +471,7 @@ def test_cuhk03_search_rank1_equals_evaluate_rank_with_intel_0288(tmp_path):
         pytest.skip("../shared CUHK03-NP data or Intel 0288 model not present")
     pytest.importorskip("openvino")
     from reidkit.data import carve_validation_records, load_image_folder
-    from reidkit.engine.backends import build_extractor
+    from reidkit.inference.backends import build_extractor
     from reidkit.metrics import evaluate_rank
 
     val = carve_validation_records(load_image_folder(CUHK03_TRAIN).train, 150, seed=0)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from scipy.spatial.distance import cdist
 
-from reidkit.cli import main as cli_main
+from reidkit.cli.main import main as cli_main
 from reidkit.data import synth
 from reidkit.data.synth import SynthConfig, generate_arrays, generate_market_dataset, render_identity_images
 from reidkit.errors import ConfigError, DataError

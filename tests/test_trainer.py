@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from reidkit.cli import main
-from reidkit.engine.checkpoint import load_checkpoint
-from reidkit.engine.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from reidkit.engine.extractor import Extractor
-from reidkit.engine.trainer import EmbeddingTrainer, train_embedding
+from reidkit.checkpoint import load_checkpoint
+from reidkit.cli.main import main
 from reidkit.errors import ConfigError, TrainingError
+from reidkit.inference.extractor import Extractor
+from reidkit.training.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from reidkit.training.embedding import EmbeddingTrainer, train_embedding
 
 
 def tiny_config(**optim) -> TrainConfig:
@@ -114,7 +114,7 @@ def test_metric_loss_settings_reach_the_loss_or_fail_clearly(tiny_market, tmp_pa
 def test_plot_metric_per_epoch_writes_a_picture_atomically(tmp_path):
     from PIL import Image
 
-    from reidkit.engine.plots import plot_metric_per_epoch
+    from reidkit.training.plots import plot_metric_per_epoch
 
     path = tmp_path / "curves.png"
     plot_metric_per_epoch([("a: student 1", [5, 10], [20.0, 40.0], "a"), ("a: student 2", [5, 10], [21.0, 41.0], "a"),

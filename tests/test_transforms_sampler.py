@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from reidkit.config import load_config
-from reidkit.engine.sampler import PKSampler
-from reidkit.engine.transforms import AugmentConfig, BatchAugment, _random_erase, _random_translate, resize_image
+from reidkit.data.sampler import PKSampler
+from reidkit.data.transforms import AugmentConfig, BatchAugment, _random_erase, _random_translate, resize_image
 from reidkit.errors import ConfigError
 
 

@@ -13,16 +13,16 @@ __all__ = ["Extractor", "TrainConfig", "build_model", "evaluate_rank", "load_dat
 
 if TYPE_CHECKING:
     from .data import load_dataset
-    from .engine.config import TrainConfig
-    from .engine.extractor import Extractor
-    from .engine.trainer import train_embedding
+    from .inference.extractor import Extractor
     from .metrics import evaluate_rank
     from .models import build_model
+    from .training.config import TrainConfig
+    from .training.embedding import train_embedding
 
 _LAZY = {
-    "Extractor": "reidkit.engine.extractor",
-    "TrainConfig": "reidkit.engine.config",
-    "train_embedding": "reidkit.engine.trainer",
+    "Extractor": "reidkit.inference.extractor",
+    "TrainConfig": "reidkit.training.config",
+    "train_embedding": "reidkit.training.embedding",
     "build_model": "reidkit.models",
     "evaluate_rank": "reidkit.metrics",
     "load_dataset": "reidkit.data",

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..engine.transforms import resize_image
 from ..errors import DataError
 from ..utils import progress
+from .transforms import resize_image
 
 
 def _load_one(path: str | Path, size: tuple[int, int], mode: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Deployment exports: ONNX (dynamic batch) and OpenVINO IR, verified against PyTorch.
 
 >>> from reidkit.export import export_model
-Exports are lazy so that `reidkit.export.cli` (imported when the CLI parser is built) does not load torch.
+Exports are lazy so that `reidkit.cli.export` (imported when the CLI parser is built) does not load torch.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ..data.images import is_image_name
-from ..engine.backends import (
+from ..errors import ModelError
+from ..inference.backends import (
     OnnxExtractor,
     OpenVinoExtractor,
     Preprocessing,
@@ -30,7 +31,6 @@ from ..engine.backends import (
     images_to_uint8,
     sidecar_path,
 )
-from ..errors import ModelError
 from ..utils import atomic_write_json
 
 FORMATS = ("onnx", "openvino")

@@ -38,6 +38,7 @@ every identity's ranked items) and is meant for CUHK03-sized galleries.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -503,3 +504,25 @@ def _tile_groups_per_row(groups_per_row: np.ndarray, num_repeats: int) -> np.nda
     block_offset = np.repeat(group_offset, num_repeats)
     within = np.arange(per_block.sum()) - np.repeat(np.cumsum(per_block) - per_block, per_block)
     return np.repeat(block_offset, per_block) + within
+
+
+def summarize(cmc: Sequence[float] | np.ndarray, mAP: float, mINP: float | None = None, *,
+              num_valid_queries: int | None = None, num_skipped_queries: int | None = None,
+              ranks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
+    """Headline numbers as percentages: {"rank1", "rank5", "rank10", "mAP", "mINP"} (+ query counts if given).
+
+    A rank beyond the end of `cmc` (gallery smaller than 10) takes the curve's last value, where it is flat.
+    `mINP=None` is reported as None.
+    """
+    cmc = np.asarray(cmc, dtype=np.float64).ravel()
+    if cmc.size == 0:
+        raise MetricInputError("cmc: empty curve")
+    # CMC values are float32 (7 significant digits): rounding drops float32->float64 noise like 3.99999991.
+    summary: dict[str, Any] = {f"rank{k}": round(100.0 * float(cmc[min(k, cmc.size) - 1]), 5) for k in ranks}
+    summary["mAP"] = 100.0 * float(mAP)
+    summary["mINP"] = None if mINP is None else 100.0 * float(mINP)
+    if num_valid_queries is not None:
+        summary["num_valid_queries"] = int(num_valid_queries)
+    if num_skipped_queries is not None:
+        summary["num_skipped_queries"] = int(num_skipped_queries)
+    return summary

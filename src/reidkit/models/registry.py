@@ -1,7 +1,7 @@
 """One model factory: `build_model(name, **cfg)`, in the spirit of timm's `create_model`.
 
-Model modules register their builders with `@register_model("name")`. Every module of this package is
-imported on first use, so a new model file needs no edit anywhere else.
+Model modules register their builders with `@register_model("name")`. Every module of this package (and its
+subpackages) is imported on first use, so a new model file needs no edit anywhere else.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def _discover() -> None:
     if _discovered:
         return
     package = importlib.import_module("reidkit.models")
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.name != "registry":
-            importlib.import_module(f"reidkit.models.{info.name}")
+    for info in pkgutil.walk_packages(package.__path__, prefix="reidkit.models."):
+        if info.name != __name__:
+            importlib.import_module(info.name)
     _discovered = True
 
 

@@ -1,7 +1,7 @@
 """Gallery search: a persistent feature index with exact or faiss search and optional re-ranking.
 
 >>> from reidkit.search import GalleryIndex, collect_items
-Exports are lazy so that `reidkit.search.cli` (imported when the CLI parser is built) does not load torch/faiss.
+Exports are lazy so that `reidkit.cli.search` (imported when the CLI parser is built) does not load torch/faiss.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..data.records import Record
-from ..engine.backends import FeatureExtractor, decode_images, describe_extractor
 from ..errors import ModelError, ReIDError
+from ..inference.backends import FeatureExtractor, decode_images, describe_extractor
 from ..utils import atomic_path, atomic_save_npy, atomic_write_json, progress
 from . import knn
 
@@ -344,7 +344,7 @@ class GalleryIndex:
         scores, indices = self._first_stage(queries, first_k, chosen)
         results = SearchResults(scores, indices, self.metadata, chosen)
         if rerank:
-            from .rerank import rerank_candidates
+            from ..rerank.candidates import rerank_candidates
 
             results = rerank_candidates(results, queries, self.features, k, rerank, **rerank_params)
         else:

@@ -21,7 +21,7 @@ rather than patch-major storage makes the normalisation's writes run along map r
 docs/pair_networks.md for the timings.
 
 Inference on CPU float32 goes through a fused C kernel instead (kernels.c, built on first use by
-reidkit.models.native; `native=False` or REIDKIT_NATIVE=0 keep the PyTorch path, which is also the fallback
+reidkit.models.pair.native; `native=False` or REIDKIT_NATIVE=0 keep the PyTorch path, which is also the fallback
 without a C compiler): per (pair, channel) block it normalises both maps' patches into cache-resident buffers
 and computes the band products with register-blocked vector code, so no patch store is ever materialised.
 Inside IDLA-NCC the layer's consumer, the 1x1 summary convolution, is fused in as well (forward and backward, so
@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ...errors import ModelError
+from ..registry import register_model
 from .idla import (
     PAPER_INPUT_SIZE,
     AcrossPatch,
@@ -50,7 +51,6 @@ from .idla import (
     trunk_output_size,
 )
 from .native import native_library, run_split, run_split_summed
-from .registry import register_model
 
 NCC_MODES = ("replace", "beside")
 
@@ -156,7 +156,7 @@ class NormalizedCrossCorrelation(nn.Module):
         if chunk_size < 1:
             raise ModelError(f"chunk_size={chunk_size}: must be >= 1")
         self.patch_size, self.row_radius, self.eps, self.chunk_size = patch_size, row_radius, eps, chunk_size
-        # Inference on CPU float32 uses the fused C kernel (reidkit.models.native) when it builds here.
+        # Inference on CPU float32 uses the fused C kernel (reidkit.models.pair.native) when it builds here.
         self.native = native
 
     def extra_repr(self) -> str:

@@ -12,39 +12,17 @@ import numpy as np
 import torch
 
 from ..errors import DataError, ReIDError
+from ..metrics.alignment import local_distance
+from ..metrics.distance import compute_distance_matrix
+from ..metrics.plots import plot_cmc, ranked_list_grid
+from ..metrics.rank import MetricInputError, RankResult, evaluate_rank_full, summarize
 from ..utils import atomic_write_json
-from .alignment import local_distance
-from .distance import compute_distance_matrix
-from .plots import plot_cmc, ranked_list_grid
-from .rank import MetricInputError, RankResult, evaluate_rank_full
 
 ID_KEYS = ("q_pids", "g_pids", "q_camids", "g_camids")
 DISTMAT_KEYS = ("distmat", *ID_KEYS)
 FEATURE_KEYS = ("query_features", "gallery_features", *ID_KEYS)
 PATH_KEYS = ("q_paths", "g_paths")
 LOCAL_KEYS = ("query_local", "gallery_local")  # AlignedReID local features (N, stripes, dim), optional
-
-
-def summarize(cmc: Sequence[float] | np.ndarray, mAP: float, mINP: float | None = None, *,
-              num_valid_queries: int | None = None, num_skipped_queries: int | None = None,
-              ranks: Sequence[int] = (1, 5, 10)) -> dict[str, Any]:
-    """Headline numbers as percentages: {"rank1", "rank5", "rank10", "mAP", "mINP"} (+ query counts if given).
-
-    A rank beyond the end of `cmc` (gallery smaller than 10) takes the curve's last value, where it is flat.
-    `mINP=None` is reported as None.
-    """
-    cmc = np.asarray(cmc, dtype=np.float64).ravel()
-    if cmc.size == 0:
-        raise MetricInputError("cmc: empty curve")
-    # CMC values are float32 (7 significant digits): rounding drops float32->float64 noise like 3.99999991.
-    summary: dict[str, Any] = {f"rank{k}": round(100.0 * float(cmc[min(k, cmc.size) - 1]), 5) for k in ranks}
-    summary["mAP"] = 100.0 * float(mAP)
-    summary["mINP"] = None if mINP is None else 100.0 * float(mINP)
-    if num_valid_queries is not None:
-        summary["num_valid_queries"] = int(num_valid_queries)
-    if num_skipped_queries is not None:
-        summary["num_skipped_queries"] = int(num_skipped_queries)
-    return summary
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,11 +46,11 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def _pair_reranked(inputs: dict[str, np.ndarray], source: str, args: argparse.Namespace) -> np.ndarray:
     """`distmat` with each query's top-k re-ordered by a pair network (IDLA, IDLA-NCC, MLS) on the images."""
+    from ..checkpoint import model_from_checkpoint
     from ..data.store import load_image_tensor
-    from ..engine.checkpoint import model_from_checkpoint
-    from ..models.idla import PairNetwork
+    from ..metrics.pair_ranking import pair_network_scorer, rerank_top_k
+    from ..models.pair.idla import PairNetwork
     from ..utils import resolve_device
-    from .pair_ranking import pair_network_scorer, rerank_top_k
 
     where = f"--pair-checkpoint {args.pair_checkpoint}"
     missing = [k for k in PATH_KEYS if k not in inputs]
@@ -151,7 +129,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
     elif getattr(args, "checkpoint", None) is not None:
         if getattr(args, "data", None) is None:
             raise ReIDError(f"--checkpoint {args.checkpoint}: also give --data (the dataset root to evaluate on)")
-        from ..engine.extractor import extract_split_features
+        from ..inference.extractor import extract_split_features
 
         local_weight = getattr(args, "local_weight", 0.0)
         arrays = extract_split_features(args.checkpoint, args.data, device=args.device,
@@ -171,7 +149,7 @@ def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_met
         raise DataError(f"{source}: missing {', '.join(missing)}")
     try:
         if rerank_method != "none":  # re-ranking defines its own distance (k-reciprocal: euclidean features)
-            from .reranking import rerank
+            from ..rerank.methods import rerank
 
             distmat = rerank(arrays["query_features"], arrays["gallery_features"], rerank_method)
         else:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from ..data.transforms import normalize
 from ..errors import ModelError
 from ..utils import progress
-from .transforms import normalize
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 

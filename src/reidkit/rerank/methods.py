@@ -37,8 +37,8 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import ConfigError, DataError
+from ..metrics.distance import compute_distance_matrix
 from ..utils import progress
-from .distance import compute_distance_matrix
 
 # Extra candidates kept by the float32 top-k pass and re-sorted on exact float64 distances: float32 rounding
 # (~1e-6 relative) can swap nearly equal neighbours around the k-th place; the margin lets the exact re-sort

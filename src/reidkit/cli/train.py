@@ -12,9 +12,9 @@ from ..data import load_dataset
 from ..data.records import split_arrays
 from ..data.store import load_image_tensor
 from ..errors import ConfigError
+from ..inference.extractor import Extractor
+from ..training.config import TrainConfig
 from ..utils import atomic_path
-from .config import TrainConfig
-from .extractor import Extractor
 
 PAIR_MODELS = ("idla", "idla_ncc", "mls")  # routed to the pair trainer
 
@@ -33,11 +33,11 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
               no_val: bool = False, show_progress: bool = True) -> dict:
     overrides = list(overrides) + (["data.validation=none"] if no_val else [])
     if _model_name(config) in PAIR_MODELS:
-        from .pair_trainer import train_pair_model_from_cli
+        from ..training.pair import train_pair_model_from_cli
 
         return train_pair_model_from_cli(config, overrides, data=data, out=out, resume=resume,
                                          show_progress=show_progress)
-    from .trainer import train_embedding
+    from ..training.embedding import train_embedding
 
     cfg = load_config(TrainConfig, config, overrides)
     result = train_embedding(cfg, out, data_root=data, resume=resume, show_progress=show_progress)

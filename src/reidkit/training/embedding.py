@@ -18,24 +18,24 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ..config import to_dict
 from ..data import load_dataset
 from ..data.records import ReIDDataset, relabel, split_arrays
+from ..data.sampler import PKSampler
 from ..data.split import carve_validation_records
 from ..data.store import load_image_tensor
+from ..data.transforms import BatchAugment, normalize
 from ..errors import ConfigError, TrainingError
+from ..inference.features import embed_tensor, embed_tensor_local
 from ..losses import MutualLearningLoss, build_loss, loss_parameters
 from ..metrics import compute_distance_matrix, evaluate_rank_full, summarize
 from ..metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ..models import build_model
 from ..utils import atomic_write_json, progress, resolve_device, seed_everything
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import LossConfig, TrainConfig
-from .features import embed_tensor, embed_tensor_local
 from .plots import plot_training_curves
 from .runlog import append_log, start_run
-from .sampler import PKSampler
-from .transforms import BatchAugment, normalize
 
 
 def prepare_splits(cfg: TrainConfig, data_root: str | Path | None = None) -> ReIDDataset:

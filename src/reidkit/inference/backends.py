@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from ..data.images import read_image
+from ..data.transforms import resize_image
 from ..errors import DataError, ModelError, ReIDError
 from ..utils import progress
 from .extractor import Extractor, ImageLike
-from .transforms import resize_image
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import atomic_path
+from ...utils import atomic_path
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")

@@ -9,11 +9,11 @@ import numpy as np
 
 from ..data.records import split_arrays
 from ..data.synth import SynthConfig, generate_market_dataset
+from ..inference.features import embed_tensor
 from ..metrics import compute_distance_matrix, evaluate_rank_full, plot_cmc, ranked_list_grid, summarize
+from ..training.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from ..training.embedding import EmbeddingTrainer
 from ..utils import atomic_write_json
-from .config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-from .features import embed_tensor
-from .trainer import EmbeddingTrainer
 
 DEMO_SYNTH = SynthConfig(num_train_ids=120, num_test_ids=60, num_cameras=3, images_per_camera=3, seed=0)
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ...errors import ModelError
+from ..registry import register_model
 from .idla import PairNetwork, pair_head
-from .registry import register_model
 
 LEVELS = ("low", "mid", "high")
 DEFAULT_INPUT_SIZE = (160, 64)

@@ -10,7 +10,7 @@ FORMAT_CHOICES = ("onnx", "openvino")  # export.onnx.FORMATS (kept literal: buil
 
 
 def export_command(args: argparse.Namespace) -> None:
-    from .onnx import export_model, report_dict
+    from ..export.onnx import export_model, report_dict
 
     report = export_model(args.checkpoint, fmt=args.format, out=args.out, opset=args.opset,
                           verify_images=args.verify_images, num_verify=args.num_verify, tolerance=args.tolerance)

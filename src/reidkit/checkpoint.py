@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import ModelError
-from ..utils import atomic_torch_save
+from .errors import ModelError
+from .utils import atomic_torch_save
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,7 +75,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model recorded in a checkpoint and load its weights (strict)."""
-    from ..models import build_model
+    from .models import build_model
 
     payload = load_checkpoint(path, map_location)
     cfg = dict(payload["model_cfg"])

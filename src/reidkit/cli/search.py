@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ReIDError
 
 if TYPE_CHECKING:
-    from ..engine.backends import FeatureExtractor
-    from .index import GalleryIndex
+    from ..inference.backends import FeatureExtractor
+    from ..search.index import GalleryIndex
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # engine.backends.BACKENDS
 METHOD_CHOICES = ("auto", "exact", "ivf", "hnsw")  # search.knn.METHODS
@@ -29,7 +29,7 @@ RERANK_CHOICES = ("none", "k_reciprocal", "pair")  # "none" + search.rerank.RERA
 
 def _extractor(spec: Path | None, index: GalleryIndex | None, args: argparse.Namespace) -> FeatureExtractor:
     """--model if given, else the model recorded in the index."""
-    from ..engine.backends import build_extractor
+    from ..inference.backends import build_extractor
 
     if spec is None:
         if index is None:
@@ -60,8 +60,8 @@ def _print_info(info: dict[str, Any], as_json: bool) -> None:
 
 
 def index_command(args: argparse.Namespace) -> None:
-    from .index import GalleryIndex
-    from .sources import collect_items
+    from ..search.index import GalleryIndex
+    from ..search.sources import collect_items
 
     show = not args.quiet
     if args.index_command == "info":
@@ -87,7 +87,7 @@ def index_command(args: argparse.Namespace) -> None:
 
 def _query_pid(path: Path) -> int | None:
     from ..data.records import Record
-    from .sources import collect_items
+    from ..search.sources import collect_items
 
     item = collect_items(path)[0]
     return item.pid if isinstance(item, Record) else None
@@ -109,15 +109,15 @@ def _rerank_params(args: argparse.Namespace, queries: list[Path]) -> dict[str, A
         return {}
     if args.pair_checkpoint is None:
         raise ReIDError("--rerank pair needs --pair-checkpoint")
-    from ..engine.checkpoint import model_from_checkpoint
+    from ..checkpoint import model_from_checkpoint
 
     model, _ = model_from_checkpoint(args.pair_checkpoint)
     return {"model": model.eval(), "query_images": [str(q) for q in queries]}
 
 
 def search_command(args: argparse.Namespace) -> None:
-    from .index import GalleryIndex
-    from .picture import ranked_list_picture
+    from ..search.index import GalleryIndex
+    from ..search.picture import ranked_list_picture
 
     index = GalleryIndex.load(args.index)
     extractor = _extractor(args.model, index, args)
@@ -208,7 +208,7 @@ def _add_search_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_search_parsers(sub: argparse._SubParsersAction) -> None:
     """Register `index`, `search` and `export` on the `reidkit` subparsers."""
-    from ..export.cli import add_export_parser
+    from .export import add_export_parser
 
     _add_index_parser(sub)
     _add_search_parser(sub)

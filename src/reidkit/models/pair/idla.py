@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import ModelError
+from ...errors import ModelError
+from ..registry import register_model
 from .native import native_library, run_split, run_split_summed
-from .registry import register_model
 
 PAPER_INPUT_SIZE = (160, 60)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ReIDError
+from ..errors import ReIDError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from .data.synth import SynthConfig, generate_market_dataset
+    from ..data.synth import SynthConfig, generate_market_dataset
 
     cfg = SynthConfig(num_train_ids=args.train_ids, num_test_ids=args.test_ids, num_cameras=args.cameras,
                       images_per_camera=args.images_per_camera, height=args.height, width=args.width,
@@ -21,7 +21,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_split(args: argparse.Namespace) -> None:
-    from .data.split import carve_validation
+    from ..data.split import carve_validation
 
     summary = carve_validation(args.train_dir, args.out, num_val_ids=args.val_ids, seed=args.seed,
                                fmt=args.format, show_progress=not args.quiet)
@@ -29,27 +29,27 @@ def _cmd_split(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .metrics.report import evaluate_command
+    from .evaluate import evaluate_command
 
     evaluate_command(args)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .engine.train_cli import run_train
+    from .train import run_train
 
     run_train(args.config, args.overrides, data=args.data, out=args.out, resume=args.resume, no_val=args.no_val,
               show_progress=not args.quiet)
 
 
 def _cmd_extract(args: argparse.Namespace) -> None:
-    from .engine.train_cli import run_extract
+    from .train import run_extract
 
     run_extract(args.checkpoint, args.data, args.out, device=args.device, flip=args.flip,
                 show_progress=not args.quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .engine.demo import run_demo
+    from .demo import run_demo
 
     run_demo(args.out, seed=args.seed, minutes=args.minutes, device=args.device, show_progress=not args.quiet)
 
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
-    from .search.cli import add_search_parsers
+    from .search import add_search_parsers
 
     add_search_parsers(sub)  # index build|add|remove|info, search, export
     return parser

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..checkpoint import model_from_checkpoint
 from ..data import load_dataset
 from ..data.records import split_arrays
 from ..data.store import load_image_tensor
+from ..data.transforms import resize_image
 from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
-from .checkpoint import model_from_checkpoint
 from .features import embed_tensor, embed_tensor_local
-from .transforms import resize_image
 
 ImageLike = str | Path | Image.Image | np.ndarray
 

@@ -30,9 +30,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ..config import load_config, to_dict
 from ..data import load_dataset, load_image_folder
 from ..data.market import MARKET_FOLDERS
+from ..data.pairs import (
+    PairBatch,
+    anchor_is_first,
+    balanced_pairs,
+    hardest_candidates,
+    identity_batches,
+    negative_candidates,
+    random_flip,
+    random_translate,
+)
 from ..data.records import Record, split_arrays
 from ..data.split import carve_validation_records
 from ..data.store import load_image_tensor
@@ -43,17 +54,6 @@ from ..metrics.plots import plot_cmc
 from ..metrics.verification import best_threshold, plot_confusion, plot_roc, roc_curve, verification_report
 from ..models import build_model
 from ..utils import atomic_path, atomic_write_json, progress, resolve_device, seed_everything
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .pairs import (
-    PairBatch,
-    anchor_is_first,
-    balanced_pairs,
-    hardest_candidates,
-    identity_batches,
-    negative_candidates,
-    random_flip,
-    random_translate,
-)
 from .runlog import append_log, start_run
 
 PAIR_MODEL_NAMES = ("idla", "idla_ncc", "mls")

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ReIDError
-from .index import SearchResults
-from .knn import topk_rows
+from ..search.index import SearchResults
+from ..search.knn import topk_rows
 
 RERANKERS = ("k_reciprocal", "pair")
 
@@ -36,7 +36,7 @@ def _reranked(results: SearchResults, distances: np.ndarray, pool: np.ndarray, q
 def k_reciprocal(results: SearchResults, queries: np.ndarray, gallery: np.ndarray, k: int, k1: int = 20,
                  k2: int = 6, lambda_value: float = 0.3) -> SearchResults:
     """k-reciprocal re-ranking (Zhong et al. 2017) of the candidate pool; see metrics.reranking."""
-    from ..metrics.reranking import re_ranking_features
+    from .methods import re_ranking_features
 
     pool = candidate_pool(results.indices)
     if len(pool) <= k1:
@@ -50,7 +50,7 @@ def pair_network(results: SearchResults, queries: np.ndarray, gallery: np.ndarra
                  query_images: Sequence[Any], batch_size: int = 512) -> SearchResults:
     """Re-score the candidate pool with a pair network (e.g. models.idla): `model.score(q_uint8, g_uint8)` gives
     (Q, pool) same-person log-odds; the trunk runs once per image, the pair layers once per pair."""
-    from ..engine.backends import images_to_uint8
+    from ..inference.backends import images_to_uint8
 
     if not callable(getattr(model, "score", None)) or not hasattr(model, "input_size"):
         raise ReIDError(f"pair re-ranking needs a pair network with .score() and .input_size, got "
