@@ -353,7 +353,7 @@ def bench_rerank(run: Path, data_root: Path, top_k: int = 20, embedding: Path | 
         baseline, metric = f"embedding {embedding}", "cosine"
     else:
         q_feat, g_feat = stripe_histograms(q_img), stripe_histograms(g_img)
-        baseline, metric = "stripe colour histograms", "euclidean"
+        baseline, metric = "stripe colour histograms", "sqeuclidean"
     dist = np.asarray(compute_distance_matrix(q_feat, g_feat, metric=metric))
     scorer, memo = pair_network_scorer(model, q_img, g_img), {}
 

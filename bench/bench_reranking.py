@@ -88,9 +88,9 @@ def _evaluate(distmat, data) -> dict:
 
 
 def _distances(a, b):
-    from reidkit.metrics.distance import compute_distance_matrix
+    from reidkit.distance import compute_distance_matrix
 
-    return compute_distance_matrix(a, b, "l2")
+    return compute_distance_matrix(a, b, "euclidean")
 
 
 def _run_k_reciprocal(method: str, data, show_progress: bool) -> tuple[np.ndarray, dict]:

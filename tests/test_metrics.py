@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.spatial.distance import cdist
 
 from reidkit.cli.main import main
+from reidkit.distance import METRICS, pairwise_distance
 from reidkit.errors import ReIDError
 from reidkit.metrics import (
     compute_distance_matrix,
@@ -295,6 +297,7 @@ def test_unknown_ap_definition_is_rejected():
 
 
 def _naive_distances(a, b, metric):
+    """Plain loop over pairs, straight from the definitions in reidkit.distance's docstring."""
     out = np.empty((len(a), len(b)))
     for i, x in enumerate(a):
         for j, y in enumerate(b):
@@ -302,15 +305,16 @@ def _naive_distances(a, b, metric):
                 out[i, j] = 1 - x @ y / (np.linalg.norm(x) * np.linalg.norm(y))
             else:
                 squared = sum((x - y) ** 2)
-                out[i, j] = squared if metric in ("euclidean", "sqeuclidean") else np.sqrt(squared)
+                out[i, j] = squared if metric == "sqeuclidean" else np.sqrt(squared)
     return out
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "l2", "cosine"])
-def test_distance_matrix_matches_naive_loop(metric):
+@pytest.mark.parametrize("metric", METRICS)
+def test_distance_matrix_matches_naive_loop_and_scipy(metric):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(9, 5)), rng.normal(size=(13, 5))
     expected = _naive_distances(a, b, metric)
+    np.testing.assert_allclose(cdist(a, b, metric), expected, atol=1e-12)  # the loop reads the names as scipy
     got = compute_distance_matrix(a, b, metric=metric, chunk_size=4)
     assert isinstance(got, np.ndarray) and got.shape == (9, 13)
     np.testing.assert_allclose(got, expected, atol=1e-9)
@@ -320,11 +324,34 @@ def test_distance_matrix_matches_naive_loop(metric):
     np.testing.assert_allclose(got_t.numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_training_and_evaluation_distances_mean_the_same(metric):
+    # The differentiable entry point (losses, miners) against scipy: one vocabulary, whoever computes it.
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 4)), rng.normal(size=(7, 4))
+    x = torch.tensor(a, requires_grad=True)
+    got = pairwise_distance(x, torch.tensor(b), metric)
+    np.testing.assert_allclose(got.detach().numpy(), cdist(a, b, metric), atol=1e-9)
+    got.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_euclidean_is_the_square_root_of_sqeuclidean():
+    # The old trap: "euclidean" meant squared L2 in evaluation but true L2 in training.
+    a = np.array([[0.0, 0.0], [1.0, 1.0]])
+    b = np.array([[3.0, 4.0]])
+    np.testing.assert_allclose(compute_distance_matrix(a, b, "euclidean"), [[5.0], [np.sqrt(13.0)]])
+    np.testing.assert_allclose(compute_distance_matrix(a, b, "sqeuclidean"), [[25.0], [13.0]])
+    # The zero vector has no direction: it is normalised to 0, so it is at cosine distance 1 from everything.
+    np.testing.assert_allclose(compute_distance_matrix(a, b, "cosine"), [[1.0], [1 - 7 / (5 * np.sqrt(2))]],
+                               atol=1e-12)
+
+
 def test_distance_matrix_rejects_bad_input():
     with pytest.raises(ReIDError, match="feature sizes differ"):
         compute_distance_matrix(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ReIDError, match="metric"):
-        compute_distance_matrix(np.zeros((2, 3)), np.zeros((2, 3)), metric="manhattan")
+        compute_distance_matrix(np.zeros((2, 3)), np.zeros((2, 3)), metric="l2")  # not a name in reidkit
     with pytest.raises(ReIDError, match="2-D"):
         compute_distance_matrix(np.zeros(3), np.zeros((2, 3)))
 
@@ -492,7 +519,7 @@ def test_cli_evaluate_checkpoint_on_dataset(tiny_market, tmp_path, monkeypatch):
     assert main(args) == 0
     # Same float32 distances as the command (the distance function has its own test against a naive loop),
     # so near-ties of an untrained model order identically; the metrics come from the loop reference.
-    distmat = compute_distance_matrix(extracted["query_features"], extracted["gallery_features"])
+    distmat = compute_distance_matrix(extracted["query_features"], extracted["gallery_features"], "sqeuclidean")
     ref_cmc, ref_map, _, _ = reference_market(distmat, extracted["q_pids"], extracted["g_pids"],
                                               extracted["q_camids"], extracted["g_camids"], 5)
     report = json.loads(out.read_text())

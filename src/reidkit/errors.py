@@ -19,3 +19,7 @@ class ModelError(ReIDError):
 
 class TrainingError(ReIDError):
     """Training cannot continue (e.g. the loss became NaN/inf)."""
+
+
+class MetricInputError(ReIDError, ValueError):
+    """Inputs to an evaluation function are malformed (shape, NaN, empty, unknown option)."""

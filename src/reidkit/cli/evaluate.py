@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..distance import compute_distance_matrix
 from ..errors import DataError, ReIDError
 from ..metrics.alignment import local_distance
-from ..metrics.distance import compute_distance_matrix
 from ..metrics.plots import plot_cmc, ranked_list_grid
 from ..metrics.rank import MetricInputError, RankResult, evaluate_rank_full, summarize
 from ..utils import atomic_write_json

@@ -9,10 +9,10 @@ Call conventions (each class says which in its `inputs` attribute):
 Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels[, indices_tuple])`.
 """
 
+from ..distance import METRICS, check_metric, pairwise_distance
 from .aligned import AlignedTripletLoss
 from .base import MetricLoss, reduce_losses
 from .classification import CenterLoss, CrossEntropyLabelSmooth
-from .distance import METRICS, check_metric, pairwise_distance
 from .mutual import MutualLearningLoss
 from .pair import ContrastiveLoss, MarginSampleMiningLoss
 from .quadruplet import QuadrupletLoss

@@ -9,11 +9,11 @@ from typing import ClassVar
 import torch.nn as nn
 from torch import Tensor
 
+from ..distance import check_metric
 from ..errors import ConfigError, TrainingError
 from ..miners.base import BaseMiner, IndicesTuple, as_triplets, check_labels
 from ..miners.triplet import BatchHardMiner
 from .base import check_non_negative, check_reduction, reduce_losses
-from .distance import check_metric
 from .registry import register_loss
 from .triplet import ranking_hinge
 

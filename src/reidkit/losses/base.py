@@ -13,9 +13,9 @@ from typing import ClassVar
 import torch.nn as nn
 from torch import Tensor
 
+from ..distance import check_metric, pairwise_distance
 from ..errors import ConfigError
 from ..miners.base import BaseMiner, IndicesTuple, check_distance_matrix, check_labels
-from .distance import check_metric, pairwise_distance
 
 REDUCTIONS = ("mean", "sum", "nonzero_mean")
 

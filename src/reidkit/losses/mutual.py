@@ -9,9 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distance import check_metric, pairwise_distance
 from ..errors import ConfigError, TrainingError
 from .base import check_non_negative
-from .distance import check_metric, pairwise_distance
 from .registry import register_loss
 
 

@@ -46,17 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ReIDError
+from ..errors import MetricInputError
 
 AP_DEFINITIONS = ("torchreid", "market-official")
 CUHK03_NUM_REPEATS = 10
 # Matrix elements per chunk of queries: bounds the working memory (about 40 bytes per element) and keeps a
 # chunk's temporaries cache-friendly (measured: 1M elements is faster than 4M).
 _CHUNK_ELEMENTS = 1 << 20
-
-
-class MetricInputError(ReIDError, ValueError):
-    """Inputs to an evaluation function are malformed (shape, NaN, empty, unknown option)."""
 
 
 @dataclass(frozen=True)

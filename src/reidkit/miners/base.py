@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..distance import check_metric, pairwise_distance
 from ..errors import TrainingError
 
 
@@ -125,14 +126,9 @@ class BaseMiner(ABC):
     """Chooses index tuples from a batch. `miner(embeddings, labels)` or `miner.mine(dist, labels)`."""
 
     def __init__(self, metric: str = "euclidean") -> None:
-        # Imported here, not at module level: reidkit.losses imports the miners at import time.
-        from ..losses.distance import check_metric
-
         self.metric = check_metric(metric, f"{type(self).__name__}.metric")
 
     def __call__(self, embeddings: Tensor, labels: Tensor) -> IndicesTuple:
-        from ..losses.distance import pairwise_distance
-
         with torch.no_grad():
             dist = pairwise_distance(embeddings.detach(), metric=self.metric)
         return self.mine(dist, labels)

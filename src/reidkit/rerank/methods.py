@@ -36,8 +36,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..distance import compute_distance_matrix
 from ..errors import ConfigError, DataError
-from ..metrics.distance import compute_distance_matrix
 from ..utils import progress
 
 # Extra candidates kept by the float32 top-k pass and re-sorted on exact float64 distances: float32 rounding
@@ -626,7 +626,7 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, method: str =
            **params) -> np.ndarray:
     """(Q, G) distances after the named re-ranking; `params` go to the method's function.
 
-    none: euclidean distances (`compute_distance_matrix(..., "l2")`); k_reciprocal: `re_ranking_features`;
+    none: euclidean distances (`compute_distance_matrix(..., "euclidean")`); k_reciprocal: `re_ranking_features`;
     aqe: euclidean distances after `query_expansion`; ssm: `ssm_rerank` on euclidean distances.
     """
     if method not in RERANK_METHODS:
@@ -635,8 +635,8 @@ def rerank(query_features: ArrayLike, gallery_features: ArrayLike, method: str =
         return re_ranking_features(query_features, gallery_features, **params)
     query, gallery = _check_features(query_features, gallery_features)
     if method == "none":
-        return compute_distance_matrix(query, gallery, "l2", **params)
+        return compute_distance_matrix(query, gallery, "euclidean", **params)
     if method == "aqe":
-        return compute_distance_matrix(*query_expansion(query, gallery, **params), "l2")
+        return compute_distance_matrix(*query_expansion(query, gallery, **params), "euclidean")
     pairs = ((query, gallery), (query, query), (gallery, gallery))
-    return ssm_rerank(*(compute_distance_matrix(a, b, "l2") for a, b in pairs), **params)
+    return ssm_rerank(*(compute_distance_matrix(a, b, "euclidean") for a, b in pairs), **params)

@@ -1,0 +1,125 @@
+"""The one distance vocabulary of reidkit, used by losses, miners, metrics and re-ranking.
+
+    "euclidean"    true L2 distance ||x - y||                       (in [0, inf))
+    "sqeuclidean"  squared L2 distance ||x - y||^2                  (in [0, inf); torchreid's "euclidean")
+    "cosine"       1 - cos(x, y); the rows are L2-normalised here,  (in [0, 2])
+                   so raw (un-normalised) features are fine
+
+Both squared forms are computed as |x|^2 + |y|^2 - 2 x.y (one matrix product instead of a (n, m, dim)
+difference tensor) and clamped at 0, so rounding never gives a negative distance.
+
+Two entry points share that arithmetic:
+- `pairwise_distance(x, y, metric)`: differentiable, torch in / torch out, for losses and miners;
+- `compute_distance_matrix(a, b, metric)`: evaluation (no autograd), numpy or torch in -> the same type out,
+  computed in row chunks so large galleries fit in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import ConfigError, MetricInputError, TrainingError
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+# Squared distances are clamped to at least this before the sqrt: d sqrt(s)/ds = 1/(2 sqrt(s)) is infinite
+# at s = 0 (an embedding against itself), and the clamp turns that into a zero gradient instead of NaN.
+SQRT_CLAMP = 1e-12
+
+
+def check_metric(metric: str, where: str = "metric", error: type[Exception] = ConfigError) -> str:
+    """Return `metric` if it is one of METRICS, else raise `error` naming `where` and the valid choices."""
+    if metric not in METRICS:
+        raise error(f"{where}: unknown distance {metric!r}; choose one of {', '.join(METRICS)}")
+    return metric
+
+
+def _distance(x: Tensor, y: Tensor, metric: str) -> Tensor:
+    """(len(x), len(y)) distances; x and y already share dtype and device."""
+    if metric == "cosine":
+        return 1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
+    # torchreid's operation order (addmm), so "sqeuclidean" reproduces its evaluation figures.
+    squared = torch.addmm(x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0), x, y.T, beta=1, alpha=-2)
+    if metric == "sqeuclidean":
+        return squared.clamp(min=0.0)
+    return squared.clamp(min=SQRT_CLAMP).sqrt()
+
+
+# ------------------------------------------------------------------------------- differentiable (training)
+
+def _check_embeddings(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise TrainingError(f"pairwise_distance: {name} must be a 2-D (batch, dim) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise TrainingError(f"pairwise_distance: {name} must be floating point, got {x.dtype}")
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def pairwise_distance(x: Tensor, y: Tensor | None = None, metric: str = "euclidean") -> Tensor:
+    """Differentiable distance matrix D[i, j] = d(x_i, y_j) of shape (len(x), len(y)); `y` defaults to `x`.
+
+    Against itself (y None or x) the diagonal is exactly 0. Computed in float32 or wider, even under autocast.
+    """
+    check_metric(metric, "pairwise_distance.metric")
+    self_distance = y is None or y is x
+    y = x if y is None else y
+    _check_embeddings(x, "x")
+    _check_embeddings(y, "y")
+    if x.shape[1] != y.shape[1]:
+        raise TrainingError(f"pairwise_distance: x has dim {x.shape[1]} but y has dim {y.shape[1]}")
+    # |x|^2 + |y|^2 - 2 x.y cancels catastrophically in half precision: compute in at least float32,
+    # also under autocast (which would otherwise run the matmul in float16/bfloat16).
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x32, y32 = _at_least_float32(x), _at_least_float32(y)
+        dist = _distance(x32, y32.to(x32.dtype), metric)
+    if self_distance:  # d(x_i, x_i) is 0, not sqrt of the expansion's rounding noise
+        dist = dist.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), 0.0)
+    return dist
+
+
+# ------------------------------------------------------------------------------------ evaluation (no grad)
+
+def compute_distance_matrix(input1, input2, metric: str = "euclidean", chunk_size: int = 4096):
+    """Distances between the rows of `input1` (m, d) and `input2` (n, d); returns (m, n) of the input's type.
+
+    numpy inputs give a numpy array, torch inputs a tensor (on input1's device). The dtype follows the inputs
+    (float32 stays float32; integers become float32). Rows of `input1` are processed `chunk_size` at a time
+    so the temporary storage stays O(chunk_size * n). Raises MetricInputError on bad input.
+    """
+    check_metric(metric, "metric", MetricInputError)
+    if int(chunk_size) < 1:
+        raise MetricInputError(f"chunk_size: must be at least 1, got {chunk_size}")
+    return_numpy = not isinstance(input1, torch.Tensor)
+    a, b = _as_feature_tensor(input1, "input1"), _as_feature_tensor(input2, "input2")
+    if a.shape[1] != b.shape[1]:
+        raise MetricInputError(f"input1/input2: feature sizes differ ({a.shape[1]} vs {b.shape[1]})")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(a.device, dtype)
+    out = torch.empty(a.shape[0], b.shape[0], dtype=dtype, device=a.device)
+    with torch.no_grad():
+        for start in range(0, a.shape[0], chunk_size):
+            out[start:start + chunk_size] = _distance(a[start:start + chunk_size], b, metric)
+    return out.cpu().numpy() if return_numpy else out
+
+
+def _as_feature_tensor(value, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        tensor = value.detach()
+    else:
+        try:
+            tensor = torch.from_numpy(np.ascontiguousarray(value))
+        except (TypeError, ValueError) as exc:
+            raise MetricInputError(f"{name}: cannot be read as a numeric array ({exc})") from exc
+    if tensor.dim() != 2:
+        raise MetricInputError(f"{name}: expected a 2-D (num_items, feature_dim) matrix, got shape "
+                               f"{tuple(tensor.shape)}")
+    if not torch.is_floating_point(tensor):
+        tensor = tensor.float()
+    return tensor
