@@ -264,7 +264,7 @@ def test_build_miner_by_name_and_mapping() -> None:
 
 @pytest.mark.parametrize("first", ["reidkit.miners", "reidkit.losses"])
 def test_packages_import_in_either_order(first: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # losses import miners and miners use the losses' distance: guard against an import cycle by importing
+    # losses import miners and both use reidkit.distance: guard against an import cycle by importing
     # afresh (monkeypatch restores the original modules afterwards, so other tests keep their classes).
     for name in [m for m in sys.modules if m.startswith(("reidkit.losses", "reidkit.miners"))]:
         monkeypatch.delitem(sys.modules, name)
