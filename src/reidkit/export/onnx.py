@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.images import is_image_name
+from ..data.images import is_image_name, load_image_tensor
 from ..errors import ModelError
-from ..inference.backends import (
+from ..inference import (
     OnnxExtractor,
     OpenVinoExtractor,
     Preprocessing,
     TorchExtractor,
-    images_to_uint8,
+    import_optional,
     sidecar_path,
 )
 from ..utils import atomic_write_json
@@ -134,10 +134,7 @@ def _max_abs_diff(reference: np.ndarray, other: np.ndarray) -> float:
 
 
 def _convert_to_openvino(onnx_path: Path, xml_path: Path) -> None:
-    try:
-        import openvino as ov
-    except ImportError as exc:
-        raise ModelError(f"--format openvino needs `pip install openvino`: {exc}") from None
+    ov = import_optional("openvino", "export --format openvino")
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
 
 
@@ -152,12 +149,14 @@ def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os
     """
     if fmt not in FORMATS:
         raise ModelError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    for module in ("onnx", "onnxruntime") if fmt == "onnx" else ("onnx", "openvino"):  # before any work
+        import_optional(module, f"export --format {fmt}")
     checkpoint = Path(checkpoint)
     torch_ext = TorchExtractor(checkpoint, device="cpu", batch_size=batch_size)
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".xml")
     out.parent.mkdir(parents=True, exist_ok=True)
     images, kind = verification_images(verify_images, num_verify, torch_ext.input_size)
-    pixels = images_to_uint8(images, torch_ext.input_size, torch_ext.resize)  # both runtimes see the same pixels
+    pixels = load_image_tensor(images, torch_ext.input_size, torch_ext.resize)  # both runtimes see the same pixels
     reference = torch_ext.embed_uint8(pixels)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.export-", dir=out.parent))
     try:

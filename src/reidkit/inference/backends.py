@@ -17,20 +17,17 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..data.images import read_image
-from ..data.transforms import resize_image
-from ..errors import DataError, ModelError, ReIDError
+from ..data.images import ImageLike, load_image_tensor
+from ..errors import ModelError, ReIDError
 from ..utils import progress
-from .extractor import Extractor, ImageLike
+from .extractor import Extractor
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -126,55 +123,19 @@ def resolve_preprocessing(model_path: Path, given: Preprocessing | None) -> Prep
 
 # ---------------------------------------------------------------------------------------------------- images
 
-def _decode_one(path: str, size: tuple[int, int], resize: str) -> np.ndarray:
-    return resize_image(read_image(path), size, resize)
+images_to_uint8 = load_image_tensor  # the old name of data.images.load_image_tensor (decoding lives there)
+DEPLOY_INSTALL = "pip install 'reidkit[deploy]'"
 
 
-def decode_images(paths: Sequence[str], size: tuple[int, int], resize: str = "stretch",
-                  workers: int = 4) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
-    """Decode and resize images; unreadable files are skipped, not fatal.
+def import_optional(module: str, purpose: str, package: str | None = None) -> Any:
+    """Import an optional ([deploy] extra) module, or ModelError naming the package and the install command."""
+    import importlib
 
-    Returns (uint8 RGB (M, 3, H, W) of the readable images in order, boolean mask of readable inputs,
-    [(path, reason)] of the unreadable ones).
-    """
-    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
-    ok = np.ones(len(paths), dtype=bool)
-    reasons: dict[int, str] = {}
-
-    def work(i: int) -> None:
-        try:
-            out[i] = _decode_one(paths[i], size, resize)
-        except DataError as exc:
-            ok[i] = False
-            reasons[i] = str(exc)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, range(len(paths))))
-    bad = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
-    return torch.from_numpy(out[ok]).permute(0, 3, 1, 2).contiguous(), ok, bad
-
-
-def images_to_uint8(items: Sequence[ImageLike], size: tuple[int, int], resize: str = "stretch") -> torch.Tensor:
-    """Paths, PIL images or HxWx3 uint8 arrays -> uint8 RGB (N, 3, H, W); DataError naming every bad path."""
-    arrays = []
-    bad: list[str] = []
-    for i, item in enumerate(items):
-        if isinstance(item, (str, Path)):
-            try:
-                arrays.append(_decode_one(str(item), size, resize))
-            except DataError as exc:
-                bad.append(str(exc))
-        elif isinstance(item, Image.Image):
-            arrays.append(resize_image(item.convert("RGB"), size, resize))
-        elif isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[2] == 3:
-            arrays.append(resize_image(Image.fromarray(item.astype(np.uint8)), size, resize))
-        else:
-            raise ReIDError(f"images[{i}]: expected a path, PIL image or HxWx3 uint8 array, got {type(item)}")
-    if bad:
-        raise DataError(f"{len(bad)} unreadable image(s): " + "; ".join(bad))
-    if not arrays:
-        return torch.zeros((0, 3, *size), dtype=torch.uint8)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelError(f"{purpose} needs the Python package '{package or module}', which is not installed "
+                         f"({exc}); install the deployment extra: {DEPLOY_INSTALL}") from None
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -210,7 +171,8 @@ class _ArrayExtractor:
 
     backend = "?"
 
-    def __init__(self, model_path: str | os.PathLike, preprocessing: Preprocessing | None, batch_size: int):
+    def __init__(self, model_path: str | os.PathLike, preprocessing: Preprocessing | None, batch_size: int,
+                 flip: bool = False):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ModelError(f"model {self.model_path}: file not found")
@@ -219,7 +181,7 @@ class _ArrayExtractor:
         self.preprocessing = resolve_preprocessing(self.model_path, preprocessing)
         self.input_size = tuple(self.preprocessing.input_size)
         self.resize = self.preprocessing.resize
-        self.batch_size = batch_size
+        self.batch_size, self.flip = batch_size, flip
         self._dim: int | None = None
 
     @property
@@ -240,15 +202,22 @@ class _ArrayExtractor:
         """uint8 RGB (N, 3, H, W) at input size -> (N, D) float32, L2-normalised."""
         if tuple(images.shape[2:]) != self.input_size:
             raise ReIDError(f"images: expected size {self.input_size}, got {tuple(images.shape[2:])}")
-        chunks = [self._forward(self.preprocessing.apply(images[s:s + self.batch_size]))
+        chunks = [self._forward_tta(images[s:s + self.batch_size])
                   for s in progress(range(0, images.shape[0], self.batch_size), desc=f"embedding ({self.backend})",
                                     enabled=show_progress, leave=False)]
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
         return l2_normalize(np.concatenate(chunks).astype(np.float32, copy=False))
 
+    def _forward_tta(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """flip=True sums the outputs of the images and their mirrors, as the torch Extractor does."""
+        batch = self.preprocessing.apply(images)
+        out = self._forward(batch)
+        return out + self._forward(np.ascontiguousarray(batch[..., ::-1])) if self.flip else out
+
     def embed(self, images: Sequence[ImageLike], show_progress: bool = False) -> np.ndarray:
-        return self.embed_uint8(images_to_uint8(list(images), self.input_size, self.resize), show_progress)
+        """Paths, PIL images or HxWx3 arrays (see data.images.image_array) -> (N, D) float32, L2-normalised."""
+        return self.embed_uint8(load_image_tensor(list(images), self.input_size, self.resize), show_progress)
 
 
 def _rewrite_mvn_with_epsilon(graph: Any, epsilon: float = 1e-9) -> int:
@@ -297,14 +266,10 @@ class OnnxExtractor(_ArrayExtractor):
     backend = "onnxruntime"
 
     def __init__(self, model_path: str | os.PathLike, preprocessing: Preprocessing | None = None,
-                 batch_size: int = 32, threads: int | None = None):
-        super().__init__(model_path, preprocessing, batch_size)
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ModelError(f"{self.model_path}: onnxruntime backend needs `pip install onnx onnxruntime` "
-                             f"(the [deploy] extra): {exc}") from None
+                 batch_size: int = 32, threads: int | None = None, flip: bool = False):
+        super().__init__(model_path, preprocessing, batch_size, flip)
+        onnx = import_optional("onnx", f"{self.model_path}: the onnxruntime backend")
+        ort = import_optional("onnxruntime", f"{self.model_path}: the onnxruntime backend")
         try:
             model = onnx.load(str(self.model_path))
         except Exception as exc:  # protobuf raises several types for corrupt files
@@ -352,14 +317,12 @@ class OpenVinoExtractor(_ArrayExtractor):
     backend = "openvino"
 
     def __init__(self, model_path: str | os.PathLike, preprocessing: Preprocessing | None = None,
-                 batch_size: int = 32, precision: str = "f32", threads: int | None = None, device: str = "CPU"):
-        super().__init__(model_path, preprocessing, batch_size)
+                 batch_size: int = 32, precision: str = "f32", threads: int | None = None, device: str = "CPU",
+                 flip: bool = False):
+        super().__init__(model_path, preprocessing, batch_size, flip)
         if precision not in ("f32", "bf16", "f16"):
             raise ModelError(f"precision={precision!r}: expected 'f32', 'bf16' or 'f16'")
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            raise ModelError(f"{self.model_path}: OpenVINO backend needs `pip install openvino`: {exc}") from None
+        ov = import_optional("openvino", f"{self.model_path}: the OpenVINO backend")
         core = ov.Core()
         try:
             model = core.read_model(str(self.model_path))
@@ -395,11 +358,11 @@ class OpenVinoExtractor(_ArrayExtractor):
 
 def build_extractor(spec: str | os.PathLike, backend: str = "auto", batch_size: int = 32, device: str = "auto",
                     precision: str = "f32", threads: int | None = None,
-                    preprocessing: Preprocessing | None = None) -> FeatureExtractor:
+                    preprocessing: Preprocessing | None = None, flip: bool = False) -> FeatureExtractor:
     """An extractor for a reidkit checkpoint (.pt), an ONNX file or an OpenVINO IR (.xml), by file type.
 
     backend: "auto" (torch for checkpoints, onnxruntime for .onnx, openvino for .xml), or force one;
-    an .onnx file can run on "openvino" too.
+    an .onnx file can run on "openvino" too. flip=True: flip test-time augmentation on every backend.
     """
     path = Path(spec)
     if backend not in BACKENDS:
@@ -408,11 +371,11 @@ def build_extractor(spec: str | os.PathLike, backend: str = "auto", batch_size: 
         raise ModelError(f"model {path}: file not found")
     suffix = path.suffix.lower()
     if suffix in TORCH_SUFFIXES and backend in ("auto", "torch"):
-        return TorchExtractor(path, device=device, batch_size=batch_size)
+        return TorchExtractor(path, device=device, batch_size=batch_size, flip=flip)
     if suffix == ".onnx" and backend in ("auto", "onnxruntime"):
-        return OnnxExtractor(path, preprocessing, batch_size, threads)
+        return OnnxExtractor(path, preprocessing, batch_size, threads, flip)
     if suffix in (".onnx", ".xml") and backend in ("auto", "openvino"):
-        return OpenVinoExtractor(path, preprocessing, batch_size, precision, threads)
+        return OpenVinoExtractor(path, preprocessing, batch_size, precision, threads, flip=flip)
     raise ModelError(f"model {path}: cannot run a {suffix or 'suffix-less'} file with backend {backend!r} "
                      f"(checkpoints {'/'.join(TORCH_SUFFIXES)} -> torch; .onnx -> onnxruntime or openvino; "
                      ".xml -> openvino; export checkpoints first with `reidkit export`)")
@@ -440,7 +403,7 @@ def describe_extractor(extractor: FeatureExtractor) -> dict[str, Any]:
     path = Path(getattr(extractor, "model_path", "")).resolve()
     info: dict[str, Any] = {"backend": getattr(extractor, "backend", "?"), "name": extractor.name,
                             "path": str(path), "dim": int(extractor.dim),
-                            "input_size": list(extractor.input_size)}
+                            "input_size": list(extractor.input_size), "flip": bool(getattr(extractor, "flip", False))}
     if path.is_file():
         info["sha256"] = file_digest(model_files(path))
     prep = getattr(extractor, "preprocessing", None)

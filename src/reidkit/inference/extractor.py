@@ -7,18 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..checkpoint import model_from_checkpoint
 from ..data import load_dataset
+from ..data.images import ImageLike, load_image_tensor
 from ..data.records import split_arrays
-from ..data.store import load_image_tensor
-from ..data.transforms import resize_image
 from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
 from .features import embed_tensor, embed_tensor_local
-
-ImageLike = str | Path | Image.Image | np.ndarray
 
 
 class Extractor:
@@ -27,6 +23,7 @@ class Extractor:
     >>> ext = Extractor("runs/x/best.pt")
     >>> feats = ext.embed(["a.jpg", "b.jpg"])        # (2, D) float32, L2-normalised
     >>> feats, local = ext.embed(paths, local=True)  # + (2, stripes, local_dim) AlignedReID local features
+    >>> feats = ext.embed([pil_image, uint8_array])  # in-memory crops too (HxWx3 RGB; see data.images)
     """
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 128, flip: bool = False,
@@ -50,24 +47,6 @@ class Extractor:
         """True when the checkpoint's model has the AlignedReID local branch."""
         return getattr(self.model, "local_branch", None) is not None
 
-    def _to_uint8(self, items: Sequence[ImageLike]) -> torch.Tensor:
-        paths = [i for i in items if isinstance(i, (str, Path))]
-        if len(paths) == len(items):
-            return load_image_tensor(paths, self.input_size, self.resize, show_progress=False)
-        arrays = []
-        for i, item in enumerate(items):
-            if isinstance(item, (str, Path)):
-                arrays.append(load_image_tensor([item], self.input_size, self.resize, show_progress=False)[0])
-            elif isinstance(item, Image.Image):
-                arrays.append(torch.from_numpy(resize_image(item.convert("RGB"), self.input_size, self.resize))
-                              .permute(2, 0, 1))
-            elif isinstance(item, np.ndarray) and item.ndim == 3 and item.shape[2] == 3:
-                img = Image.fromarray(item.astype(np.uint8))
-                arrays.append(torch.from_numpy(resize_image(img, self.input_size, self.resize)).permute(2, 0, 1))
-            else:
-                raise ReIDError(f"images[{i}]: expected a path, PIL image or HxWx3 uint8 array, got {type(item)}")
-        return torch.stack(arrays)
-
     def embed_uint8(self, images: torch.Tensor, show_progress: bool = False, local: bool = False
                     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 tensor (N,3,H,W) already at input size -> (N, D) float32; local=True: (global, local) with the
@@ -88,7 +67,8 @@ class Extractor:
                 return empty
             self._require_local()
             return empty, np.zeros((0, 0, self.model.local_dim), dtype=np.float32)
-        return self.embed_uint8(self._to_uint8(list(images)), show_progress, local=local)
+        pixels = load_image_tensor(list(images), self.input_size, self.resize)
+        return self.embed_uint8(pixels, show_progress, local=local)
 
     def _require_local(self) -> None:
         if not self.has_local:
