@@ -1,5 +1,6 @@
-"""The `reidkit` command: the only package that parses arguments. One module per verb group; library code
-never imports from here."""
+"""The `reidkit` command: the only package that parses arguments. One module per verb group (data, train, demo,
+evaluate, search, export), the verb table and error handling in main.py, the shared option vocabulary in
+options.py. Library code never imports from here."""
 
 from .main import build_parser, main
 

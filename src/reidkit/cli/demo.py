@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ..metrics import compute_distance_matrix, evaluate_rank_full, plot_cmc, ran
 from ..training.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from ..training.embedding import EmbeddingTrainer
 from ..utils import atomic_write_json
+from .options import add_device, add_minutes, add_quiet
 
 DEMO_SYNTH = SynthConfig(num_train_ids=120, num_test_ids=60, num_cameras=3, images_per_camera=3, seed=0)
 
@@ -76,3 +78,22 @@ def _print_report(report: dict, out: Path) -> None:
         print(f"{name:10s} {m['rank1']:6.1f} {m['rank5']:6.1f} {m['rank10']:6.1f} {m['mAP']:6.1f} {m['mINP']:6.1f}")
     print(f"\nreport written to {out}/: metrics.json, cmc.png, ranked_list.png, train/training_curves.png "
           f"({report['wall_seconds']} s)")
+
+
+def _demo_command(args: argparse.Namespace) -> None:
+    from ..models.backbones.pretrained import require_imagenet_weights
+
+    cfg = demo_config(args.seed, args.minutes, args.device)
+    if cfg.model.pretrained:  # fail before generating data or creating the run folder
+        require_imagenet_weights(cfg.model.backbone)
+    run_demo(args.out, seed=args.seed, minutes=args.minutes, device=args.device, show_progress=not args.quiet)
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="report folder (data, run, figures)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same report")
+    add_minutes(p, default=0.0,
+                help="training time cap in minutes (0 = none; a cap makes results depend on machine speed)")
+    add_device(p)
+    add_quiet(p)
+    p.set_defaults(func=_demo_command)

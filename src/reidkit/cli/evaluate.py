@@ -1,4 +1,5 @@
-"""`reidkit evaluate` and the metric summary other modules report (trainer, demo)."""
+"""`reidkit evaluate`: rank-1/5/10, mAP and mINP (percent) of a distance matrix, features or a model, with any
+re-ranker of reidkit.rerank (the same options as `reidkit search`)."""
 
 from __future__ import annotations
 
@@ -12,85 +13,82 @@ import numpy as np
 import torch
 
 from ..distance import compute_distance_matrix
-from ..errors import DataError, ReIDError
+from ..errors import ConfigError, DataError, ReIDError
 from ..metrics.alignment import local_distance
 from ..metrics.plots import plot_cmc, ranked_list_grid
 from ..metrics.rank import MetricInputError, RankResult, evaluate_rank_full, summarize
 from ..utils import atomic_write_json
+from .options import add_device, add_flip, add_model, add_quiet, add_rerank_options, add_top, reranker_from_args
 
 ID_KEYS = ("q_pids", "g_pids", "q_camids", "g_camids")
 DISTMAT_KEYS = ("distmat", *ID_KEYS)
 FEATURE_KEYS = ("query_features", "gallery_features", *ID_KEYS)
 PATH_KEYS = ("q_paths", "g_paths")
 LOCAL_KEYS = ("query_local", "gallery_local")  # AlignedReID local features (N, stripes, dim), optional
+METRIC_CHOICES = ("sqeuclidean", "euclidean", "cosine")  # reidkit.distance.METRICS; "l2" = euclidean (hidden)
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Load a distance matrix, features or checkpoint; print R1/R5/R10/mAP/mINP; write JSON + plots to --out."""
+    """Load a distance matrix, features or model; re-rank; print R1/R5/R10/mAP/mINP; write JSON + plots to --out."""
     _check_local_weight(args)
+    if args.metric == "l2":  # the old name of the true L2 distance
+        args.metric = "euclidean"
+    reranker = reranker_from_args(args, show_progress=not args.quiet)
     source, inputs = _load_inputs(args)
-    if getattr(args, "pair_checkpoint", None) is not None:
-        inputs["distmat"] = _pair_reranked(inputs, source, args)
-        source += f", top-{args.pair_top_k} re-ranked by {args.pair_checkpoint} (pair weight {args.pair_weight:g})"
+    if reranker is not None:
+        inputs["distmat"] = _reranked(reranker, inputs, source)
+        source += f", re-ranked by {reranker.describe()}"
     try:
-        result = evaluate_rank_full(inputs["distmat"], *(inputs[k] for k in ID_KEYS), max_rank=args.max_rank,
+        result = evaluate_rank_full(inputs["distmat"], *(inputs[k] for k in ID_KEYS), max_rank=args.top,
                                     use_metric_cuhk03=args.protocol == "cuhk03", ap=args.ap)
     except MetricInputError as exc:
         raise DataError(f"{source}: {exc}") from exc
-    report = _report(result, source, args)
+    report = _report(result, source, args, reranker)
     print(_table(result, report))
     if getattr(args, "out", None) is not None:
         _write_outputs(Path(args.out), report, result, inputs)
     return report
 
 
-def _pair_reranked(inputs: dict[str, np.ndarray], source: str, args: argparse.Namespace) -> np.ndarray:
-    """`distmat` with each query's top-k re-ordered by a pair network (IDLA, IDLA-NCC, MLS) on the images."""
-    from ..checkpoint import model_from_checkpoint
-    from ..data.store import load_image_tensor
-    from ..metrics.pair_ranking import pair_network_scorer, rerank_top_k
-    from ..models.pair.idla import PairNetwork
-    from ..utils import resolve_device
-
-    where = f"--pair-checkpoint {args.pair_checkpoint}"
+def _reranked(reranker: Any, inputs: dict[str, np.ndarray], source: str) -> np.ndarray:
+    """The re-ranked distances; a re-ranker whose inputs the source lacks is refused, never skipped."""
+    if reranker.needs_features and "query_features" not in inputs:
+        raise ConfigError(f"--rerank {reranker.label}: needs query/gallery features, but {source} is a distance "
+                          "matrix (use --features or --model; a distance matrix allows only --rerank pair)")
     missing = [k for k in PATH_KEYS if k not in inputs]
-    if missing:
-        raise ReIDError(f"{where}: the pair network needs the images, but {source} has no {', '.join(missing)} "
-                        "(use --checkpoint, or --features written by `reidkit extract`)")
-    model, payload = model_from_checkpoint(args.pair_checkpoint)
-    if not isinstance(model, PairNetwork):
-        raise ReIDError(f"{where}: holds a {payload['model_name']!r} model, not a pair network (idla, idla_ncc, mls)")
-    model.to(resolve_device(args.device)).eval()
-    query, gallery = (load_image_tensor([str(p) for p in inputs[key]], model.input_size,
-                                        show_progress=not args.quiet, desc=f"decoding {name} images")
-                      for key, name in (("q_paths", "query"), ("g_paths", "gallery")))
-    scorer = pair_network_scorer(model, query, gallery, symmetric=args.pair_tta, flip=args.pair_tta)
+    if reranker.needs_images and missing:
+        raise ConfigError(f"--rerank {reranker.label}: the pair network needs the images, but {source} has no "
+                          f"{', '.join(missing)} (use --model, or --features written by `reidkit extract`)")
     try:
-        return rerank_top_k(inputs["distmat"], scorer, k=args.pair_top_k, pair_weight=args.pair_weight)
+        return reranker(inputs.get("query_features"), inputs.get("gallery_features"), distances=inputs["distmat"],
+                        query_images=inputs.get("q_paths"), gallery_images=inputs.get("g_paths"))
     except MetricInputError as exc:
-        raise ReIDError(f"{where}: {exc}") from exc
+        raise DataError(f"{source}: {exc}") from exc
 
 
-def _report(result: RankResult, source: str, args: argparse.Namespace) -> dict[str, Any]:
+def _report(result: RankResult, source: str, args: argparse.Namespace, reranker: Any) -> dict[str, Any]:
+    """Rates in percent (rank-k, mAP, mINP and the CMC curve alike), with the re-ranker and its parameters."""
     report = summarize(result.cmc, result.mAP, result.mINP, num_valid_queries=result.num_valid_queries,
                        num_skipped_queries=result.num_skipped_queries)
-    details = result.to_dict()
-    report.update(num_queries=result.num_queries, skipped_queries=details["skipped_queries"],
-                  protocol=result.protocol, ap=result.ap, max_rank=int(result.cmc.size), source=source,
-                  metric=None if getattr(args, "distmat", None) else args.metric,
-                  local_weight=getattr(args, "local_weight", 0.0), cmc=details["cmc"])
+    report.update(units="percent", num_queries=result.num_queries,
+                  skipped_queries=result.skipped_queries.tolist(), protocol=result.protocol, ap=result.ap,
+                  top=int(result.cmc.size), source=source, metric=None if args.distmat else args.metric,
+                  flip=bool(args.flip), local_weight=args.local_weight,
+                  rerank=None if reranker is None else reranker.label,
+                  rerank_params=None if reranker is None else reranker.params(),
+                  cmc=[round(100.0 * float(v), 5) for v in result.cmc])
     return report
 
 
 def _check_local_weight(args: argparse.Namespace) -> None:
-    weight = getattr(args, "local_weight", 0.0)
+    weight = args.local_weight
     if weight < 0:
         raise ReIDError(f"--local-weight {weight}: must be >= 0 (0 = global distance only)")
     if weight == 0:
         return
-    if getattr(args, "distmat", None) is not None:
-        raise ReIDError("--local-weight needs --features or --checkpoint: a distance matrix has no local features")
-    if getattr(args, "rerank", "none") != "none":
+    if args.distmat is not None:
+        raise ReIDError("--local-weight needs --features or --model: a distance matrix has no local features")
+    if args.rerank not in ("none", "pair"):
         raise ReIDError(f"--local-weight cannot be combined with --rerank {args.rerank}: re-ranking works on the "
                         "global features only")
 
@@ -99,17 +97,23 @@ def _table(result: RankResult, report: dict[str, Any]) -> str:
     header = (f"{result.protocol} protocol, {result.ap} AP: {result.num_queries} queries, "
               f"{result.num_valid_queries} evaluated, {result.num_skipped_queries} skipped "
               "(no valid match in the gallery)")
-    names = ("R1", "R5", "R10", "mAP", "mINP")
+    names = ("R1 %", "R5 %", "R10 %", "mAP %", "mINP %")
     values = (report["rank1"], report["rank5"], report["rank10"], report["mAP"], report["mINP"])
     return "\n".join([header, "".join(f"{n:>8s}" for n in names), "".join(f"{v:8.2f}" for v in values)])
 
 
+def output_paths(out: Path) -> tuple[Path, Path]:
+    """The CMC and ranked-list pictures beside the JSON, named after it: results.json -> results_cmc.png,
+    results_ranked.png (two evaluations in one folder do not overwrite each other's pictures)."""
+    return out.with_name(f"{out.stem}_cmc.png"), out.with_name(f"{out.stem}_ranked.png")
+
+
 def _write_outputs(out: Path, report: dict[str, Any], result: RankResult, inputs: dict[str, np.ndarray]) -> None:
     atomic_write_json(report, out)
-    plot_cmc(result.cmc, out.parent / "cmc.png", title=f"CMC ({result.protocol} protocol)")
-    written = [out, out.parent / "cmc.png"]
+    cmc_path, grid_path = output_paths(out)
+    plot_cmc(result.cmc, cmc_path, title=f"CMC ({result.protocol} protocol)")
+    written = [out, cmc_path]
     if all(k in inputs for k in PATH_KEYS):
-        grid_path = out.parent / "ranked_list.png"
         try:
             ranked_list_grid([str(p) for p in inputs["q_paths"]], [str(p) for p in inputs["g_paths"]],
                              inputs["distmat"], *(inputs[k] for k in ID_KEYS), grid_path)
@@ -120,45 +124,46 @@ def _write_outputs(out: Path, report: dict[str, Any], result: RankResult, inputs
 
 
 def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
-    """(source description, arrays with distmat + ids, optionally q_paths/g_paths) from the chosen source."""
-    if getattr(args, "distmat", None) is not None:
+    """(source description, arrays with distmat + ids, optionally features and q_paths/g_paths)."""
+    given = [f"--{name}" for name in ("distmat", "features", "model") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise ReIDError("evaluate: give exactly one of --distmat, --features or --model"
+                        + (f" (got {', '.join(given)})" if given else ""))
+    if args.flip and args.model is None:
+        raise ReIDError("--flip applies when evaluate embeds the images (--model); features and distance matrices "
+                        "are already computed (use `reidkit extract --flip`)")
+    if args.distmat is not None:
         return str(args.distmat), _load_npz(Path(args.distmat), DISTMAT_KEYS)
-    if getattr(args, "features", None) is not None:
+    if args.features is not None:
         arrays = _load_npz(Path(args.features), FEATURE_KEYS)
         source = str(args.features)
-    elif getattr(args, "checkpoint", None) is not None:
-        if getattr(args, "data", None) is None:
-            raise ReIDError(f"--checkpoint {args.checkpoint}: also give --data (the dataset root to evaluate on)")
-        from ..inference.extractor import extract_split_features
+    elif args.model is not None:
+        if args.data is None:
+            raise ReIDError(f"--model {args.model}: also give --data (the dataset root to evaluate on)")
+        from ..inference import extractor
 
-        local_weight = getattr(args, "local_weight", 0.0)
-        arrays = extract_split_features(args.checkpoint, args.data, device=args.device,
-                                        show_progress=not args.quiet, local=local_weight > 0)
-        source = f"{args.checkpoint} on {args.data}"
+        arrays = extractor.extract_split_features(args.model, args.data, device=args.device,
+                                                  show_progress=not args.quiet, flip=args.flip,
+                                                  local=args.local_weight > 0)
+        source = f"{args.model} on {args.data}" + (" (flip)" if args.flip else "")
     else:
-        raise ReIDError("evaluate: give one of --distmat, --features or --checkpoint")
-    return source, _with_distances(arrays, source, args.metric, getattr(args, "rerank", "none"),
-                                   getattr(args, "local_weight", 0.0))
+        raise AssertionError("unreachable: one source is given")
+    return source, _with_distances(arrays, source, args.metric, args.local_weight)
 
 
-def _with_distances(arrays: dict[str, Any], source: str, metric: str, rerank_method: str = "none",
-                    local_weight: float = 0.0) -> dict[str, np.ndarray]:
-    """Query-gallery distances (the `metric` distance, re-ranked, or + local_weight * AlignedReID local) + ids."""
+def _with_distances(arrays: dict[str, Any], source: str, metric: str, local_weight: float = 0.0
+                    ) -> dict[str, np.ndarray]:
+    """Features, ids, paths and the `metric` query-gallery distances (+ local_weight x AlignedReID local)."""
     missing = [k for k in FEATURE_KEYS if k not in arrays]
     if missing:
         raise DataError(f"{source}: missing {', '.join(missing)}")
     try:
-        if rerank_method != "none":  # re-ranking defines its own distance (k-reciprocal: euclidean features)
-            from ..rerank.methods import rerank
-
-            distmat = rerank(arrays["query_features"], arrays["gallery_features"], rerank_method)
-        else:
-            distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
-            if local_weight > 0:
-                distmat = distmat + local_weight * _local_distances(arrays, source)
+        distmat = compute_distance_matrix(arrays["query_features"], arrays["gallery_features"], metric=metric)
+        if local_weight > 0:
+            distmat = distmat + local_weight * _local_distances(arrays, source)
     except MetricInputError as exc:
         raise DataError(f"{source}: {exc}") from exc
-    result = {k: np.asarray(arrays[k]) for k in (*ID_KEYS, *PATH_KEYS) if k in arrays}
+    result = {k: np.asarray(arrays[k]) for k in (*FEATURE_KEYS, *PATH_KEYS) if k in arrays}
     result["distmat"] = np.asarray(distmat)
     return result
 
@@ -197,3 +202,32 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in (*keys, *PATH_KEYS, *LOCAL_KEYS) if k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `reidkit evaluate` (cli/main.py registers the verb)."""
+    src = p.add_argument_group("input (exactly one)")
+    src.add_argument("--distmat", type=Path, help=".npz with distmat, q_pids, g_pids, q_camids, g_camids")
+    src.add_argument("--features", type=Path, help=".npz with query/gallery features and ids (`reidkit extract`)")
+    add_model(src, required=False, help="model file (.pt) that embeds the query and gallery of --data")
+    p.add_argument("--data", type=Path, help="dataset root (Market layout or manifest) for --model")
+    p.add_argument("--metric", choices=(*METRIC_CHOICES, "l2"), default="sqeuclidean",
+                   metavar="{" + ",".join(METRIC_CHOICES) + "}",
+                   help="distance: sqeuclidean = squared L2 (torchreid convention), euclidean = L2, cosine "
+                        "(L2 and squared L2 rank identically)")
+    p.add_argument("--protocol", choices=("market", "cuhk03"), default="market",
+                   help="market: multi-shot with same-camera filtering; cuhk03: classic single-gallery-shot")
+    p.add_argument("--ap", choices=("torchreid", "market-official"), default="torchreid",
+                   help="AP definition: torchreid (precision at each hit) or the official Market-1501 trapezoid")
+    p.add_argument("--local-weight", type=float, default=0.0,
+                   help="AlignedReID: add W x the local (shortest-path) distance to the --metric distance; needs a "
+                        "model with a local branch or features with query_local/gallery_local (0 = global only; "
+                        "--metric euclidean --local-weight 1 is the paper's global + local distance)")
+    add_top(p, 50, "length of the CMC curve (ranks reported)")
+    p.add_argument("--out", type=Path,
+                   help="metrics JSON; the CMC and ranked-list pictures go beside it (OUT_cmc.png, OUT_ranked.png)")
+    add_flip(p)
+    add_device(p)
+    add_quiet(p)
+    add_rerank_options(p)
+    p.set_defaults(func=evaluate_command)

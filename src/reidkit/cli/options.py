@@ -20,6 +20,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from ..errors import ReIDError
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default (`(default: X)`) unless it has none (None, a flag's False)."""
@@ -27,9 +29,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
         default = action.default
-        if "%(default)" in help or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # Identity, not equality: 0 and 0.0 are defaults worth showing although they equal False.
+        if "%(default)" in help or any(default is v for v in (None, False, argparse.SUPPRESS)) \
+                or not action.option_strings or help is argparse.SUPPRESS:
             return help
         return f"{help} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose help shows defaults; its subparsers (at any depth) are of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def add_option(parser: argparse.ArgumentParser, name: str, *,
@@ -43,13 +55,13 @@ def add_option(parser: argparse.ArgumentParser, name: str, *,
     for alias in aliases:
         parser.add_argument(alias, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **alias_kwargs)
     if required:
-        _required_options(parser).append((dest, name))
+        _required_options(parser).append((dest, name, parser))
         if action.help and action.help is not argparse.SUPPRESS:
             action.help = f"{action.help} (required)"
     return action
 
 
-def _required_options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+def _required_options(parser: argparse.ArgumentParser) -> list[tuple[str, str, argparse.ArgumentParser]]:
     required = parser.get_default("_required_options")
     if required is None:
         required = []
@@ -57,12 +69,13 @@ def _required_options(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
     return required
 
 
-def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fail like argparse does when an option added with `required=True` (or any alias of it) is missing."""
+def check_required(args: argparse.Namespace) -> None:
+    """Fail like argparse does (usage of the verb, exit 2) when an option added with `required=True` is missing
+    under its name and every alias. cli/main.py calls it after parsing, for every verb."""
     required = getattr(args, "_required_options", None) or []
-    missing = [name for dest, name in required if getattr(args, dest, None) is None]
+    missing = [(name, parser) for dest, name, parser in required if getattr(args, dest, None) is None]
     if missing:
-        parser.error(f"the following arguments are required: {', '.join(missing)}")
+        missing[0][1].error(f"the following arguments are required: {', '.join(name for name, _ in missing)}")
 
 
 # ---------------------------------------------------------------------------------------------- shared options
@@ -102,5 +115,61 @@ def add_top(parser: argparse.ArgumentParser, default: int, help: str) -> None:
     add_option(parser, "--top", aliases=("--max-rank",), type=int, default=default, metavar="N", help=help)
 
 
-def add_minutes(parser: argparse.ArgumentParser, help: str = "wall-time cap in minutes (0 = none)") -> None:
-    parser.add_argument("--minutes", type=float, default=None, metavar="M", help=help)
+def add_minutes(parser: argparse.ArgumentParser, help: str = "wall-time cap in minutes (0 = none)",
+                default: float | None = None) -> None:
+    parser.add_argument("--minutes", type=float, default=default, metavar="M", help=help)
+
+
+# -------------------------------------------------------------------------------------------- re-ranking
+
+RERANK_CHOICES = ("none", "k_reciprocal", "aqe", "ssm", "pair")  # "none" + reidkit.rerank names (a test checks)
+PAIR_TOP_DEFAULT = 20  # pair fusion: candidates re-ordered per query (the validated CUHK03-NP setting)
+POOL_DEFAULT = 100  # search: candidates per query handed to k_reciprocal / aqe / ssm
+
+
+def add_rerank_options(parser: argparse.ArgumentParser) -> None:
+    """The re-ranking options of `evaluate` and `search`: the same re-rankers, names and defaults in both."""
+    from pathlib import Path
+
+    group = parser.add_argument_group("re-ranking (reidkit.rerank; docs/reranking.md)")
+    group.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
+                       help="re-ranker; with --pair-model, k_reciprocal/aqe/ssm are followed by pair fusion")
+    group.add_argument("--k1", type=int, default=20, help="k_reciprocal: size of the k-reciprocal neighbourhood")
+    group.add_argument("--k2", type=int, default=6, help="k_reciprocal: neighbours of the local query expansion")
+    group.add_argument("--lambda", dest="lambda_value", type=float, default=0.3, metavar="LAMBDA",
+                       help="k_reciprocal: weight of the original distance (1 - LAMBDA: Jaccard distance)")
+    group.add_argument("--aqe-top", type=int, default=10, metavar="K", help="aqe: gallery neighbours averaged in")
+    group.add_argument("--aqe-alpha", type=float, default=3.0, help="aqe: neighbour weight = similarity ** ALPHA")
+    group.add_argument("--ssm-alpha", type=float, default=0.9, help="ssm: diffusion weight in [0, 1)")
+    group.add_argument("--ssm-neighbours", type=int, default=20, metavar="K", help="ssm: kNN graph neighbours")
+    add_option(group, "--pair-model", aliases=("--pair-checkpoint",), type=Path, metavar="FILE",
+               help="pair network checkpoint (idla, idla_ncc, mls) for pair fusion; alone it implies --rerank pair")
+    add_option(group, "--rerank-top", aliases=("--pair-top-k", "--rerank-k"), type=int, metavar="N",
+               help=f"candidates per query the re-ranker re-orders (default: {PAIR_TOP_DEFAULT} for pair fusion; "
+                    f"search hands each query's top max(--top, N) to the re-ranker, N = {POOL_DEFAULT} for the "
+                    "others; evaluate's k_reciprocal/aqe/ssm use the whole gallery)")
+    group.add_argument("--pair-weight", type=float, default=1.0, metavar="W",
+                       help="pair fusion: order by (1 - W) x embedding rank + W x pair rank (1 = pair score only)")
+    group.add_argument("--pair-tta", action="store_true",
+                       help="pair fusion: average both input orders and the mirrored pair (4 passes)")
+
+
+def reranker_from_args(args: argparse.Namespace, show_progress: bool = False) -> Any:
+    """The `reidkit.rerank` re-ranker the options of `add_rerank_options` ask for (a Chain when a method is
+    followed by pair fusion), or None for no re-ranking."""
+    method, pair_model = args.rerank, getattr(args, "pair_model", None)
+    if method == "pair" and pair_model is None:
+        raise ReIDError("--rerank pair needs --pair-model (a pair network checkpoint)")
+    if method == "none" and pair_model is None:
+        return None
+    from ..rerank import Chain, build_reranker
+
+    params = {"k_reciprocal": {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value},
+              "aqe": {"top_k": args.aqe_top, "alpha": args.aqe_alpha},
+              "ssm": {"alpha": args.ssm_alpha, "neighbours": args.ssm_neighbours}}
+    steps = [build_reranker(method, **params[method])] if method in params else []
+    if pair_model is not None:
+        steps.append(build_reranker("pair", model=pair_model, top=args.rerank_top or PAIR_TOP_DEFAULT,
+                                    weight=args.pair_weight, tta=args.pair_tta,
+                                    device=getattr(args, "device", "cpu"), show_progress=show_progress))
+    return steps[0] if len(steps) == 1 else Chain(tuple(steps))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from ..errors import ConfigError
 from ..inference.extractor import Extractor
 from ..training.config import TrainConfig
 from ..utils import atomic_path
+from .options import add_batch_size, add_data, add_device, add_flip, add_minutes, add_model, add_quiet
 
 PAIR_MODELS = ("idla", "idla_ncc", "mls")  # routed to the pair trainer
 
@@ -50,14 +52,14 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
 
 
 def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", flip: bool = False,
-                show_progress: bool = True) -> None:
+                show_progress: bool = True, batch_size: int = 128) -> None:
     """Embed every split of a dataset; the .npz also works as `reidkit evaluate --features` input.
 
     A model with the AlignedReID local branch also writes `{split}_local` (N, stripes, local_dim) arrays, which
     `reidkit evaluate --features X --local-weight W` uses.
     """
     dataset = load_dataset(data)
-    ext = Extractor(checkpoint, device=device, flip=flip)
+    ext = Extractor(checkpoint, device=device, flip=flip, batch_size=batch_size)
     arrays: dict[str, np.ndarray] = {}
     splits = [("query", "q", dataset.query), ("gallery", "g", dataset.gallery), ("train", "t", dataset.train)]
     for split, key, records in splits:
@@ -74,5 +76,59 @@ def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", f
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     counts = ", ".join(f"{k.split('_')[0]} {len(v)}" for k, v in arrays.items() if k.endswith("_features"))
+
+
+# ------------------------------------------------------------------------------------------------- parsers
+
+def _train_command(args: argparse.Namespace) -> None:
+    overrides = list(args.overrides)
+    overrides += [f"max_minutes={args.minutes}"] if args.minutes is not None else []
+    overrides += [f"device={args.device}"] if args.device is not None else []
+    _require_pretrained_weights(args.config, overrides)
+    run_train(args.config, overrides, data=args.data, out=args.out, resume=args.resume, no_val=args.no_val,
+              show_progress=not args.quiet)
+
+
+def _require_pretrained_weights(config: Path | None, overrides: list[str]) -> None:
+    """A missing ImageNet weight package fails here, before the run folder or any data loading."""
+    from ..models.backbones.pretrained import require_imagenet_weights
+
+    try:
+        cfg = load_config(TrainConfig, config, overrides)
+    except ConfigError:  # a pair network's config (or a typo, which run_train reports in full)
+        return
+    if cfg.model.pretrained:
+        require_imagenet_weights(cfg.model.backbone)
+
+
+def _extract_command(args: argparse.Namespace) -> None:
+    run_extract(args.model, args.data, args.out, device=args.device, flip=args.flip, batch_size=args.batch_size,
+                show_progress=not args.quiet)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config (e.g. configs/cuhk03np_cpu.yaml); none: the defaults")
+    add_data(p, required=False, help="dataset root, image folder or manifest (overrides data.root); a root with "
+                                     "query/ and bounding_box_test/ (e.g. from `reidkit split`) validates on them")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, curves")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--no-val", action="store_true", help="train on all identities (no validation)")
+    add_minutes(p, help="wall-time cap in minutes, validation included (overrides max_minutes; 0 = none)")
+    p.add_argument("--device", default=None,
+                   help="torch device: auto, cpu, cuda, cuda:N (overrides the config's device, default auto)")
+    add_quiet(p)
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=10 model.pooling=max")
+    p.set_defaults(func=_train_command)
+
+
+def add_extract_arguments(p: argparse.ArgumentParser) -> None:
+    add_model(p)
+    add_data(p)
+    p.add_argument("--out", type=Path, required=True, help="output .npz (features + ids + paths)")
+    add_device(p)
+    add_batch_size(p, default=128)
+    add_flip(p)
+    add_quiet(p)
+    p.set_defaults(func=_extract_command)
     local = f" + local features ({ext.model.local_dim} per stripe)" if ext.has_local else ""
     print(f"wrote {out}: {counts} embeddings of dim {ext.dim}{local}")

@@ -49,6 +49,16 @@ def locate_weight_file(source: WeightFile) -> Path:
     )
 
 
+def require_imagenet_weights(backbone: str) -> None:
+    """Raise now (the ModelError names the pip command) if `backbone` has no installed ImageNet weights.
+
+    For commands to call before any work (data generation, a run folder): building the backbone with its weights
+    is the check, so the weight files are looked up in one place only."""
+    from .base import build_backbone
+
+    build_backbone(backbone, pretrained=True)
+
+
 def read_state_dict(path: str | os.PathLike, *, trusted: bool = False) -> StateDict:
     """Load a state dict (or a checkpoint holding one) from `path`.
 
