@@ -15,6 +15,7 @@ from PIL import Image
 
 from reidkit.data.records import Record
 from reidkit.errors import ModelError, ReIDError
+from reidkit.metrics.plots import RankedLayout
 from reidkit.search import GalleryIndex, collect_items, exact_search, search_rank_k
 from reidkit.search import index as index_module
 from reidkit.search.knn import AnnParams, ann_search, build_ann, default_params
@@ -183,8 +184,9 @@ def test_folder_with_unparsed_names_indexes_without_metadata(tmp_path):
     items = collect_items(folder)
     assert items == [Record(str(folder / "0007_c3s1_000123_01.jpg"), 7, 2, 123), str(folder / "sub" / "person.png")]
     index, _ = GalleryIndex.build(tmp_path / "idx", ProjectionExtractor(), items)
-    assert index.metadata.row(1) == {"path": str(folder / "sub" / "person.png"), "pid": None, "camid": None,
-                                     "frame": None}
+    person = str(folder / "sub" / "person.png")
+    assert index.metadata.row(1) == {"id": person, "path": person, "pid": None, "camid": None, "track": None,
+                                     "frame": None, "time": None, "source": None}
 
 
 def test_search_returns_nearest_rows(tmp_path, image_folder):
@@ -214,7 +216,7 @@ def test_add_appends_skips_duplicates_and_remove_keeps_rows_aligned(tmp_path, im
         np.testing.assert_allclose(index.features[row], reference_feature(ext, path), atol=1e-5)
     # only the committed version's data files remain
     names = sorted(os.listdir(tmp_path / "idx"))
-    assert names == ["features.v3.npy", "index.json", "meta.v3.json"]
+    assert names == ["features.v3.npy", "index.json", "index.lock", "meta.v3.json"]
 
 
 def test_fixed_unreadable_image_is_indexed_on_add_and_leaves_the_list(tmp_path, image_folder):
@@ -288,7 +290,7 @@ def test_interrupted_commit_leaves_previous_index_intact(tmp_path, image_folder,
     monkeypatch.undo()
     # the next successful write skips the half-written version and clears it away
     GalleryIndex.load(root).add(ProjectionExtractor(), collect_items(image_folder))
-    assert sorted(os.listdir(root)) == ["features.v3.npy", "index.json", "meta.v3.json"]
+    assert sorted(os.listdir(root)) == ["features.v3.npy", "index.json", "index.lock", "meta.v3.json"]
     assert GalleryIndex.load(root).count == 12
 
 
@@ -344,8 +346,8 @@ def test_search_rank1_matches_plain_loop_and_evaluate_rank():
         x = centres[pids] + 1.2 * rng.standard_normal((len(pids), 8))
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     gallery, queries = feats(g_pids), feats(q_pids)
-    meta = index_module.Metadata(np.array([f"g{i}" for i in range(200)], dtype=object), g_pids, g_cams,
-                                 np.full(200, -1))
+    meta = index_module.Metadata.from_columns(id=[f"g{i}" for i in range(200)], pid=g_pids.tolist(),
+                                              camid=g_cams.tolist())
     index = GalleryIndex(Path("mem"), gallery, meta, {"dim": 8, "version": 0})
     results = index.search(queries, k=200, method="exact")
     got = search_rank_k(results, q_pids, q_cams, ranks=(1, 5))
@@ -358,7 +360,7 @@ def test_k_reciprocal_over_the_whole_gallery_equals_full_reranking():
     from reidkit.rerank.methods import re_ranking_features
 
     gallery, queries = clustered(60, 8, 6, seed=5), clustered(4, 8, 6, seed=6)
-    meta = index_module.Metadata(np.array([f"g{i}" for i in range(60)], dtype=object), *(np.zeros(60, int),) * 3)
+    meta = index_module.Metadata.from_columns(id=[f"g{i}" for i in range(60)], pid=[0] * 60, camid=[0] * 60)
     index = GalleryIndex(Path("mem"), gallery, meta, {"dim": 8, "version": 0})
     results = index.search(queries, k=10, method="exact", rerank="k_reciprocal", rerank_k=60, k1=8, k2=3)
     full = re_ranking_features(queries, gallery, k1=8, k2=3, lambda_value=0.3)
@@ -385,7 +387,7 @@ def test_pair_network_reranking_orders_candidates_by_pair_score(tmp_path, image_
     expected = pool[np.argsort(-scores, kind="stable")[:5]]
     assert results.rerank == "pair"
     np.testing.assert_array_equal(results.indices[0], expected)
-    np.testing.assert_allclose(results.rerank_distances[0], -np.sort(scores)[::-1][:5], rtol=1e-5)
+    assert np.all(np.diff(results.rerank_distances[0]) > 0)  # pair fusion: increasing distances in the new order
 
 
 # ------------------------------------------------------------------------------------------- picture
@@ -398,10 +400,10 @@ def test_ranked_list_picture_frames(tmp_path):
     out = ranked_list_picture([str(img)], hits, tmp_path / "r.png", query_pids=[5], cell_size=(40, 20),
                               border=3, gap=3)
     pic = np.asarray(Image.open(out))
-    cell_w = 20 + 2 * 6
-    assert pic.shape[1] == 3 * cell_w
-    # top-left frame pixel of each cell (gap 3): query blue, rank 1 green (same pid), rank 2 red
-    assert [tuple(pic[3, c * cell_w + 3]) for c in range(3)] == [QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR]
+    layout = RankedLayout(cell_size=(40, 20), border=3, gap=3)  # the shared ranked-list picture's geometry
+    # top-left frame pixel of each cell: query blue, rank 1 green (same pid), rank 2 red
+    corners = [layout.frame_box(0, c)[:2] for c in range(3)]
+    assert [tuple(pic[y, x]) for x, y in corners] == [QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR]
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -433,13 +435,12 @@ def test_cli_choices_mirror_library_constants():
     from reidkit.cli.export import FORMAT_CHOICES
     from reidkit.export.onnx import FORMATS
     from reidkit.inference.backends import BACKENDS
-    from reidkit.rerank import candidates as rerank
     from reidkit.search import knn, sources
 
-    approx, rerankers = ("auto", "none", *knn.APPROX_KINDS), ("none", *rerank.RERANKERS)
+    approx = ("auto", "none", *knn.APPROX_KINDS)
     assert cli.BACKEND_CHOICES == BACKENDS and cli.METHOD_CHOICES == knn.METHODS
     assert approx == cli.APPROX_CHOICES and cli.SPLIT_CHOICES == sources.SOURCE_SPLITS
-    assert rerankers == cli.RERANK_CHOICES and FORMAT_CHOICES == FORMATS
+    assert FORMAT_CHOICES == FORMATS  # re-ranker choices: tests/test_rerank_registry.py
 
 
 def test_cli_build_info_search_json(tmp_path, image_folder, small_checkpoint, capsys, monkeypatch):
@@ -453,14 +454,18 @@ def test_cli_build_info_search_json(tmp_path, image_folder, small_checkpoint, ca
     info = json.loads(capsys.readouterr().out)
     assert info["count"] == 12 and info["identities"] == 3 and info["dim"] == 64
     query = image_folder / "0002_c1_10.png"
-    run(["search", "--index", "idx", "--query", str(query), "--top", "3", "--json", "--device", "cpu"])
+    run(["search", "--index", "idx", "--query", str(query), "--top", "3", "--json", "--device", "cpu",
+         "--picture", "ranked.png"])
     out = json.loads(capsys.readouterr().out)
     hits = out["queries"][0]["results"]
     assert hits[0]["path"] == str(query) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
-    assert Path(out["picture"]).is_file()
-    run(["search", "--index", "idx", "--query", str(query), "--top", "2", "--no-picture", "--device", "cpu"])
+    assert out["picture"] == "ranked.png" and Path("ranked.png").is_file()
+    before = sorted(os.listdir(tmp_path))
+    run(["search", "--index", "idx", "--query", str(query), "--top", "2", "--device", "cpu"])
     table = capsys.readouterr().out
-    assert "rank   score    pid camid  path" in table and f"   1  1.0000      2     0  {query}" in table
+    assert sorted(os.listdir(tmp_path)) == before  # no picture unless asked
+    # the camera as in the file name: 0002_c1_... is camera 1 (stored camid 0)
+    assert "rank   score    pid  cam  path" in table and f"   1  1.0000      2    1  {query}" in table
 
 
 # ---------------------------------------------------------------------------------- real end to end

@@ -1,6 +1,6 @@
-"""`reidkit index build|add|remove|info` and `reidkit search` (and `export`, registered from reidkit.export).
+"""`reidkit index build|add|remove|info` and `reidkit search` (and `export`, from cli/export.py).
 
-cli.py needs one line: `add_search_parsers(sub)` registers all three commands with their handlers.
+cli/main.py needs one line: `add_search_parsers(sub)` registers all three commands with their handlers.
 Only argparse is imported at module level, so building the `reidkit` parser stays fast (no torch/faiss import);
 the choices below mirror the library's constants (a test keeps them in sync).
 """
@@ -14,16 +14,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReIDError
+from .options import (
+    PAIR_TOP_DEFAULT,
+    POOL_DEFAULT,
+    add_batch_size,
+    add_data,
+    add_device,
+    add_flip,
+    add_model,
+    add_option,
+    add_quiet,
+    add_rerank_options,
+    add_top,
+    reranker_from_args,
+)
 
 if TYPE_CHECKING:
     from ..inference.backends import FeatureExtractor
     from ..search.index import GalleryIndex
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # engine.backends.BACKENDS
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # inference.backends.BACKENDS
 METHOD_CHOICES = ("auto", "exact", "ivf", "hnsw")  # search.knn.METHODS
 APPROX_CHOICES = ("auto", "none", "ivf", "hnsw")  # "auto", "none" + search.knn.APPROX_KINDS
+SEARCH_APPROX_CHOICES = ("auto", "none", "exact", "ivf", "hnsw")  # none = exact (the hidden --method says exact)
 SPLIT_CHOICES = ("auto", "all", "train", "query", "gallery")  # search.sources.SOURCE_SPLITS
-RERANK_CHOICES = ("none", "k_reciprocal", "pair")  # "none" + search.rerank.RERANKERS
 
 # ------------------------------------------------------------------------------------------------ handlers
 
@@ -39,24 +53,28 @@ def _extractor(spec: Path | None, index: GalleryIndex | None, args: argparse.Nam
         if not spec.is_file():
             raise ReIDError(f"index {index.root} was built with model {spec}, which is missing; pass --model")
         backend = args.backend if args.backend != "auto" else recorded.get("backend", "auto")
-        return build_extractor(spec, backend=backend, batch_size=args.batch_size, device=args.device)
-    return build_extractor(spec, backend=args.backend, batch_size=args.batch_size, device=args.device)
+        return build_extractor(spec, backend=backend, batch_size=args.batch_size, device=args.device,
+                               flip=args.flip or bool(recorded.get("flip")))
+    return build_extractor(spec, backend=args.backend, batch_size=args.batch_size, device=args.device, flip=args.flip)
 
 
 def _print_info(info: dict[str, Any], as_json: bool) -> None:
+    """One write per report (a reader that leaves early, `| head`, is handled once by cli/main.py)."""
     if as_json:
-        print(json.dumps(info, indent=2))
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
     ext = info.get("extractor", {})
     ann = info.get("ann") or {}
-    print(f"index {info['root']} (version {info['version']}, updated {info['updated']})\n"
-          f"  {info['count']} images, {info['dim']}-d features, {info['identities']} known identities, "
-          f"{info['cameras']} cameras\n"
-          f"  model: {ext.get('name')} [{ext.get('backend')}] {ext.get('path')}\n"
-          f"  approximate index: {ann.get('kind', 'none')} {ann if ann else ''}\n"
-          f"  unreadable images (not indexed): {len(info['unreadable'])}")
-    for row in info["unreadable"][:20]:
-        print(f"    {row['path']}: {row['reason']}")
+    lines = [f"index {info['root']} (format {info['format']}, version {info['version']}, updated {info['updated']})",
+             f"  {info['count']} items, {info['dim']}-d features, {info['identities']} known identities, "
+             f"{info['cameras']} cameras, {info.get('tracks', 0)} tracks, "
+             f"{info.get('rows_without_path', 0)} items without a file",
+             f"  model: {ext.get('name')} [{ext.get('backend')}] {ext.get('path')}"
+             + (" (flip)" if ext.get("flip") else ""),
+             f"  approximate index: {ann.get('kind', 'none')} {ann if ann else ''}",
+             f"  unreadable images (not indexed): {len(info['unreadable'])}"]
+    lines += [f"    {row['path']}: {row['reason']}" for row in info["unreadable"][:20]]
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def index_command(args: argparse.Namespace) -> None:
@@ -69,20 +87,20 @@ def index_command(args: argparse.Namespace) -> None:
         return
     if args.index_command == "remove":
         index = GalleryIndex.load(args.index)
-        paths = list(args.paths) + (Path(args.from_file).read_text().split() if args.from_file else [])
-        print(f"removed {index.remove(paths)} of {len(paths)} path(s); index now holds {index.count} images")
+        keys = list(args.keys) + (Path(args.from_file).read_text().split() if args.from_file else [])
+        print(f"removed {index.remove(keys)} of {len(keys)} id(s)/path(s); index now holds {index.count} items")
         return
-    items = collect_items(args.images, args.split)
+    items = collect_items(args.data, args.split)
     if args.index_command == "build":
         extractor = _extractor(args.model, None, args)
         index, report = GalleryIndex.build(args.index, extractor, items, approx=args.approx,
-                                           overwrite=args.overwrite, show_progress=show, sources=[str(args.images)])
+                                           overwrite=args.overwrite, show_progress=show, sources=[str(args.data)])
     else:
         index = GalleryIndex.load(args.index)
         report = index.add(_extractor(args.model, index, args), items, allow_other_model=args.force,
                            show_progress=show)
     print(report.summary())
-    print(f"index {index.root}: {index.count} images, {index.dim}-d, version {index.manifest['version']}")
+    print(f"index {index.root}: {index.count} items, {index.dim}-d, version {index.version}")
 
 
 def _query_pid(path: Path) -> int | None:
@@ -93,26 +111,31 @@ def _query_pid(path: Path) -> int | None:
     return item.pid if isinstance(item, Record) else None
 
 
-def _print_table(query: str, hits: list[dict[str, Any]], rerank: bool) -> None:
-    print(f"query {query}")
-    extra = f" {'re-ranked':>10s}" if rerank else ""
-    print(f"{'rank':>4s} {'score':>7s}{extra} {'pid':>6s} {'camid':>5s}  path")
+def _table(query: str, hits: list[dict[str, Any]], rerank: str | None) -> list[str]:
+    """One query's ranked list. The first number is what the ranking used: the cosine score, or after re-ranking
+    the re-ranked distance (labelled; the cosine follows). `cam` is 1-based as in file names (c1 = camid 0);
+    rows without a file show their id."""
+    def known(value: Any, shift: int = 0) -> str:
+        return "?" if value is None else str(value + shift)
+
+    label = f"{rerank} distance" if rerank else "score"
+    width = max(7, len(label))
+    head = f"{'rank':>4s} {label:>{width}s}" + (f" {'cosine':>7s}" if rerank else "")
+    lines = [f"query {query}", f"{head} {'pid':>6s} {'cam':>4s}  path"]
     for hit in hits:
-        pid = "?" if hit["pid"] is None else str(hit["pid"])
-        cam = "?" if hit["camid"] is None else str(hit["camid"])
-        dist = f" {hit['rerank_distance']:10.4f}" if rerank else ""
-        print(f"{hit['rank']:4d} {hit['score']:7.4f}{dist} {pid:>6s} {cam:>5s}  {hit['path']}")
+        shown = hit["rerank_distance"] if rerank else hit["score"]
+        cosine = f" {hit['score']:7.4f}" if rerank else ""
+        where = hit["path"] if hit.get("path") is not None else f"id {hit['id']}" + "".join(
+            f" {key} {hit[key]}" for key in ("camid", "track", "frame") if hit.get(key) is not None)
+        lines.append(f"{hit['rank']:4d} {shown:{width}.4f}{cosine} {known(hit['pid']):>6s} "
+                     f"{known(hit['camid'], 1):>4s}  {where}")
+    return lines
 
 
-def _rerank_params(args: argparse.Namespace, queries: list[Path]) -> dict[str, Any]:
-    if args.rerank != "pair":
-        return {}
-    if args.pair_checkpoint is None:
-        raise ReIDError("--rerank pair needs --pair-checkpoint")
-    from ..checkpoint import model_from_checkpoint
-
-    model, _ = model_from_checkpoint(args.pair_checkpoint)
-    return {"model": model.eval(), "query_images": [str(q) for q in queries]}
+def _candidates_per_query(args: argparse.Namespace, pair_only: bool) -> int:
+    """First-stage results per query handed to the re-ranker: at least --top; --rerank-top, else the default of
+    pair fusion (its top-k) or of the pool-based re-rankers."""
+    return max(args.top, args.rerank_top or (PAIR_TOP_DEFAULT if pair_only else POOL_DEFAULT))
 
 
 def search_command(args: argparse.Namespace) -> None:
@@ -124,51 +147,60 @@ def search_command(args: argparse.Namespace) -> None:
     notes = index.check_extractor(extractor, allow_other_model=True)
     queries = list(args.query)
     features = extractor.embed([str(q) for q in queries])
-    rerank = None if args.rerank == "none" else args.rerank
-    results = index.search(features, k=args.top, method=args.method, rerank=rerank,
-                                          rerank_k=args.rerank_k, **_rerank_params(args, queries))
+    reranker = reranker_from_args(args)
+    rerank = None if reranker is None else reranker.label
+    extra = {} if reranker is None else {
+        "rerank": reranker, "query_images": [str(q) for q in queries],
+        "rerank_k": _candidates_per_query(args, reranker.name == "pair")}
+    method = "exact" if args.approx == "none" else args.approx
+    results = index.search(features, k=args.top, method=method, **extra)
     hits = [results.hits(i) for i in range(len(queries))]
     picture = None
-    if not args.no_picture:
+    if args.picture is not None:  # only when asked: nothing lands in the current folder by default
         picture = ranked_list_picture([str(q) for q in queries], hits, args.picture,
                                       query_pids=[_query_pid(q) for q in queries])
     if args.json:
-        print(json.dumps({"index": str(index.root), "method": results.method, "rerank": rerank, "notes": notes,
-                          "picture": str(picture) if picture else None,
-                          "queries": [{"query": str(q), "results": h} for q, h in zip(queries, hits)]}, indent=2))
+        sys.stdout.write(json.dumps({
+            "index": str(index.root), "version": results.version, "method": results.method, "rerank": rerank,
+            "notes": notes, "picture": str(picture) if picture else None,
+            "queries": [{"query": str(q), "results": h} for q, h in zip(queries, hits)]}, indent=2) + "\n")
         return
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    print(f"method: {results.method}" + (f", re-ranked by {rerank}" if rerank else ""))
+    lines = [f"method: {results.method}" + (f", re-ranked by {reranker.describe()}" if reranker else "")]
     for query, query_hits in zip(queries, hits):
-        _print_table(str(query), query_hits, rerank is not None)
+        lines += _table(str(query), query_hits, rerank)
     if picture:
-        print(f"ranked list picture: {picture}")
+        lines.append(f"ranked list picture: {picture}")
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------- parsers
 
 def _model_options(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--model", type=Path, required=required,
-                   help="checkpoint (.pt), ONNX (.onnx) or OpenVINO IR (.xml)"
-                        + ("" if required else "; default: the model that built the index"))
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="runtime for the model")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="torch device for checkpoints")
+    add_model(p, required=required, help=None if required else
+              "model file (.pt, .onnx or .xml); default: the model that built the index")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                   help="runtime for the model (auto: by file type; for the index's model, the one it was built with)")
+    add_batch_size(p, default=32)
+    add_device(p)
+    add_flip(p)
 
 
 def _add_index_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("index", help="build, extend, shrink or describe a gallery index")
-    isub = p.add_subparsers(dest="index_command", required=True)
+    p = sub.add_parser("index", help="build, extend, shrink or describe a gallery index",
+                       description="A gallery index: features + metadata (id, path, pid, camid, track, frame, time, "
+                                   "source) in a folder; one writer at a time, readers never blocked. From Python, "
+                                   "GalleryIndex.add_images adds crops held in memory.")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
     for name, text in (("build", "embed images into a new index"), ("add", "embed and append new images")):
-        q = isub.add_parser(name, help=text)
+        q = isub.add_parser(name, help=text, description=text)
         q.add_argument("--index", type=Path, required=True, help="index folder")
-        q.add_argument("--images", type=Path, required=True,
-                       help="image folder, Market-layout root, manifest (.csv/.json) or one image")
+        add_data(q, help="image folder, Market-layout root, manifest (.csv/.json) or one image")
         q.add_argument("--split", choices=SPLIT_CHOICES, default="auto",
                        help="split of a Market root / manifest to index (auto: gallery if present)")
         _model_options(q, required=name == "build")
-        q.add_argument("--quiet", action="store_true")
+        add_quiet(q)
         if name == "build":
             q.add_argument("--approx", choices=APPROX_CHOICES, default="auto",
                            help="faiss index to store (auto: IVF for large galleries)")
@@ -176,32 +208,31 @@ def _add_index_parser(sub: argparse._SubParsersAction) -> None:
         else:
             q.add_argument("--force", action="store_true",
                            help="allow a model other than the index's (e.g. its ONNX export)")
-    q = isub.add_parser("remove", help="drop images from an index by path")
-    q.add_argument("--index", type=Path, required=True)
-    q.add_argument("paths", nargs="*", help="image paths to remove")
-    q.add_argument("--from-file", type=Path, help="text file with one path per line")
-    q.add_argument("--quiet", action="store_true")
+    q = isub.add_parser("remove", help="drop items from an index by id or path")
+    q.add_argument("--index", type=Path, required=True, help="index folder")
+    q.add_argument("keys", nargs="*", metavar="ID_OR_PATH", help="item ids or image paths to remove")
+    q.add_argument("--from-file", type=Path, help="text file with one id or path per line")
+    add_quiet(q)
     q = isub.add_parser("info", help="describe an index")
-    q.add_argument("--index", type=Path, required=True)
-    q.add_argument("--json", action="store_true")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--index", type=Path, required=True, help="index folder")
+    q.add_argument("--json", action="store_true", help="print the description as JSON")
+    add_quiet(q)
     p.set_defaults(func=index_command)
 
 
 def _add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="rank an index's images by similarity to query images")
-    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--index", type=Path, required=True, help="index folder")
     p.add_argument("--query", type=Path, nargs="+", required=True, help="query image(s)")
-    p.add_argument("--top", type=int, default=10, help="results per query")
+    add_top(p, 10, "results per query")
     _model_options(p)
-    p.add_argument("--method", choices=METHOD_CHOICES, default="auto",
-                   help="exact, faiss ivf/hnsw, or auto (faiss for large indexes)")
-    p.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
-                   help="re-rank the top --rerank-k candidates")
-    p.add_argument("--rerank-k", type=int, default=100)
-    p.add_argument("--pair-checkpoint", type=Path, help="pair-network checkpoint for --rerank pair")
-    p.add_argument("--picture", type=Path, default=Path("search_results.png"), help="ranked-list picture (PNG)")
-    p.add_argument("--no-picture", action="store_true")
+    add_quiet(p)
+    add_option(p, "--approx", aliases=("--method",), choices=SEARCH_APPROX_CHOICES, default="auto",
+               help="auto: the index's stored faiss index for large galleries, else exact; none (= exact), ivf or "
+                    "hnsw (built in memory if the index does not store that kind)")
+    add_rerank_options(p)
+    p.add_argument("--picture", type=Path, metavar="FILE", help="also draw the ranked lists into this PNG")
+    p.add_argument("--no-picture", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; now the default
     p.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
     p.set_defaults(func=search_command)
 

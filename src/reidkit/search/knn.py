@@ -90,12 +90,9 @@ def default_params(kind: str, count: int) -> AnnParams:
 
 
 def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ReIDError(f"approximate search needs faiss: `pip install faiss-cpu` (the [deploy] extra): {exc}") \
-            from None
-    return faiss
+    from ..inference import import_optional
+
+    return import_optional("faiss", "approximate search (--approx ivf / hnsw)", package="faiss-cpu")
 
 
 def build_ann(features: np.ndarray, params: AnnParams, train_sample: int = 64, seed: int = 0) -> Any:
@@ -127,6 +124,11 @@ def ann_search(index: Any, params: AnnParams, queries: np.ndarray, k: int) -> tu
     k = min(k, index.ntotal)
     scores, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return scores, indices.astype(np.int64)
+
+
+def clone_ann(index: Any) -> Any:
+    """An independent copy (to extend without changing an index that may still be searched)."""
+    return _faiss().clone_index(index)
 
 
 def save_ann(index: Any, path: str | os.PathLike) -> None:
