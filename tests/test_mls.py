@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import interrupt_and_resume_pair_training, same_checkpoint_weights
 from reidkit.checkpoint import model_from_checkpoint
-from reidkit.cli.train import PAIR_MODELS, _model_name
+from reidkit.cli.train import _model_name
 from reidkit.config import load_config
 from reidkit.data.pairs import anchor_is_first, identity_batches
 from reidkit.errors import ConfigError, ModelError, TrainingError
@@ -26,6 +26,7 @@ from reidkit.losses import ImprovedRankingLoss, build_loss
 from reidkit.models import build_model
 from reidkit.models.complexity import count_flops, count_params, flop_breakdown
 from reidkit.models.pair.mls import PatchSampler, depthwise_correlation, level_map_sizes
+from reidkit.models.registry import model_spec
 from reidkit.training.pair import PairTrainConfig, PairTrainer, train_pair_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -382,7 +383,7 @@ def test_cross_entropy_mining_still_replaces_only_the_second_image(toy_root, tmp
 
 def test_config_file_routes_to_the_pair_trainer_and_builds_the_model():
     path = ROOT / "configs" / "mls_cuhk03np_cpu.yaml"
-    assert _model_name(path) == "mls" in PAIR_MODELS
+    assert _model_name(path) == "mls" and model_spec("mls").task == "pair"
     cfg = load_config(PairTrainConfig, path)
     assert cfg.data.validation == "carve" and cfg.data.val_ids == 150 and cfg.max_minutes <= 30
     model = build_model("mls", **cfg.model.build_kwargs((cfg.data.height, cfg.data.width)))

@@ -96,10 +96,10 @@ def test_metric_loss_settings_reach_the_loss_or_fail_clearly(tiny_market, tmp_pa
         cfg = tiny_config()
         for key, value in loss.items():
             setattr(cfg.loss, key, value)
-        trainer = EmbeddingTrainer(cfg, tmp_path, tiny_market, show_progress=False)
-        trainer.num_classes, trainer.models = 4, [None]  # set by setup(); the losses need nothing else
-        trainer._build_losses()
-        return trainer.metric_loss
+        task = EmbeddingTrainer(cfg, tmp_path, tiny_market, show_progress=False).task
+        task.num_classes, task.models = 4, [None]  # set by setup(); the losses need nothing else
+        task._build_losses()
+        return task.metric_loss
 
     assert built(metric_loss="soft_hard", margin=0.3).margin == 0.3
     assert built(metric_loss="soft_hard", soft_margin=True).margin is None  # softplus, as AGW

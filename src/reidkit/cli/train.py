@@ -14,14 +14,15 @@ from ..data.records import split_arrays
 from ..data.store import load_image_tensor
 from ..errors import ConfigError
 from ..inference.extractor import Extractor
-from ..training.config import TrainConfig
 from ..utils import atomic_path
 from .options import add_batch_size, add_data, add_device, add_flip, add_minutes, add_model, add_quiet
 
-PAIR_MODELS = ("idla", "idla_ncc", "mls")  # routed to the pair trainer
 
-
-def _model_name(config: Path | None) -> str:
+def _model_name(config: Path | None, overrides: list[str] = ()) -> str:
+    """model.name of a config file (the override `model.name=...` wins); "embedding" when neither sets it."""
+    for item in reversed(list(overrides)):
+        if item.startswith("model.name="):
+            return item.split("=", 1)[1]
     if config is None:
         return "embedding"
     try:
@@ -33,22 +34,18 @@ def _model_name(config: Path | None) -> str:
 
 def run_train(config: Path | None, overrides: list[str], data: Path | None, out: Path, resume: bool = False,
               no_val: bool = False, show_progress: bool = True) -> dict:
+    """Train the model of `config` with the task its registration names (embedding, pair, ...)."""
+    from ..training.loop import train
+    from ..training.tasks import task_for_model
+
     overrides = list(overrides) + (["data.validation=none"] if no_val else [])
-    if _model_name(config) in PAIR_MODELS:
-        from ..training.pair import train_pair_model_from_cli
-
-        return train_pair_model_from_cli(config, overrides, data=data, out=out, resume=resume,
-                                         show_progress=show_progress)
-    from ..training.embedding import train_embedding
-
-    cfg = load_config(TrainConfig, config, overrides)
-    result = train_embedding(cfg, out, data_root=data, resume=resume, show_progress=show_progress)
-    best = result["best"]
-    if best:
-        print(f"best validation (epoch {best['epoch']}): rank-1 {best['rank1']:.1f}  mAP {best['mAP']:.1f}  "
-              f"mINP {best['mINP']:.1f}")
+    task_cls = task_for_model(_model_name(config, overrides))
+    cfg = load_config(task_cls.config_class, config, overrides)
+    task = task_cls(cfg, data, show_progress)
+    summary = train(task, out, resume=resume)
+    task.report(summary)
     print(f"checkpoints and logs in {out}")
-    return result
+    return summary
 
 
 def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", flip: bool = False,

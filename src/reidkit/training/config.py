@@ -1,11 +1,17 @@
-"""Typed training configuration for embedding models (YAML + `section.key=value` CLI overrides)."""
+"""Typed training configurations, one per task (YAML + `section.key=value` CLI overrides): `TrainConfig` for
+embedding models, `PairTrainConfig` for pair networks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..data.transforms import AugmentConfig
+from ..errors import ConfigError
+from ..losses import build_loss, list_losses, loss_class, loss_parameters
+from ..models.registry import list_models, model_spec
+
+VALIDATION_MODES = ("auto", "carve", "dataset", "none")
 
 
 @dataclass
@@ -25,7 +31,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     root: str = ""  # dataset root (Market layout, image folder or manifest); `--data` overrides
-    validation: str = "carve"  # carve: hold out `val_ids` training identities | dataset: use query/gallery | none
+    # auto: the root's own query/gallery if it has them (e.g. made by `reidkit split`), else carve | carve: hold out
+    # `val_ids` training identities | dataset: the root's query/gallery | none
+    validation: str = "carve"
     val_ids: int = 150
     split_seed: int = 0
     height: int = 256
@@ -35,9 +43,10 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    id_loss: str = "ce"  # "ce" (label-smoothed) or "none"
+    id_loss: str = "ce"  # any registered loss on logits or embeddings ("ce" label-smoothed, "center", ...) or "none"
     id_weight: float = 1.0
     label_smooth: float = 0.1
+    id_params: dict[str, Any] = field(default_factory=dict)  # extra arguments of the identity loss
     metric_loss: str = "triplet_batch_hard"  # any metric loss name of reidkit.losses, or "none"
     metric_weight: float = 1.0
     margin: float = 0.3
@@ -53,6 +62,10 @@ class LossConfig:
     # On the raw 1280-d features the term reached 3-13 (more than CE) and both students collapsed (docs/benchmarks/
     # losses_cuhk03np.md).
     mutual_normalize: bool = True
+    # More loss terms, active from the first epoch: [{name: center, weight: 0.0005}, ...] (other keys are the
+    # loss's arguments). A loss with parameters (the centres of "center") is trained with the model and saved in
+    # the checkpoint.
+    extra: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -92,3 +105,140 @@ class TrainConfig:
     val_local_weight: float = 1.0
     select_on: str = "val"  # which validation mAP picks best.pt: val (global) | val_local (global + local)
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
+
+
+# ------------------------------------------------------------------------------------------------ pair networks
+@dataclass
+class PairModelConfig:
+    name: str = "idla"  # any model registered with task="pair": idla | idla_ncc | mls | ...
+    dropout: float = 0.5
+    mode: str = "replace"  # idla_ncc: NCC "replace"s or sits "beside" the neighbourhood differences
+    row_radius: int = 2  # idla_ncc: search band = rows y-r..y+r, whole width
+    channels_last: bool = True
+    batchnorm: bool = False  # idla, idla_ncc: BatchNorm after the tied convolutions (not in the paper)
+    levels: list[str] = field(default_factory=lambda: ["low", "mid", "high"])  # mls: CSN after these stages
+    use_stn: bool = True  # mls: STN-placed patches (false: fixed patches)
+    patch_size: list[int] = field(default_factory=lambda: [3, 3])  # mls: kernel patch (height, width), odd
+    num_patches: int = 1  # mls: patches per view and level
+
+    def build_kwargs(self, input_size: tuple[int, int]) -> dict[str, Any]:
+        """Builder arguments: the options every pair model takes, plus those its registration declares."""
+        if self.name not in list_models("pair"):
+            raise ConfigError(f"model.name={self.name!r}: the pair task trains {', '.join(list_models('pair'))}")
+        spec = model_spec(self.name)
+        self._check_applicable(spec.options)
+        kwargs: dict[str, Any] = {"input_size": list(input_size), "dropout": self.dropout,
+                                  "channels_last": self.channels_last}
+        for option in spec.options:
+            value = getattr(self, option)
+            kwargs[option] = list(value) if isinstance(value, list) else value
+        return kwargs
+
+    def _check_applicable(self, own: tuple[str, ...]) -> None:
+        """A model-specific option set for another model would be silently ignored: refuse it instead."""
+        defaults = PairModelConfig()
+        for option in (f.name for f in fields(self)):
+            if option in own or option in COMMON_PAIR_OPTIONS or getattr(self, option) == getattr(defaults, option):
+                continue
+            takers = [n for n in list_models("pair") if option in model_spec(n).options]
+            raise ConfigError(f"model.{option}={getattr(self, option)!r} applies to model.name "
+                              f"{' / '.join(takers)}, not {self.name!r}: remove it or change model.name")
+
+
+COMMON_PAIR_OPTIONS = ("name", "dropout", "channels_last")
+
+
+@dataclass
+class PairLossConfig:
+    # ce: cross-entropy on the pair logits | any registered loss on pair logits, e.g. improved_ranking (MLS
+    # paper: cross-entropy + a margin between the positive and the negative pair of each anchor)
+    name: str = "ce"
+    margin: float = 0.5  # improved_ranking: s(anchor, positive) - s(anchor, negative) must reach this
+    verification_weight: float = 1.0
+    ranking_weight: float = 1.0
+    score: str = "prob"  # improved_ranking: s = P(same) ("prob") or the log-odds ("logit")
+    # Identity classification of each image's trunk features beside the pair loss (verification +
+    # identification, Zheng et al. 2017): a training-only head; 0 = off (the papers' pair loss alone).
+    id_weight: float = 0.0
+    id_label_smooth: float = 0.1
+
+    def build(self) -> Any:
+        """The loss module on pair logits, or None for plain cross-entropy."""
+        if self.name not in pair_losses():
+            raise ConfigError(f"loss.name={self.name!r}: the pair task supports {', '.join(pair_losses())}")
+        if self.name == "ce":
+            return None
+        settings = {"margin": self.margin, "verification_weight": self.verification_weight,
+                    "ranking_weight": self.ranking_weight, "score": self.score}
+        accepted = loss_parameters(self.name)
+        return build_loss(self.name, **{k: v for k, v in settings.items() if k in accepted})
+
+
+def pair_losses() -> list[str]:
+    """"ce" (cross-entropy on the pair logits) and every registered loss on pair logits."""
+    return ["ce"] + [n for n in list_losses() if getattr(loss_class(n), "inputs", "") == "pair_logits"]
+
+
+@dataclass
+class PairDataConfig:
+    root: str = ""  # dataset root (Market layout, or a root with only bounding_box_train); --data overrides
+    validation: str = "carve"  # auto | carve: hold out `val_ids` identities | dataset | none (see DataConfig)
+    val_ids: int = 150
+    split_seed: int = 0
+    height: int = 160
+    width: int = 60
+    resize: str = "stretch"
+    cross_camera: bool = True  # pairs (positive and negative) always join two different cameras
+    max_train_ids: int = 0  # train on the first N training identities only (0 = all): quick smoke runs
+
+
+@dataclass
+class PairSamplingConfig:
+    ids_per_batch: int = 8  # a batch = all positive pairs of this many identities + as many negatives
+    translate: float = 0.05  # random shift up to this fraction of height/width (the paper's augmentation)
+    flip: bool = True
+    hard_from_epoch: int = 0  # first epoch (1-based) of hard-negative rounds; 0 = random negatives only
+    hard_fraction: float = 0.5  # share of each batch's negatives replaced by mined ones
+    hard_candidates: int = 8  # random negatives scored per anchor; the most "same"-looking one is kept
+
+
+@dataclass
+class PairOptimConfig:
+    epochs: int = 20
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # L2 regularisation
+    schedule: str = "inv"  # inv: lr * (1 + gamma * step) ** -power (the paper's Caffe policy) | cosine | constant
+    inv_gamma: float = 1e-4
+    inv_power: float = 0.75
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class PairEvalConfig:
+    cmc_ids: int = 100  # CUHK03 classic protocol: identities per draw
+    cmc_draws: int = 10
+    max_rank: int = 20
+    batch_size: int = 512  # pairs per forward pass when scoring
+    threshold: float = 0.0  # log-odds threshold for "same" (0 = probability 0.5)
+    # test-time augmentation of validation and CMC scores: average both input orders / the mirrored pair
+    symmetric: bool = False
+    flip: bool = False
+
+
+@dataclass
+class PairTrainConfig:
+    model: PairModelConfig = field(default_factory=PairModelConfig)
+    data: PairDataConfig = field(default_factory=PairDataConfig)
+    sampling: PairSamplingConfig = field(default_factory=PairSamplingConfig)
+    optim: PairOptimConfig = field(default_factory=PairOptimConfig)
+    loss: PairLossConfig = field(default_factory=PairLossConfig)
+    eval: PairEvalConfig = field(default_factory=PairEvalConfig)
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0  # torch CPU threads (0 = torch default)
+    bf16: bool = False  # bfloat16 autocast (CPU with AVX512-BF16 / CUDA)
+    max_minutes: float = 0.0  # wall-time budget: no epoch is started that would end past it (0 = none); resumable
+    retain_memory: bool = True  # keep freed heap memory for reuse (see retain_freed_memory)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ...errors import ModelError
 from ..registry import register_model
-from .idla import PairNetwork, pair_head
+from .base import PairNetwork, pair_head
 
 LEVELS = ("low", "mid", "high")
 DEFAULT_INPUT_SIZE = (160, 64)
@@ -315,7 +315,7 @@ def _check_sizes(value: Sequence[int], name: str, minimum: int) -> tuple[int, in
     return size  # type: ignore[return-value]
 
 
-@register_model("mls")
+@register_model("mls", task="pair", options=("levels", "use_stn", "patch_size", "num_patches"))
 def build_mls(input_size: Sequence[int] = DEFAULT_INPUT_SIZE, levels: Sequence[str | int] = LEVELS,
               use_stn: bool = True, patch_size: Sequence[int] = (3, 3), num_patches: int = 1,
               widths: Sequence[int] = DEFAULT_WIDTHS, summary_width: int = 32, hidden: int = 128,

@@ -40,16 +40,8 @@ import torch.nn.functional as F
 
 from ...errors import ModelError
 from ..registry import register_model
-from .idla import (
-    PAPER_INPUT_SIZE,
-    AcrossPatch,
-    DifferenceBranches,
-    PairNetwork,
-    TiedTrunk,
-    as_input_size,
-    pair_head,
-    trunk_output_size,
-)
+from .base import PairNetwork, pair_head
+from .idla import PAPER_INPUT_SIZE, AcrossPatch, DifferenceBranches, TiedTrunk, as_input_size, trunk_output_size
 from .native import native_library, run_split, run_split_summed
 
 NCC_MODES = ("replace", "beside")
@@ -390,7 +382,7 @@ class IDLANCC(PairNetwork):
         return self.head(torch.cat(features, 1))
 
 
-@register_model("idla_ncc")
+@register_model("idla_ncc", task="pair", options=("batchnorm", "mode", "row_radius"))
 def build_idla_ncc(input_size: Sequence[int] = PAPER_INPUT_SIZE, mode: str = "replace", dropout: float = 0.5,
                    row_radius: int = 2, channels_last: bool = True, batchnorm: bool = False,
                    **unused: object) -> IDLANCC:

@@ -1,0 +1,185 @@
+"""The one training loop: fit / resume / checkpoints / JSONL log / time budget / console, for any task.
+
+A task (training/tasks/) says what to optimise and how to judge it; this loop does the rest, the same way for
+every model (the meta-architecture / engine split of fast-reid and torchreid):
+
+    for each epoch (seeded from (seed, epoch), so `resume` continues to exactly an uninterrupted run):
+        task.train_epoch(epoch, optimise)     optimise(loss, step, n): backward (+ AMP scaling, accumulation),
+                                              then at accumulation boundaries clip, step, zero, schedule
+        task.validate() when due              -> one console line; best.pt when task.selection improves
+        last.pt (atomic), log.jsonl line, training curves
+        stop early when another epoch would end past `max_minutes` (the run stays resumable)
+    task.finish(...)                          final report and pictures; summary.json
+
+Checkpoints (reidkit.checkpoint) hold member 0's model, optimiser, scheduler and scaler; the members' stateful
+extras (loss parameters such as CenterLoss centres, training-only heads) go in `extra` under their names, other
+members (mutual learning) in `extra["other_students"]`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from ..config import to_dict
+from ..errors import ConfigError
+from ..utils import atomic_write_json, seed_everything
+from .runlog import append_log, start_run
+from .tasks.base import Member, Task
+
+
+class Trainer:
+    """Runs `task` into `out_dir`. Task attributes read through the trainer (`trainer.model`, ...)."""
+
+    def __init__(self, task: Task, out_dir: str | Path):
+        self.task, self.out = task, Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "task":  # not set yet: avoid recursion while unpickling or during __init__
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        task = self.task
+        seed_everything(task.cfg.seed)
+        task.setup()
+        self.optimizers = [task.optimizer(m) for m in task.members]
+        self.schedulers = [task.scheduler(o) for o in self.optimizers]
+        # One scaler for all members: they share one loss and one backward(), so one scale applies to every
+        # gradient; each optimiser is stepped through it and the scale is updated once per step.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=task.grad_scaling)
+
+    # ------------------------------------------------------------ optimising
+    def optimise(self, loss: torch.Tensor, step: int, num_steps: int) -> None:
+        """Backward of `loss` (step `step` of `num_steps` this epoch); the optimisers step every `accum_steps`
+        steps and at the end of the epoch."""
+        accum = self.task.accum_steps
+        self.scaler.scale(loss / accum).backward()
+        if (step + 1) % accum == 0 or step + 1 == num_steps:
+            self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        clip = self.task.grad_clip
+        for member, opt, sched in zip(self.task.members, self.optimizers, self.schedulers):
+            if clip > 0:
+                self.scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(member.model.parameters(), clip)
+            self.scaler.step(opt)
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+        self.scaler.update()
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        row = self.task.train_epoch(epoch, self.optimise)
+        return {**row, "lr": self.optimizers[0].param_groups[0]["lr"]}
+
+    # ---------------------------------------------------------- checkpointing
+    def save(self, name: str, epoch: int, metrics: dict, member: int = 0) -> None:
+        task, members = self.task, self.task.members
+        extra = {**task.checkpoint_extra(member), **_extras_state(members[member])}
+        if member == 0 and len(members) > 1:
+            extra["other_students"] = [
+                {"model": m.model.state_dict(), "optimizer": o.state_dict(), "scheduler": s.state_dict(),
+                 **_extras_state(m)}
+                for m, o, s in zip(members[1:], self.optimizers[1:], self.schedulers[1:])]
+        save_checkpoint(self.out / name, model=members[member].model, model_name=task.model_name,
+                        model_cfg=task.model_cfg, epoch=epoch, optimizer=self.optimizers[member],
+                        scheduler=self.schedulers[member], scaler=self.scaler, config=to_dict(task.cfg),
+                        metrics=metrics, extra=extra)
+
+    def resume(self) -> tuple[int, dict]:
+        path = self.out / "last.pt"
+        payload = load_checkpoint(path, map_location=self.task.device)
+        self.task.check_resume(payload, path)
+        members = self.task.members
+        states = [{**payload["extra"], **payload}] + list(payload["extra"].get("other_students", []))
+        for member, opt, sched, state in zip(members, self.optimizers, self.schedulers, states):
+            member.model.load_state_dict(state["model"])
+            self._restore_extras(member, state, path)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+        return payload["epoch"], payload["metrics"].get("best", {})
+
+    def _restore_extras(self, member: Member, state: dict, path: Path) -> None:
+        for name, module in member.stateful_extras().items():
+            if name not in state:
+                option = self.task.extra_options.get(name, name)
+                raise ConfigError(f"resume: {path} was trained without {option}; resume it with the same loss "
+                                  "settings or start a new run")
+            module.load_state_dict(state[name])
+
+    # -------------------------------------------------------------------- fit
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        task, cfg = self.task, self.task.cfg
+        self.setup()
+        start_epoch, best = 0, {}
+        if resume and (self.out / "last.pt").exists():
+            start_epoch, best = self.resume()
+        rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
+        epochs_done, last_duration = start_epoch, 0.0
+        for epoch in range(start_epoch, task.epochs):
+            epoch_start = time.monotonic()
+            seed_everything(cfg.seed * 1_000 + epoch)  # dropout masks: same per epoch with or without resume
+            row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            # Stop when the next epoch (assumed as long as the longer of this and the last one) would end past
+            # the budget; the last epoch of a run is always validated.
+            now = time.monotonic()
+            out_of_time = now + max(now - epoch_start, last_duration) > deadline and epoch + 1 < task.epochs
+            if task.validate_now(epoch, epoch + 1 == task.epochs or out_of_time):
+                row.update(task.validate())
+                best = self._update_best(row, best, epoch + 1)
+                print(task.console_line(row, best), flush=True)
+            self.save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
+            rows.append(row)
+            append_log(self.out / "log.jsonl", row)
+            task.plot_curves(rows, self.out)
+            epochs_done, last_duration = epoch + 1, time.monotonic() - epoch_start
+            if out_of_time:
+                print(f"time budget of {cfg.max_minutes} min: stopping after epoch {epochs_done} (another epoch "
+                      f"would not fit); resume with --resume to continue")
+                break
+        return self._finish(epochs_done, best, rows)
+
+    def _update_best(self, row: dict, best: dict, epoch: int) -> dict:
+        selected = self.task.selection(row)
+        key = self.task.best_key
+        if best and selected[key] <= best[key]:
+            return best
+        best = {**selected, "epoch": epoch}
+        for s in range(len(self.task.members)):
+            self.save("best.pt" if s == 0 else f"best_student{s}.pt", epoch, {"best": best}, s)
+        return best
+
+    def _finish(self, epochs_done: int, best: dict, rows: list[dict]) -> dict[str, Any]:
+        task = self.task
+        if not task.has_val:  # without validation the final weights are the deliverable
+            for s in range(len(task.members)):
+                self.save("best.pt" if s == 0 else f"best_student{s}.pt", epochs_done, {}, s)
+        summary: dict[str, Any] = {"model": task.model_name, "task": task.name, "epochs_done": epochs_done,
+                                   "best": best}
+        if task.has_val and best:
+            summary.update(task.finish(self, best))
+        atomic_write_json(summary, self.out / "summary.json")
+        return {**summary, "log": rows}
+
+
+def _extras_state(member: Member) -> dict[str, Any]:
+    return {name: module.state_dict() for name, module in member.stateful_extras().items()}
+
+
+def train(task: Task, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Run `task` into `out_dir`; returns the summary (also in out_dir/summary.json) plus the log rows."""
+    return Trainer(task, out_dir).fit(resume=resume)
+

@@ -1,0 +1,64 @@
+"""Which images train and which validate, decided once for every task, and said on the console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..data import load_dataset
+from ..data.market import MARKET_FOLDERS
+from ..data.records import ReIDDataset
+from ..data.split import carve_validation_records
+from ..errors import ConfigError
+
+
+class SplitOptions(Protocol):
+    validation: str
+    val_ids: int
+    split_seed: int
+
+
+def own_validation_root(root: Path) -> Path | None:
+    """The folder whose query/gallery validate a run on `root`: `root` itself when it has both, or its parent when
+    `root` is the bounding_box_train folder of such a layout (what `reidkit split` writes); else None."""
+    for candidate in (root, root.parent if root.name == MARKET_FOLDERS["train"] else None):
+        if candidate is not None and all((candidate / MARKET_FOLDERS[s]).is_dir() for s in ("query", "gallery")):
+            return candidate
+    return None
+
+
+def prepare_splits(root: str | Path | None, options: SplitOptions) -> ReIDDataset:
+    """Train / validation query / validation gallery for `options.validation`:
+    auto (the root's own query/gallery if it has them, else carve) | carve | dataset | none.
+    The dataset's `notes[0]` says how the identities were split (see `describe_split`)."""
+    if not root:
+        raise ConfigError("no dataset: pass --data DIR or set data.root in the config")
+    root, mode = Path(root), options.validation
+    if mode not in ("auto", "carve", "dataset", "none"):
+        raise ConfigError(f"data.validation={mode!r}: expected auto, carve, dataset or none")
+    source = root
+    if mode in ("auto", "dataset") and root.is_dir():
+        source = own_validation_root(root) or root
+    dataset = load_dataset(source)
+    has_own = bool(dataset.query and dataset.gallery)
+    if mode == "dataset" and not has_own:
+        raise ConfigError(f"data.validation=dataset but {root} has no query/gallery split")
+    if mode in ("auto", "dataset") and has_own:
+        return ReIDDataset(dataset.train, dataset.query, dataset.gallery, name=dataset.name,
+                           notes=[f"from {source}"] + dataset.notes)
+    if mode == "none":
+        return ReIDDataset(dataset.train, [], [], name=dataset.name, notes=["none"] + dataset.notes)
+    carved = carve_validation_records(dataset.train, options.val_ids, options.split_seed)
+    return ReIDDataset(carved.train, carved.query, carved.gallery, name=f"{dataset.name} (val carve-out)",
+                       notes=[f"carved from the training ids (split seed {options.split_seed})"] + dataset.notes)
+
+
+def describe_split(splits: ReIDDataset) -> str:
+    """One console line: e.g. "train 617 ids / 6,000 images; validation: 150 ids from data/cuhk03-val (query 300,
+    gallery 1,200)"."""
+    line = f"train {len({r.pid for r in splits.train}):,} ids / {len(splits.train):,} images; validation: "
+    if not splits.query:
+        return line + "none"
+    ids = len({r.pid for r in splits.query + splits.gallery})
+    return line + (f"{ids:,} ids {splits.notes[0]} (query {len(splits.query):,}, "
+                   f"gallery {len(splits.gallery):,})")

@@ -1,0 +1,323 @@
+"""The embedding task: global embedding models (one student, or several trained mutually).
+
+Per epoch: P x K batches from the in-memory image store -> batched augmentation (cut-out curriculum) ->
+identity loss (+ extra loss terms) (+ ranking loss after the classification pre-training phase) (+ AlignedReID
+local loss) (+ mutual terms between students) -> validation (rank-k / mAP; with a local branch also the aligned
+distance) -> best.pt on the validation mAP. Any registered loss works as the identity, metric or extra loss; a
+loss with parameters (CenterLoss centres) is optimised with its student (no weight decay), saved in the
+checkpoint and restored on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ...data.records import relabel, split_arrays
+from ...data.sampler import PKSampler
+from ...data.store import load_image_tensor
+from ...data.transforms import BatchAugment, normalize
+from ...errors import ConfigError
+from ...inference.features import embed_tensor, embed_tensor_local
+from ...losses import MutualLearningLoss, build_loss, loss_class, loss_parameters
+from ...metrics import compute_distance_matrix, evaluate_rank_full, summarize
+from ...metrics.alignment import aligned_distance_matrix, local_distance_pairs
+from ...models import build_model
+from ...utils import progress
+from ..config import LossConfig, TrainConfig
+from ..optim import build_optimizer, warmup_then_decay
+from ..plots import plot_training_curves
+from ..splits import describe_split, prepare_splits
+from .base import Member, Optimise, Task, check_finite, register_task
+
+# What the task passes to a loss, by the loss's `inputs` (docs/losses.md).
+EMBEDDING_INPUTS = ("logits", "embeddings", "embeddings+local")
+
+
+def check_local_options(cfg: TrainConfig) -> None:
+    """The AlignedReID options must agree (checked before any image is loaded)."""
+    local_dim, weight = cfg.model.local_dim, cfg.loss.local_weight
+    if local_dim < 0:
+        raise ConfigError(f"model.local_dim={local_dim}: expected 0 (off) or a positive size (128 in AlignedReID)")
+    if weight < 0:
+        raise ConfigError(f"loss.local_weight={weight}: must be >= 0 (0 = no local loss)")
+    if weight > 0 and local_dim == 0:
+        raise ConfigError(f"loss.local_weight={weight} needs the AlignedReID local branch: set model.local_dim "
+                          "(128 in the paper)")
+    if local_dim > 0 and weight == 0:
+        # An untrained branch would only add noise to val_local and to inference.
+        raise ConfigError(f"model.local_dim={local_dim} adds a local branch that only loss.local_weight trains: "
+                          "set loss.local_weight > 0 (1.0 in AlignedReID) or model.local_dim=0")
+    if cfg.val_local_weight < 0:
+        raise ConfigError(f"val_local_weight={cfg.val_local_weight}: must be >= 0")
+    if cfg.select_on not in ("val", "val_local"):
+        raise ConfigError(f"select_on={cfg.select_on!r}: expected val (global) or val_local (global + local)")
+    if cfg.select_on == "val_local" and local_dim == 0:
+        raise ConfigError("select_on=val_local needs the AlignedReID local branch: set model.local_dim")
+
+
+def build_task_loss(name: str, key: str, context: dict[str, Any], params: dict[str, Any]) -> nn.Module:
+    """Loss `name` with the task's context arguments it accepts (num_classes, feat_dim, ...) and `params`
+    (which win); refused when its call convention is not one the embedding task can feed."""
+    inputs = getattr(loss_class(name), "inputs", "embeddings")
+    if inputs not in EMBEDDING_INPUTS:
+        raise ConfigError(f"{key}={name!r}: a loss on {inputs!r} does not apply to embedding models")
+    accepted = loss_parameters(name)
+    return build_loss(name, **{**{k: v for k, v in context.items() if k in accepted}, **params})
+
+
+def apply_loss(loss: nn.Module, out: dict[str, Any], labels: torch.Tensor) -> torch.Tensor:
+    inputs = getattr(loss, "inputs", "embeddings")
+    if inputs == "logits":
+        return loss(out["logits"], labels)
+    if inputs == "embeddings+local":
+        return loss(out["features"], labels, out["local_features"])
+    return loss(out["features"], labels)
+
+
+@register_task("embedding")
+class EmbeddingTask(Task):
+    config_class = TrainConfig
+    best_key = "mAP"
+
+    def __init__(self, cfg: TrainConfig, data_root: str | Path | None = None, show_progress: bool = True):
+        if cfg.students < 1:
+            raise ConfigError(f"students={cfg.students}: must be >= 1")
+        check_local_options(cfg)
+        super().__init__(cfg, data_root, show_progress)
+        self.data_root = data_root or cfg.data.root
+        self.grad_scaling = cfg.amp and self.device.type == "cuda"
+        self.accum_steps, self.grad_clip = cfg.optim.accum_steps, cfg.optim.grad_clip
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.splits = prepare_splits(self.data_root, cfg.data)
+        print(describe_split(self.splits), flush=True)
+        train, self.label_map = relabel(self.splits.train)
+        self.train_labels = np.asarray([r.pid for r in train])
+        self.num_classes = len(self.label_map)
+        size = (cfg.data.height, cfg.data.width)
+        load = (size, cfg.data.resize, self.show_progress)
+        self.train_images = load_image_tensor([r.path for r in train], *load, desc="loading train images")
+        self.has_val = bool(self.splits.query)
+        if self.has_val:
+            self.query_images = load_image_tensor([r.path for r in self.splits.query],
+                                                  *load, desc="loading validation query images")
+            self.gallery_images = load_image_tensor([r.path for r in self.splits.gallery],
+                                                    *load, desc="loading validation gallery images")
+        self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed)
+        self.model_name = cfg.model.name
+        self.model_cfg = {k: v for k, v in asdict(cfg.model).items() if k != "name" and v is not None}
+        self.model_cfg.update(num_classes=self.num_classes, input_size=size)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.models = [build_model(cfg.model.name, **self.model_cfg).to(self.device, memory_format=self.memory_format)
+                       for _ in range(cfg.students)]
+        self.mean, self.std = self.models[0].input_mean, self.models[0].input_std
+        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
+        self.augment = BatchAugment(cfg.augment)
+        self._build_losses()
+
+    def _build_losses(self) -> None:
+        """One set of losses per student (a loss with parameters is trained with its student)."""
+        self.student_losses = [self._losses_for(model) for model in self.models]
+        self.id_loss = self.student_losses[0]["id"]
+        self.metric_loss = self.student_losses[0]["metric"]
+        self.local_loss = self.student_losses[0]["local"]
+        self.members = [Member(model, {f"loss.{k}": v for k, v in losses.items() if v is not None})
+                        for model, losses in zip(self.models, self.student_losses)]
+        self.mutual_loss = None
+        lc = self.cfg.loss
+        if len(self.models) > 1:
+            self.mutual_loss = MutualLearningLoss(num_students=len(self.models), kl_weight=lc.mutual_kl_weight,
+                                                  metric_weight=lc.mutual_metric_weight,
+                                                  normalize=lc.mutual_normalize)
+
+    def _losses_for(self, model: nn.Module | None) -> dict[str, nn.Module | None]:
+        lc = self.cfg.loss
+        context = {"num_classes": self.num_classes}
+        if model is not None:
+            context["feat_dim"] = model.embedding_dim
+        losses: dict[str, nn.Module | None] = {"id": None, "metric": None, "local": None}
+        if lc.id_loss != "none":
+            losses["id"] = build_task_loss(lc.id_loss, "loss.id_loss", {**context, "epsilon": lc.label_smooth},
+                                           lc.id_params)
+        losses["metric"] = self._metric_loss(context)
+        if lc.local_weight > 0:
+            # Mined with batch-hard on the same global features and metric as the global triplet: the same hard
+            # samples, as in the paper; the loss then scores their local (aligned) distances.
+            metric = lc.metric_params.get("metric", "euclidean")
+            losses["local"] = build_loss("aligned_triplet", local_distance_fn=local_distance_pairs,
+                                         margin=lc.margin, soft_margin=lc.soft_margin, metric=metric)
+        for i, entry in enumerate(lc.extra):
+            params = dict(entry)
+            if "name" not in params:
+                raise ConfigError(f"loss.extra[{i}]={entry!r}: needs a name (a registered loss, e.g. center)")
+            name = params.pop("name")
+            params.pop("weight", None)
+            losses[f"extra{i}"] = build_task_loss(name, f"loss.extra[{i}].name", context, params)
+        return losses
+
+    def _metric_loss(self, context: dict[str, Any]) -> nn.Module | None:
+        lc = self.cfg.loss
+        accepted = loss_parameters(lc.metric_loss) if lc.metric_loss != "none" else []
+        if lc.margin != LossConfig.margin and "margin" not in accepted and lc.local_weight == 0:
+            raise ConfigError(f"loss.margin={lc.margin}: loss.metric_loss={lc.metric_loss!r} has no margin (its own "
+                              "settings go in loss.metric_params, e.g. alpha/beta for quadruplet)")
+        if lc.metric_loss == "none":
+            return None
+        if lc.soft_margin and "soft_margin" not in accepted:
+            raise ConfigError(f"loss.soft_margin=true: loss.metric_loss={lc.metric_loss!r} has no soft margin")
+        shared = {"margin": lc.margin, "soft_margin": lc.soft_margin, **context}
+        # metric_params override the shared settings (e.g. a loss-specific margin)
+        return build_task_loss(lc.metric_loss, "loss.metric_loss", shared, lc.metric_params)
+
+    def optimizer(self, member: Member) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        groups = [{"params": [p for p in member.model.parameters() if p.requires_grad]}]
+        loss_params = [p for extra in member.extras.values() for p in extra.parameters() if p.requires_grad]
+        if loss_params:  # no weight decay: it would pull e.g. the centres of CenterLoss towards the origin
+            groups.append({"params": loss_params, "weight_decay": 0.0})
+        return build_optimizer(groups, o.optimizer, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum,
+                               nesterov=True)
+
+    def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """Per-step schedule: linear warm-up from 10% then cosine decay (or step decay at milestones)."""
+        o = self.cfg.optim
+        factor = warmup_then_decay(o.warmup_epochs * self.steps_per_epoch, max(1, o.epochs * self.steps_per_epoch),
+                                   self.steps_per_epoch, o.scheduler, o.milestones, o.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def checkpoint_extra(self, member: int) -> dict[str, Any]:
+        return {"label_map": self.label_map, "students": len(self.models), "student": member}
+
+    # --------------------------------------------------------------- training
+    def _student_loss(self, out: dict[str, Any], labels: torch.Tensor, ranking: bool,
+                      student: int = 0) -> dict[str, torch.Tensor]:
+        lc = self.cfg.loss
+        losses = self.student_losses[student]
+        parts: dict[str, torch.Tensor] = {}
+        if losses["id"] is not None:
+            parts["id"] = lc.id_weight * apply_loss(losses["id"], out, labels)
+        for i, entry in enumerate(lc.extra):
+            name = entry["name"] if entry["name"] not in parts else f"extra{i}"
+            parts[name] = float(entry.get("weight", 1.0)) * apply_loss(losses[f"extra{i}"], out, labels)
+        if ranking and losses["metric"] is not None:
+            parts["metric"] = lc.metric_weight * apply_loss(losses["metric"], out, labels)
+        if ranking and losses["local"] is not None:
+            parts["local"] = lc.local_weight * losses["local"](out["features"], labels, out["local_features"])
+        if not parts:
+            raise ConfigError("no loss is active: set loss.id_loss or loss.metric_loss")
+        return parts
+
+    def _step_losses(self, x: torch.Tensor, labels: torch.Tensor, ranking: bool) -> dict[str, torch.Tensor]:
+        outs = [m(x) for m in self.models]
+        parts: dict[str, torch.Tensor] = {}
+        for i, out in enumerate(outs):
+            for name, value in self._student_loss(out, labels, ranking, i).items():
+                parts[name if len(outs) == 1 else f"s{i}_{name}"] = value
+        if self.mutual_loss is not None:
+            parts.update(self.mutual_loss.parts(logits=[o["logits"] for o in outs],
+                                                embeddings=[o["features"] for o in outs]))
+        return parts
+
+    def train_epoch(self, epoch: int, optimise: Optimise) -> dict[str, Any]:
+        cfg = self.cfg
+        for m in self.models:
+            m.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        ranking = epoch >= cfg.optim.pretrain_epochs
+        totals: dict[str, float] = {}
+        n_batches, n_images, start = 0, 0, time.perf_counter()
+        batches = list(self.sampler.batches(epoch))
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", enabled=self.show_progress)
+        for step, idx in enumerate(bar):
+            frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
+            x = normalize(self.train_images[idx].to(self.device), self.mean, self.std)
+            x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
+            labels = torch.as_tensor(self.train_labels[idx], device=self.device)
+            with torch.autocast(self.device.type, enabled=self.grad_scaling):
+                parts = self._step_losses(x, labels, ranking)
+            loss = sum(parts.values())
+            check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", parts)
+            optimise(loss, step, len(batches))
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.item()
+            n_batches += 1
+            n_images += len(idx)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        elapsed = time.perf_counter() - start
+        row = {f"loss_{k}": v / max(1, n_batches) for k, v in totals.items()}
+        row.update(loss=sum(row.values()), epoch_seconds=elapsed, images_per_second=n_images / max(elapsed, 1e-9),
+                   ranking_loss_active=ranking,
+                   max_erasing_area=self.augment.max_erasing_area((epoch + 1) / max(1, cfg.optim.epochs)))
+        return row
+
+    # ------------------------------------------------------------- validation
+    @property
+    def has_local(self) -> bool:
+        return self.cfg.model.local_dim > 0
+
+    def validate_now(self, epoch: int, last: bool) -> bool:
+        return self.has_val and ((epoch + 1) % self.cfg.eval_every == 0 or last)
+
+    def evaluate(self) -> list[dict[str, float]]:
+        """Validation metrics (percentages) per student, on the global distance."""
+        return [self._validate_student(model, with_local=False)["val"] for model in self.models]
+
+    def _validate_student(self, model: nn.Module, with_local: bool) -> dict[str, dict[str, float]]:
+        """{"val": global metrics} (+ "val_local": global euclidean + val_local_weight * local distance)."""
+        kw = dict(mean=self.mean, std=self.std, device=self.device, flip=self.cfg.flip_tta,
+                  show_progress=self.show_progress)
+        splits = (("query", self.query_images), ("gallery", self.gallery_images))
+        embed = embed_tensor_local if with_local else embed_tensor  # one backbone pass gives global + local
+        (qf, gf) = (embed(model, images, desc=f"validation: embedding {name}", **kw) for name, images in splits)
+        if with_local:
+            (qf, ql), (gf, gl) = qf, gf
+        result = {"val": self._rank_summary(compute_distance_matrix(qf.numpy(), gf.numpy(), metric="cosine"))}
+        if with_local:  # the AlignedReID inference distance
+            aligned = aligned_distance_matrix(qf, gf, ql, gl, weight=self.cfg.val_local_weight)
+            result["val_local"] = self._rank_summary(aligned.numpy())
+        return result
+
+    def _rank_summary(self, distmat: np.ndarray) -> dict[str, float]:
+        _, q_pids, q_cams = split_arrays(self.splits.query)
+        _, g_pids, g_cams = split_arrays(self.splits.gallery)
+        r = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
+        return summarize(r.cmc, r.mAP, r.mINP)
+
+    def validate(self) -> dict[str, Any]:
+        """Log entries: val (+ val_local), and per-student lists when several students train."""
+        per_student = [self._validate_student(model, self.has_local) for model in self.models]
+        row: dict[str, Any] = dict(per_student[0])
+        if len(per_student) > 1:
+            for key in per_student[0]:
+                row[f"{key}_students"] = [s[key] for s in per_student]
+        return row
+
+    def selection(self, row: dict[str, Any]) -> dict[str, Any]:
+        selected = dict(row[self.cfg.select_on])
+        if self.has_local:
+            selected["selected_on"] = self.cfg.select_on
+        return selected
+
+    def console_line(self, row: dict[str, Any], best: dict[str, Any]) -> str:
+        v = row[self.cfg.select_on]
+        return (f"epoch {row['epoch']}/{self.epochs} validation: rank-1 {v['rank1']:.1f}%  mAP {v['mAP']:.1f}%  "
+                f"(best mAP {best['mAP']:.1f}% at epoch {best['epoch']})")
+
+    def plot_curves(self, rows: list[dict], out: Path) -> None:
+        plot_training_curves(rows, out / "training_curves.png")
+
+    def report(self, summary: dict[str, Any]) -> None:
+        best = summary["best"]
+        if best:
+            print(f"best validation (epoch {best['epoch']}): rank-1 {best['rank1']:.1f}  mAP {best['mAP']:.1f}  "
+                  f"mINP {best['mINP']:.1f}")
