@@ -1,14 +1,18 @@
 """reidkit: person re-identification toolkit.
 
-High-level flow (data -> model -> engine):
-    >>> from reidkit import TrainConfig, train_embedding, Extractor
+High-level flow (data -> model -> training -> inference -> metrics), as in the README:
+    >>> from reidkit import Extractor, TrainConfig, evaluate_rank, load_dataset, train_embedding
 """
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+try:  # pyproject.toml is the one place the version is written
+    __version__ = _metadata.version("reidkit")
+except _metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["Extractor", "TrainConfig", "build_model", "evaluate_rank", "load_dataset", "train_embedding"]
 
 if TYPE_CHECKING:

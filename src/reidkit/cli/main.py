@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .. import __version__
 from ..errors import ReIDError
 from .options import ArgumentParser, check_required
 
@@ -32,17 +33,6 @@ VERBS: dict[str, tuple[str, str, str]] = {
 SELF_REGISTERING = (("search", "add_search_parsers"),)  # index build|add|remove|info, search, export
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("reidkit")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        from .. import __version__
-
-        return __version__
-
-
 def _adder(module: str, function: str) -> Callable[..., None]:
     return getattr(importlib.import_module(f"reidkit.cli.{module}"), function)
 
@@ -51,7 +41,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The `reidkit` parser with every verb's options (verb=None), or only `verb`'s: the others are listed by name
     and help but their modules are not imported (verb="" imports none)."""
     parser = ArgumentParser(prog="reidkit", description="Person re-identification toolkit.")
-    parser.add_argument("--version", action="version", version=f"reidkit {_version()}",
+    parser.add_argument("--version", action="version", version=f"reidkit {__version__}",
                         help="print the installed reidkit version and exit")
     sub = parser.add_subparsers(dest="command", metavar="VERB")
     for name, (module, function, help) in VERBS.items():
