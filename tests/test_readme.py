@@ -113,3 +113,12 @@ def test_python_snippet_runs_as_printed(quick_start, monkeypatch, capsys):
     match = re.fullmatch(r"rank-1 (\d+\.\d)%  mAP (\d+\.\d)%", printed)
     assert match, printed
     assert 0 <= float(match.group(1)) <= 100 and 0 <= float(match.group(2)) <= 100
+
+
+def test_ci_runs_the_readme_test_command():
+    """What CI runs is what the README tells a contributor to run."""
+    fresh = _code_blocks(_section("Fresh machine: the two commands"), "bash")[0]
+    readme_command = next(line.split("#")[0].strip() for line in fresh.splitlines() if "run_tests" in line)
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [readme_command]

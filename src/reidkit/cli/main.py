@@ -63,7 +63,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 2-core machines); passive waiting costs next to nothing when the machine is idle. Must precede `import torch`.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_chosen_verb(argv) or "")
+    try:
+        code = _run(build_parser(_chosen_verb(argv) or ""), argv)
+        sys.stdout.flush()  # a reader that left surfaces here, not as a traceback at interpreter exit
+    except BrokenPipeError:  # `reidkit ... | head`: the reader left; nothing more to say
+        _silence_stdout()
+        return 0
+    except SystemExit:  # --help, --version, usage errors: argparse printed and exits
+        _flush_quietly()
+        raise
+    return code
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:  # `reidkit` alone: show what there is to run
         parser.print_help()
@@ -77,25 +89,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `reidkit ... | head`: the reader left; nothing more to say
-        _silence_stdout()
-        return 0
-    return _flush_stdout()
+    return 0
 
 
-def _flush_stdout() -> int:
-    """Flush now, so a reader that closed the pipe surfaces here rather than as a traceback at interpreter exit."""
+def _flush_quietly() -> None:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
-    return 0
 
 
 def _silence_stdout() -> None:
-    # Python flushes stdout again at exit; pointing it at devnull keeps that flush from raising a second time.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
+    """Python flushes stdout again at exit; pointing it at devnull keeps that flush from raising a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured, replaced): nothing is flushed at exit
+        pass
 
 
 if __name__ == "__main__":
