@@ -56,9 +56,11 @@ def prepare_splits(root: str | Path | None, options: SplitOptions) -> ReIDDatase
 def describe_split(splits: ReIDDataset) -> str:
     """One console line: e.g. "train 617 ids / 6,000 images; validation: 150 ids from data/cuhk03-val (query 300,
     gallery 1,200)"."""
-    line = f"train {len({r.pid for r in splits.train}):,} ids / {len(splits.train):,} images; validation: "
+    def ids(records: list) -> int:  # identities; pid 0 marks distractor images
+        return len({r.pid for r in records if r.pid != 0})
+
+    line = f"train {ids(splits.train):,} ids / {len(splits.train):,} images; validation: "
     if not splits.query:
         return line + "none"
-    ids = len({r.pid for r in splits.query + splits.gallery})
-    return line + (f"{ids:,} ids {splits.notes[0]} (query {len(splits.query):,}, "
+    return line + (f"{ids(splits.query + splits.gallery):,} ids {splits.notes[0]} (query {len(splits.query):,}, "
                    f"gallery {len(splits.gallery):,})")
