@@ -333,7 +333,7 @@ def bench_rerank(run: Path, data_root: Path, top_k: int = 20, embedding: Path | 
     """
     from reidkit.data.store import load_image_tensor
     from reidkit.metrics import compute_distance_matrix, evaluate_rank_full
-    from reidkit.metrics.pair_ranking import pair_network_scorer, rerank_top_k
+    from reidkit.rerank.pair import pair_network_scorer, rerank_top_k
 
     loaded = load_run_split(run, data_root)
     if loaded is None:

@@ -330,7 +330,7 @@ def test_evaluate_local_weight_equals_naive_reference(aligned_run, tiny_market, 
                                 arrays["g_camids"], max_rank=5)
     report = json.loads(metrics.read_text())
     assert report["mAP"] == pytest.approx(100 * result.mAP, abs=1e-3)
-    assert report["local_weight"] == 0.7 and report["metric"] == "l2"
+    assert report["local_weight"] == 0.7 and report["metric"] == "euclidean"  # "l2": its hidden old name
 
     # extract writes the local features; evaluate --features ranks with the same distances.
     npz = tmp_path / "feats.npz"

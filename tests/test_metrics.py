@@ -449,7 +449,7 @@ def test_cli_evaluate_distmat_writes_json(tmp_path, capsys):
     assert report["mAP"] == pytest.approx(100 * ref_map, abs=1e-9)
     assert report["mINP"] == pytest.approx(100 * ref_minp, abs=1e-9)
     assert report["skipped_queries"] == ref_skipped
-    assert (out.parent / "cmc.png").is_file()
+    assert (out.parent / "metrics_cmc.png").is_file()  # named after the JSON
     printed = capsys.readouterr().out
     assert "R1" in printed and "mINP" in printed and f"{len(ref_skipped)} skipped" in printed
 
@@ -475,7 +475,7 @@ def test_cli_evaluate_features(tmp_path):
     assert report["mAP"] == pytest.approx(100 * ref_map, abs=1e-4)
     assert report["rank1"] == pytest.approx(100 * ref_cmc[0], abs=1e-4)
     assert report["metric"] == "cosine" and len(report["cmc"]) == 20
-    with Image.open(tmp_path / "ranked_list.png") as grid:
+    with Image.open(tmp_path / "metrics_ranked.png") as grid:
         assert grid.width > 0
 
 
@@ -525,4 +525,4 @@ def test_cli_evaluate_checkpoint_on_dataset(tiny_market, tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert report["mAP"] == pytest.approx(100 * ref_map, abs=1e-3)
     assert report["rank1"] == pytest.approx(100 * ref_cmc[0], abs=1e-3)
-    assert (out.parent / "ranked_list.png").is_file()
+    assert (out.parent / "metrics_ranked.png").is_file()

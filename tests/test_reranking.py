@@ -299,7 +299,7 @@ def test_rerank_dispatch():
     np.testing.assert_allclose(rerank(query, gallery, "k_reciprocal", k1=5, k2=2), expected, atol=1e-4)
     qe_q, qe_g = query_expansion(query, gallery, top_k=3)
     np.testing.assert_allclose(rerank(query, gallery, "aqe", top_k=3), naive_euclidean(qe_q, qe_g), atol=1e-5)
-    with pytest.raises(ConfigError, match="unknown re-ranking method"):
+    with pytest.raises(ConfigError, match="unknown re-ranker .magic.; available: aqe, k_reciprocal, pair, ssm"):
         rerank(query, gallery, "magic")
 
 

@@ -47,12 +47,12 @@ class Extractor:
         """True when the checkpoint's model has the AlignedReID local branch."""
         return getattr(self.model, "local_branch", None) is not None
 
-    def embed_uint8(self, images: torch.Tensor, show_progress: bool = False, local: bool = False
-                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    def embed_uint8(self, images: torch.Tensor, show_progress: bool = False, local: bool = False,
+                    desc: str = "embedding") -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 tensor (N,3,H,W) already at input size -> (N, D) float32; local=True: (global, local) with the
-        AlignedReID local features (N, stripes, local_dim) as the second array."""
+        AlignedReID local features (N, stripes, local_dim) as the second array. `desc` labels the progress bar."""
         kw = dict(mean=self.mean, std=self.std, device=self.device, batch_size=self.batch_size, flip=self.flip,
-                  show_progress=show_progress)
+                  show_progress=show_progress, desc=desc)
         if not local:
             return embed_tensor(self.model, images, **kw).numpy()
         self._require_local()
@@ -92,11 +92,12 @@ def extract_split_features(checkpoint: str | Path, data_root: str | Path, device
     out: dict[str, np.ndarray] = {}
     for split, records in (("query", dataset.query), ("gallery", dataset.gallery)):
         paths, pids, camids = split_arrays(records)
-        images = load_image_tensor(paths, ext.input_size, ext.resize, show_progress, desc=f"loading {split}")
+        images = load_image_tensor(paths, ext.input_size, ext.resize, show_progress, desc=f"decoding {split}")
         if local:
-            out[f"{split}_features"], out[f"{split}_local"] = ext.embed_uint8(images, show_progress, local=True)
+            out[f"{split}_features"], out[f"{split}_local"] = ext.embed_uint8(images, show_progress, local=True,
+                                                                              desc=f"embedding {split}")
         else:
-            out[f"{split}_features"] = ext.embed_uint8(images, show_progress)
+            out[f"{split}_features"] = ext.embed_uint8(images, show_progress, desc=f"embedding {split}")
         key = split[0]
         out[f"{key}_pids"], out[f"{key}_camids"], out[f"{key}_paths"] = pids, camids, np.asarray(paths)
     return out

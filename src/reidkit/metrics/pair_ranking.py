@@ -1,5 +1,5 @@
-"""Ranking with a pair network: single-shot CMC, the CUHK03 classic protocol, and re-ranking an embedding model's
-top-K with a pair network.
+"""Ranking with a pair network: single-shot CMC and the CUHK03 classic protocol (re-ranking an embedding's top-k
+with a pair network is the `pair` re-ranker, reidkit.rerank.pair).
 
 A pair network scores pairs, not images, so ranking a gallery costs one pair evaluation per (query, gallery)
 pair. The tied trunk still runs once per image (`PairNetwork.embed_batched`); only the pair layers run per pair.
@@ -11,14 +11,10 @@ true match among 100 gallery images; the CMC is averaged over 10 random draws of
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
 from .rank import MetricInputError
-
-PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def single_shot_cmc(scores, q_pids, g_pids, max_rank: int | None = None) -> np.ndarray:
@@ -97,51 +93,3 @@ def cuhk03_single_shot_cmc(model, images: torch.Tensor, pids, camids, num_ids: i
             "rank10": float(cmc[min(9, cmc.size - 1)]), "rank20": float(cmc[min(19, cmc.size - 1)]),
             "rank1_per_draw": per_draw_rank1, "rank1_std": float(np.std(per_draw_rank1)),
             "num_ids": num_ids, "num_draws": num_draws}
-
-
-def rerank_top_k(distmat, scorer: PairScorer, k: int = 20, pair_weight: float = 1.0) -> np.ndarray:
-    """Re-order each query's `k` nearest gallery items (by `distmat`) with a pair scorer; the rest keep their order.
-
-    `scorer(query_index, gallery_index)` returns one score per pair (higher = same person). Within the top-k,
-    items are ordered by the rank fusion (1 - pair_weight) * embedding rank + pair_weight * pair-score rank
-    (ranks 0..k-1; ties keep the embedding order): pair_weight=1 orders by the pair score alone, 0 keeps the
-    embedding's order. Ranks, not raw values, so the two scales need no calibration against each other. The
-    result is a distance matrix usable by any evaluator: the top-k entries get new values below every original
-    distance, in the fused order; entries beyond k are unchanged.
-    """
-    dist = np.asarray(distmat, dtype=np.float64)
-    if dist.ndim != 2 or dist.size == 0:
-        raise MetricInputError(f"distmat: expected a non-empty 2-D matrix, got shape {dist.shape}")
-    if k < 1:
-        raise MetricInputError(f"k={k}: must be at least 1")
-    if not 0.0 <= pair_weight <= 1.0:
-        raise MetricInputError(f"pair_weight={pair_weight}: must be in [0, 1]")
-    k = min(k, dist.shape[1])
-    top = np.argsort(dist, axis=1, kind="stable")[:, :k]
-    rows = np.repeat(np.arange(dist.shape[0]), k)
-    scores = np.asarray(scorer(rows, top.ravel()), dtype=np.float64).reshape(top.shape)
-    if scores.shape != top.shape or np.isnan(scores).any():
-        raise MetricInputError("scorer: must return one non-NaN score per (query, gallery) pair")
-    pair_rank = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1, kind="stable")
-    fused = (1.0 - pair_weight) * np.arange(k) + pair_weight * pair_rank
-    order = np.argsort(fused, axis=1, kind="stable")  # stable: ties keep the embedding order
-    reordered = np.take_along_axis(top, order, axis=1)
-    out = dist.copy()
-    floor = dist.min() - 1.0
-    np.put_along_axis(out, reordered, floor - 1.0 + np.arange(k) / k, axis=1)  # all below `floor`, increasing
-    return out
-
-
-def pair_network_scorer(model, query_images: torch.Tensor, gallery_images: torch.Tensor,
-                        batch_size: int = 512, symmetric: bool = False, flip: bool = False) -> PairScorer:
-    """A `rerank_top_k` scorer backed by a pair network: each call embeds only the images its pairs use, once per
-    image and test-time view (`symmetric`/`flip` as in `PairNetwork.image_pair_scores`)."""
-
-    def scorer(q_index: np.ndarray, g_index: np.ndarray) -> np.ndarray:
-        q_ids, qi = np.unique(np.asarray(q_index), return_inverse=True)
-        g_ids, gi = np.unique(np.asarray(g_index), return_inverse=True)
-        return model.image_pair_scores(query_images[torch.from_numpy(q_ids)], gallery_images[torch.from_numpy(g_ids)],
-                                       torch.from_numpy(qi.reshape(-1)), torch.from_numpy(gi.reshape(-1)), batch_size,
-                                       symmetric, flip).numpy()
-
-    return scorer

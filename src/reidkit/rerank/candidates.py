@@ -1,21 +1,22 @@
-"""Re-ranking of a first-stage candidate list: k-reciprocal encoding or a pair (verification) network.
+"""Re-ranking a search's candidate pool with any registered re-ranker (rerank.base).
 
-Both work on a small candidate pool -- the union of every query's top-`rerank_k` rows -- so the cost does not
-grow with the gallery: k-reciprocal neighbourhoods are computed among queries + candidates only.
+The pool is the union of every query's first-stage list (each query's top-`rerank_k` rows), so the cost does not
+grow with the gallery: the re-ranker sees the problem queries x pool, with the first-stage (cosine) distances.
+Pair fusion re-orders each query's own top-`top` within the pool, which equals its global top-`top` whenever the
+first stage is exact and returned at least `top` rows per query, so a search then gives the same ranking as
+`reidkit evaluate` on the whole gallery. k-reciprocal, AQE and SSM see only queries + pool (an approximation of
+the full-gallery method that becomes exact when the pool is the whole gallery).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ReIDError
-from ..search.index import SearchResults
-from ..search.knn import topk_rows
-
-RERANKERS = ("k_reciprocal", "pair")
+from ..errors import ConfigError
+from .base import Images, Reranker, build_reranker
 
 
 def candidate_pool(indices: np.ndarray) -> np.ndarray:
@@ -23,53 +24,43 @@ def candidate_pool(indices: np.ndarray) -> np.ndarray:
     return np.unique(indices[indices >= 0])
 
 
-def _reranked(results: SearchResults, distances: np.ndarray, pool: np.ndarray, queries: np.ndarray,
-              gallery: np.ndarray, k: int, method: str) -> SearchResults:
-    """Order the pool by re-ranked distance (ascending) and report cosine scores alongside."""
-    neg_dist, local = topk_rows(-distances, k)
-    rows = pool[local]
+def rerank_pool(reranker: Reranker, queries: np.ndarray, gallery: np.ndarray, indices: np.ndarray, k: int, *,
+                query_images: Images | None = None, gallery_images: Images | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (Q, k'), re-ranked distances (Q, k')) of each query's best `k` pool rows, k' = min(k, pool size).
+
+    `queries` / `gallery` are L2-normalised features (first-stage distance 1 - cosine); `gallery_images` is
+    indexed like `gallery` (only the pool's rows are read)."""
+    pool = candidate_pool(indices)
+    if len(pool) < reranker.min_gallery:
+        raise ConfigError(f"re-ranker {reranker.label!r} needs at least {reranker.min_gallery} candidates, the "
+                          f"search found {len(pool)}; raise the candidate count (--rerank-top) or lower k1 / top_k")
+    pool_images = None if gallery_images is None else _rows(gallery_images, pool)
+    distances = reranker(queries, gallery[pool], distances=1.0 - queries @ gallery[pool].T,
+                         query_images=query_images, gallery_images=pool_images)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return pool[order], np.take_along_axis(distances, order, axis=1)
+
+
+def _rows(images: Images, rows: np.ndarray) -> Images:
+    if isinstance(images, np.ndarray):
+        return images[rows]
+    if hasattr(images, "index_select"):  # torch tensor
+        import torch
+
+        return images[torch.from_numpy(rows)]
+    return [images[i] for i in rows]
+
+
+def rerank_candidates(results: Any, queries: np.ndarray, gallery: np.ndarray, k: int, method: str | Reranker,
+                      query_images: Images | None = None, **params: Any) -> Any:
+    """`results` (search.index.SearchResults) re-ranked by `method` (a registered name with `params`, or a
+    Reranker): rows in re-ranked order, `rerank_distances` the re-ranked distances, `scores` still cosine."""
+    reranker = build_reranker(method, **params) if isinstance(method, str) else method
+    if params and not isinstance(method, str):
+        raise ConfigError(f"re-ranker parameters {', '.join(params)} given with a built re-ranker")
+    rows, distances = rerank_pool(reranker, queries, gallery, results.indices, k, query_images=query_images,
+                                  gallery_images=results.metadata.paths if reranker.needs_images else None)
     cosine = np.einsum("qd,qkd->qk", queries, gallery[rows])
-    return SearchResults(cosine.astype(np.float32), rows, results.metadata, results.method, rerank=method,
-                         rerank_distances=-neg_dist, notes=results.notes)
-
-
-def k_reciprocal(results: SearchResults, queries: np.ndarray, gallery: np.ndarray, k: int, k1: int = 20,
-                 k2: int = 6, lambda_value: float = 0.3) -> SearchResults:
-    """k-reciprocal re-ranking (Zhong et al. 2017) of the candidate pool; see metrics.reranking."""
-    from .methods import re_ranking_features
-
-    pool = candidate_pool(results.indices)
-    if len(pool) <= k1:
-        raise ReIDError(f"k-reciprocal re-ranking needs more than k1={k1} candidates, got {len(pool)}; "
-                        "raise rerank_k (--rerank-k) or lower k1")
-    distances = re_ranking_features(queries, gallery[pool], k1=k1, k2=k2, lambda_value=lambda_value)
-    return _reranked(results, distances, pool, queries, gallery, k, "k_reciprocal")
-
-
-def pair_network(results: SearchResults, queries: np.ndarray, gallery: np.ndarray, k: int, *, model: Any,
-                 query_images: Sequence[Any], batch_size: int = 512) -> SearchResults:
-    """Re-score the candidate pool with a pair network (e.g. models.idla): `model.score(q_uint8, g_uint8)` gives
-    (Q, pool) same-person log-odds; the trunk runs once per image, the pair layers once per pair."""
-    from ..inference.backends import images_to_uint8
-
-    if not callable(getattr(model, "score", None)) or not hasattr(model, "input_size"):
-        raise ReIDError(f"pair re-ranking needs a pair network with .score() and .input_size, got "
-                        f"{type(model).__name__}")
-    pool = candidate_pool(results.indices)
-    size = tuple(model.input_size)
-    q_pixels = images_to_uint8(list(query_images), size)
-    g_pixels = images_to_uint8([str(p) for p in results.metadata.paths[pool]], size)
-    similarity = np.asarray(model.score(q_pixels, g_pixels, batch_size=batch_size), dtype=np.float32)
-    if similarity.shape != (len(queries), len(pool)):
-        raise ReIDError(f"pair network returned scores of shape {similarity.shape}, expected "
-                        f"{(len(queries), len(pool))}")
-    return _reranked(results, -similarity, pool, queries, gallery, k, "pair")
-
-
-def rerank_candidates(results: SearchResults, queries: np.ndarray, gallery: np.ndarray, k: int, method: str,
-                      **params: Any) -> SearchResults:
-    if method == "k_reciprocal":
-        return k_reciprocal(results, queries, gallery, k, **params)
-    if method == "pair":
-        return pair_network(results, queries, gallery, k, **params)
-    raise ConfigError(f"rerank={method!r}: expected one of {', '.join(RERANKERS)}")
+    return dataclasses.replace(results, scores=cosine.astype(np.float32), indices=rows, rerank=reranker.label,
+                               rerank_distances=distances)

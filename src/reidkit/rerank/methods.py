@@ -7,7 +7,7 @@
     (n = queries + gallery), so it scales to MSMT17-size problems.
 * alpha-weighted average query expansion and database-side augmentation (`query_expansion`).
 * SSM: diffusion on a kNN affinity graph with the tensor-product update (`ssm_diffusion`, `ssm_rerank`).
-* `rerank` picks one of these by name, for configs and the CLI.
+* the registered re-rankers `k_reciprocal`, `aqe` and `ssm` (rerank.base) wrap them with validated parameters.
 
 Quirks of the public k-reciprocal function that both k-reciprocal functions reproduce (docs/reranking.md):
 
@@ -31,6 +31,7 @@ import math
 import operator
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +40,7 @@ import torch
 from ..distance import compute_distance_matrix
 from ..errors import ConfigError, DataError
 from ..utils import progress
+from .base import Reranker, RerankInputs, build_reranker, register
 
 # Extra candidates kept by the float32 top-k pass and re-sorted on exact float64 distances: float32 rounding
 # (~1e-6 relative) can swap nearly equal neighbours around the k-th place; the margin lets the exact re-sort
@@ -616,27 +618,82 @@ def ssm_rerank(q_g_dist: ArrayLike, q_q_dist: ArrayLike, g_g_dist: ArrayLike, *,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One switch for configs and the CLI
+# Registered re-rankers (rerank.base): the functions above with typed, validated parameters
 # ----------------------------------------------------------------------------------------------------------
 
-RERANK_METHODS = ("none", "k_reciprocal", "aqe", "ssm")
+
+def _euclidean(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    return compute_distance_matrix(query, gallery, "euclidean")
+
+
+@register("k_reciprocal")
+@dataclass
+class KReciprocal(Reranker):
+    """k-reciprocal encoding (`re_ranking_features`): Jaccard distance of the k1-reciprocal sets, locally
+    expanded over k2 neighbours, mixed with lambda_value x the original distance."""
+
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def __post_init__(self) -> None:
+        self.k1, self.k2, self.lambda_value = _check_k_reciprocal_params(self.k1, self.k2, self.lambda_value)
+
+    @property
+    def min_gallery(self) -> int:
+        return self.k1 + 1
+
+    def rerank(self, inputs: RerankInputs) -> np.ndarray:
+        query, gallery = inputs.features("k_reciprocal")
+        return re_ranking_features(query, gallery, self.k1, self.k2, self.lambda_value)
+
+
+@register("aqe")
+@dataclass
+class QueryExpansion(Reranker):
+    """alpha-weighted average query expansion over each query's top_k gallery neighbours (`query_expansion`),
+    then euclidean distances; dba=True also augments the gallery (database-side augmentation)."""
+
+    top_k: int = 10
+    alpha: float = 3.0
+    dba: bool = False
+
+    def __post_init__(self) -> None:
+        self.top_k = _check_int(self.top_k, "top_k", 1)
+        if not math.isfinite(float(self.alpha)) or float(self.alpha) < 0:
+            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    @property
+    def min_gallery(self) -> int:
+        return self.top_k + int(self.dba)
+
+    def rerank(self, inputs: RerankInputs) -> np.ndarray:
+        query, gallery = inputs.features("aqe")
+        return _euclidean(*query_expansion(query, gallery, self.top_k, self.alpha, expand_gallery=self.dba))
+
+
+@register("ssm")
+@dataclass
+class SmoothedManifold(Reranker):
+    """SSM diffusion on the kNN graph of queries + gallery (`ssm_rerank` on euclidean distances)."""
+
+    alpha: float = 0.9
+    neighbours: int = 20
+
+    def __post_init__(self) -> None:
+        self.alpha = _check_fraction(self.alpha, "alpha", closed_right=False)
+        self.neighbours = _check_int(self.neighbours, "neighbours", 1)
+
+    def rerank(self, inputs: RerankInputs) -> np.ndarray:
+        query, gallery = _check_features(*inputs.features("ssm"))
+        pairs = ((query, gallery), (query, query), (gallery, gallery))
+        return ssm_rerank(*(_euclidean(a, b) for a, b in pairs), alpha=self.alpha, n_neighbors=self.neighbours)
 
 
 def rerank(query_features: ArrayLike, gallery_features: ArrayLike, method: str = "k_reciprocal",
            **params) -> np.ndarray:
-    """(Q, G) distances after the named re-ranking; `params` go to the method's function.
-
-    none: euclidean distances (`compute_distance_matrix(..., "euclidean")`); k_reciprocal: `re_ranking_features`;
-    aqe: euclidean distances after `query_expansion`; ssm: `ssm_rerank` on euclidean distances.
-    """
-    if method not in RERANK_METHODS:
-        raise ConfigError(f"unknown re-ranking method {method!r}; choose one of {', '.join(RERANK_METHODS)}")
-    if method == "k_reciprocal":
-        return re_ranking_features(query_features, gallery_features, **params)
-    query, gallery = _check_features(query_features, gallery_features)
+    """(Q, G) distances after the named re-ranker (`build_reranker(method, **params)`); "none": euclidean."""
     if method == "none":
-        return compute_distance_matrix(query, gallery, "euclidean", **params)
-    if method == "aqe":
-        return compute_distance_matrix(*query_expansion(query, gallery, **params), "euclidean")
-    pairs = ((query, gallery), (query, query), (gallery, gallery))
-    return ssm_rerank(*(compute_distance_matrix(a, b, "euclidean") for a, b in pairs), **params)
+        return _euclidean(*_check_features(query_features, gallery_features))
+    return build_reranker(method, **params)(_to_numpy(query_features, "query_features"),
+                                            _to_numpy(gallery_features, "gallery_features"))
