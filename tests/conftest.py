@@ -27,6 +27,23 @@ def cuhk03_train() -> Path:
     return CUHK03_TRAIN
 
 
+@pytest.fixture
+def small_checkpoint(tmp_path) -> Path:
+    """An untrained simple_cnn embedding checkpoint (64x32 input): a real model file for CLI and search tests."""
+    import torch
+
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.models import build_model
+
+    torch.manual_seed(0)
+    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (64, 32),
+           "backbone_options": {"width": 8}}
+    path = tmp_path / "small.pt"
+    save_checkpoint(path, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg,
+                    epoch=0)
+    return path
+
+
 def same_checkpoint_weights(path_a: Path, path_b: Path) -> bool:
     """True when two checkpoints hold bit-identical model weights (the resume tests' criterion)."""
     import torch

@@ -168,24 +168,10 @@ def test_every_verb_help_exits_cleanly(verb, capsys):
     assert capsys.readouterr().out.startswith(f"usage: reidkit {verb}")
 
 
-def test_closed_pipe_ends_quietly(tmp_path):
+def test_closed_pipe_ends_quietly(tmp_path, small_checkpoint, tiny_market):
     """`reidkit index info --json | head -1`: the reader leaves early; no BrokenPipeError traceback."""
-    import torch
-
-    from reidkit.checkpoint import save_checkpoint
-    from reidkit.data.synth import SynthConfig, generate_market_dataset
-    from reidkit.models import build_model
-
-    torch.manual_seed(0)
-    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (32, 16),
-           "backbone_options": {"width": 4}}
-    model = tmp_path / "m.pt"
-    save_checkpoint(model, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg,
-                    epoch=0)
-    root = generate_market_dataset(tmp_path / "d", SynthConfig(num_train_ids=2, num_test_ids=2, height=32, width=16),
-                                   show_progress=False)
     index = tmp_path / "index"
-    assert main(["index", "build", "--index", str(index), "--data", str(root), "--model", str(model),
+    assert main(["index", "build", "--index", str(index), "--data", str(tiny_market), "--model", str(small_checkpoint),
                  "--quiet"]) == 0
     proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "index", "info", "--index", str(index), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

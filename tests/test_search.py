@@ -416,20 +416,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@pytest.fixture
-def small_checkpoint(tmp_path) -> Path:
-    from reidkit.checkpoint import save_checkpoint
-    from reidkit.models import build_model
-
-    torch.manual_seed(0)
-    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (64, 32),
-           "backbone_options": {"width": 8}}
-    path = tmp_path / "small.pt"
-    save_checkpoint(path, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg,
-                    epoch=0)
-    return path
-
-
 def test_cli_choices_mirror_library_constants():
     from reidkit.cli import search as cli
     from reidkit.cli.export import FORMAT_CHOICES
