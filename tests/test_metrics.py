@@ -14,7 +14,7 @@ from scipy.spatial.distance import cdist
 
 from reidkit.cli.main import main
 from reidkit.distance import METRICS, pairwise_distance
-from reidkit.errors import ReIDError
+from reidkit.errors import DataError, ReIDError
 from reidkit.metrics import (
     compute_distance_matrix,
     evaluate_rank,
@@ -22,6 +22,17 @@ from reidkit.metrics import (
     plot_cmc,
     ranked_list_grid,
     summarize,
+)
+from reidkit.metrics.plots import (
+    BACKGROUND,
+    OTHER_COLOUR,
+    QUERY_COLOUR,
+    SAME_COLOUR,
+    UNKNOWN_COLOUR,
+    RankedCell,
+    RankedLayout,
+    cmc_figure,
+    draw_ranked_lists,
 )
 
 # ------------------------------------------------------------------------------------ loop references
@@ -371,58 +382,108 @@ def test_summarize_reports_percentages():
     assert short["rank10"] == pytest.approx(70.0)
 
 
-def test_plot_cmc_writes_png(tmp_path):
-    path = tmp_path / "plots" / "cmc.png"
-    plot_cmc({"a": np.linspace(0.5, 1, 20), "b": np.linspace(0.3, 0.9, 20)}, path, title="test")
+def test_cmc_figure_shows_named_curves_in_percent_over_integer_ranks(tmp_path):
+    untrained, trained = np.linspace(0.05, 0.6, 20), np.linspace(0.5, 1.0, 20)
+    figure = cmc_figure({"untrained": untrained, "trained": trained}, title="test")
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    # Legend entries carry rank-1 in percent, computed by hand from the first entries (0.05, 0.5).
+    assert set(lines) == {"untrained: rank-1 5.0%", "trained: rank-1 50.0%"}
+    np.testing.assert_allclose(lines["trained: rank-1 50.0%"].get_ydata(), 100 * trained)
+    np.testing.assert_array_equal(lines["trained: rank-1 50.0%"].get_xdata(), np.arange(1, 21))
+    ticks = axes.get_xticks()
+    assert 1 in ticks and all(float(t).is_integer() and 1 <= t <= 20 for t in ticks)
+    assert all(label.get_text().endswith("%") for label in axes.get_yticklabels() if label.get_text())
+    assert axes.get_xlabel() and axes.get_ylabel() and axes.get_title() == "test"
+    path = plot_cmc({"a": untrained}, tmp_path / "plots" / "cmc.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.width > 100
 
 
-def test_ranked_list_grid_marks_correct_and_wrong(tmp_path):
-    colours = {}
+def _write_images(tmp_path, names_colours):
+    paths = []
+    for name, colour in names_colours:
+        Image.new("RGB", (16, 32), colour).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    return paths
 
-    def write(name, colour):
-        path = tmp_path / name
-        Image.new("RGB", (16, 32), colour).save(path)
-        colours[str(path)] = colour
-        return str(path)
 
-    q_paths = [write("q0.png", (0, 0, 255)), write("q1.png", (255, 255, 0))]
-    g_paths = [write(f"g{i}.png", (20 * i, 10, 10)) for i in range(5)]
+def _frame_runs(picture, y, x_end):
+    """Colours of the frames crossed by the row y, left to right (one entry per frame)."""
+    frame_colours = {QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR}
+    runs, previous = [], None
+    for x in range(x_end):
+        pixel = picture.getpixel((x, y))
+        if pixel in frame_colours and pixel != previous:
+            runs.append(pixel)
+        previous = pixel if pixel in frame_colours else None
+    return runs
+
+
+def test_ranked_list_grid_frames_images_and_cell_count(tmp_path):
+    q_colours = [(0, 0, 255), (255, 255, 0)]
+    q_paths = _write_images(tmp_path, [(f"q{i}.png", c) for i, c in enumerate(q_colours)])
+    g_colours = [(20 * i, 10, 10) for i in range(5)]
+    g_paths = _write_images(tmp_path, [(f"g{i}.png", c) for i, c in enumerate(g_colours)])
     q_pids, q_camids = np.array([1, 2]), np.array([0, 0])
     g_pids, g_camids = np.array([1, 2, 1, 3, 2]), np.array([0, 1, 1, 1, 1])
     distmat = np.array([[0.0, 0.1, 0.2, 0.3, 0.4], [0.5, 0.4, 0.3, 0.2, 0.1]])
     out = tmp_path / "grid.png"
-    ranked_list_grid(q_paths, g_paths, distmat, q_pids, g_pids, q_camids, g_camids, out, topk=3,
-                     num_queries=2, cell_size=(32, 16), border=2, gap=0)
-    # Expected rows from the reference filtering: query 0 drops g0 (junk) -> g1 wrong, g2 right, g3 wrong;
-    # query 1 -> g4 right, g3 wrong, g2 wrong.
-    expected = [[(1, False), (2, True), (3, False)], [(4, True), (3, False), (2, False)]]
+    ranked_list_grid(q_paths, g_paths, distmat, q_pids, g_pids, q_camids, g_camids, out, topk=10,
+                     num_queries=2, cell_size=(32, 16), border=2, gap=2)
+    # By hand: query 0 drops g0 (pid 1, camera 0 = its own: junk) -> g1 other, g2 same, g3 other, g4 other;
+    # query 1 keeps all five -> g4 same, g3 other, g2 other, g1 same, g0 other. topk=10 > what is left.
+    expected = [[1, 2, 3, 4], [4, 3, 2, 1, 0]]
+    layout = RankedLayout(cell_size=(32, 16), border=2, gap=2)
     with Image.open(out) as grid:
         grid = grid.convert("RGB")
-        cell_w = grid.width // 4
-        cell_h = grid.height // 2
-        for row, items in enumerate(expected):
-            y0 = row * cell_h
-            query_centre = grid.getpixel((cell_w // 2, y0 + cell_h // 2))
-            assert query_centre == colours[q_paths[row]]
-            for col, (g, correct) in enumerate(items, start=1):
-                x0 = col * cell_w
-                assert _close(grid.getpixel((x0 + cell_w // 2, y0 + cell_h // 2)), colours[g_paths[g]])
-                border_pixel = grid.getpixel((x0 + 1, y0 + cell_h // 2))  # inside the 2-px frame
-                assert _is_green(border_pixel) if correct else _is_red(border_pixel), (row, col, border_pixel)
+        for row, shown in enumerate(expected):
+            left, top, right, bottom = layout.frame_box(row, 0)
+            assert grid.getpixel((left, top)) == QUERY_COLOUR
+            assert _close(grid.getpixel(((left + right) // 2, (top + bottom) // 2)), q_colours[row])
+            frames = _frame_runs(grid, top, grid.width)
+            assert len(frames) == 1 + len(shown)  # the query + one cell per remaining gallery image
+            for col, g in enumerate(shown, start=1):
+                left, top, right, bottom = layout.frame_box(row, col)
+                same = g_pids[g] == q_pids[row]
+                assert grid.getpixel((left, top)) == (SAME_COLOUR if same else OTHER_COLOUR), (row, col)
+                assert frames[col] == (SAME_COLOUR if same else OTHER_COLOUR)
+                assert _close(grid.getpixel(((left + right) // 2, (top + bottom) // 2)), g_colours[g])
+
+
+def test_search_picture_uses_the_same_drawing_with_unknown_identities(tmp_path):
+    from reidkit.search.picture import ranked_list_picture
+
+    a, b = _write_images(tmp_path, [("a.png", (0, 0, 0)), ("b.png", (200, 200, 0))])
+    hits = [[{"rank": 1, "score": 0.9, "path": a, "pid": 5}, {"rank": 2, "score": 0.5, "path": b, "pid": 6},
+             {"rank": 3, "score": 0.4, "path": str(tmp_path / "gone.png"), "pid": None}],
+            [{"rank": 1, "score": 0.7, "path": b, "pid": 6}]]
+    layout = RankedLayout(cell_size=(40, 20), border=3, gap=3)
+    out = ranked_list_picture([a, b], hits, tmp_path / "r.png", query_pids=[5, None], cell_size=(40, 20),
+                              border=3, gap=3)
+    with Image.open(out) as picture:
+        picture = picture.convert("RGB")
+        corner = [[picture.getpixel(layout.frame_box(r, c)[:2]) for c in range(1 + len(h))]
+                  for r, h in enumerate(hits)]
+        # Row 0: query pid 5 -> same, other, unknown (no pid; its file is missing: a grey tile, no error).
+        # Row 1: the query's pid is unknown, so nothing can be called same or different.
+        assert corner == [[QUERY_COLOUR, SAME_COLOUR, OTHER_COLOUR, UNKNOWN_COLOUR], [QUERY_COLOUR, UNKNOWN_COLOUR]]
+        left, top, right, bottom = layout.frame_box(0, 3)
+        assert picture.getpixel(((left + right) // 2, (top + bottom) // 2)) == UNKNOWN_COLOUR
+        left, top, _, _ = layout.frame_box(1, 2)  # row 1 has one hit: the second result cell stays empty
+        assert picture.getpixel((left + 5, top + 5)) == BACKGROUND
+
+
+def test_ranked_lists_name_an_unreadable_image_when_strict(tmp_path):
+    rows = [(RankedCell(str(tmp_path / "missing.jpg"), "query"), [])]
+    with pytest.raises(DataError, match="missing.jpg: cannot read image"):
+        draw_ranked_lists(rows, tmp_path / "x.png", "title")
+    assert not (tmp_path / "x.png").exists()
 
 
 def _close(a, b, tol=3):
     return all(abs(x - y) <= tol for x, y in zip(a, b))
-
-
-def _is_green(pixel):
-    return pixel[1] > 150 and pixel[0] < 100 and pixel[2] < 100
-
-
-def _is_red(pixel):
-    return pixel[0] > 150 and pixel[1] < 100 and pixel[2] < 100
 
 
 # ------------------------------------------------------------------------------------------------ CLI

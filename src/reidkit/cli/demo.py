@@ -11,7 +11,7 @@ import numpy as np
 from ..data.records import split_arrays
 from ..data.synth import SynthConfig, generate_market_dataset
 from ..inference.features import embed_tensor
-from ..metrics import compute_distance_matrix, evaluate_rank_full, plot_cmc, ranked_list_grid, summarize
+from ..metrics import RankResult, compute_distance_matrix, evaluate_rank_full, plot_cmc, ranked_list_grid, summarize
 from ..training.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from ..training.embedding import EmbeddingTrainer
 from ..utils import atomic_write_json
@@ -38,19 +38,18 @@ def run_demo(out: str | Path, seed: int = 0, minutes: float = 0.0, device: str =
     cfg = demo_config(seed, minutes, device)
     trainer = EmbeddingTrainer(cfg, out / "train", data_root, show_progress=show_progress)
     trainer.setup()
-    untrained = trainer.evaluate()[0]  # the same network before any training step: the baseline to beat
+    _, before = _test_ranking(trainer)  # the same network before any training step: the baseline to beat
+    untrained = summarize(before.cmc, before.mAP, before.mINP)
     result = trainer.fit()
 
     # Final weights (the best checkpoint's numbers are in result["best"]).
     q_paths, q_pids, q_cams = split_arrays(trainer.splits.query)
     g_paths, g_pids, g_cams = split_arrays(trainer.splits.gallery)
-    model = trainer.models[0]
-    kw = dict(mean=trainer.mean, std=trainer.std, device=trainer.device)
-    distmat = compute_distance_matrix(embed_tensor(model, trainer.query_images, **kw).numpy(),
-                                      embed_tensor(model, trainer.gallery_images, **kw).numpy(), metric="cosine")
-    full = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
+    distmat, full = _test_ranking(trainer)
     trained = summarize(full.cmc, full.mAP, full.mINP)
-    plot_cmc({"trained": full.cmc[:20]}, out / "cmc.png", title="CMC on synthetic test identities")
+    before_name = "untrained (ImageNet init)" if cfg.model.pretrained else "untrained"
+    plot_cmc({before_name: before.cmc[:20], "trained": full.cmc[:20]}, out / "cmc.png",
+             title="CMC on the synthetic test identities")
     rng = np.random.default_rng(seed)
     shown = np.sort(rng.choice(len(q_paths), size=min(8, len(q_paths)), replace=False))
     ranked_list_grid([q_paths[i] for i in shown], g_paths, distmat[shown], q_pids[shown], g_pids,
@@ -68,6 +67,17 @@ def run_demo(out: str | Path, seed: int = 0, minutes: float = 0.0, device: str =
     atomic_write_json(report, out / "metrics.json")
     _print_report(report, out)
     return report
+
+
+def _test_ranking(trainer: EmbeddingTrainer) -> tuple[np.ndarray, RankResult]:
+    """Cosine distances of the test query x gallery embeddings of the first model, and their ranking metrics."""
+    _, q_pids, q_cams = split_arrays(trainer.splits.query)
+    _, g_pids, g_cams = split_arrays(trainer.splits.gallery)
+    kw = dict(mean=trainer.mean, std=trainer.std, device=trainer.device)
+    distmat = compute_distance_matrix(embed_tensor(trainer.models[0], trainer.query_images, **kw).numpy(),
+                                      embed_tensor(trainer.models[0], trainer.gallery_images, **kw).numpy(),
+                                      metric="cosine")
+    return distmat, evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
 
 
 def _print_report(report: dict, out: Path) -> None:
