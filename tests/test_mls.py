@@ -385,7 +385,7 @@ def test_config_file_routes_to_the_pair_trainer_and_builds_the_model():
     path = ROOT / "configs" / "mls_cuhk03np_cpu.yaml"
     assert _model_name(path) == "mls" and model_spec("mls").task == "pair"
     cfg = load_config(PairTrainConfig, path)
-    assert cfg.data.validation == "carve" and cfg.data.val_ids == 150 and cfg.max_minutes <= 30
+    assert cfg.data.validation == "auto" and cfg.data.val_ids == 150 and cfg.max_minutes <= 30
     model = build_model("mls", **cfg.model.build_kwargs((cfg.data.height, cfg.data.width)))
     assert model.levels == ("low", "mid", "high") and cfg.loss.build() is not None
     with pytest.raises(ConfigError, match="loss.name"):

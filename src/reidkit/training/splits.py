@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Protocol
 
 from ..data import load_dataset
-from ..data.market import MARKET_FOLDERS
 from ..data.records import ReIDDataset
 from ..data.split import carve_validation_records
 from ..errors import ConfigError
+from .config import VALIDATION_MODES
 
 
 class SplitOptions(Protocol):
@@ -18,34 +18,26 @@ class SplitOptions(Protocol):
     split_seed: int
 
 
-def own_validation_root(root: Path) -> Path | None:
-    """The folder whose query/gallery validate a run on `root`: `root` itself when it has both, or its parent when
-    `root` is the bounding_box_train folder of such a layout (what `reidkit split` writes); else None."""
-    for candidate in (root, root.parent if root.name == MARKET_FOLDERS["train"] else None):
-        if candidate is not None and all((candidate / MARKET_FOLDERS[s]).is_dir() for s in ("query", "gallery")):
-            return candidate
-    return None
-
-
 def prepare_splits(root: str | Path | None, options: SplitOptions) -> ReIDDataset:
     """Train / validation query / validation gallery for `options.validation`:
     auto (the root's own query/gallery if it has them, else carve) | carve | dataset | none.
-    The dataset's `notes[0]` says how the identities were split (see `describe_split`)."""
+
+    `auto` on a benchmark root would validate on its TEST split: the recipes pass the bounding_box_train folder
+    (which has no query/gallery, so validation is carved from its identities), and a root written by `reidkit
+    split` validates on its held-out identities. The dataset's `notes[0]` says how the identities were split
+    (see `describe_split`)."""
     if not root:
         raise ConfigError("no dataset: pass --data DIR or set data.root in the config")
     root, mode = Path(root), options.validation
-    if mode not in ("auto", "carve", "dataset", "none"):
-        raise ConfigError(f"data.validation={mode!r}: expected auto, carve, dataset or none")
-    source = root
-    if mode in ("auto", "dataset") and root.is_dir():
-        source = own_validation_root(root) or root
-    dataset = load_dataset(source)
+    if mode not in VALIDATION_MODES:
+        raise ConfigError(f"data.validation={mode!r}: expected {', '.join(VALIDATION_MODES[:-1])} or none")
+    dataset = load_dataset(root)
     has_own = bool(dataset.query and dataset.gallery)
     if mode == "dataset" and not has_own:
         raise ConfigError(f"data.validation=dataset but {root} has no query/gallery split")
     if mode in ("auto", "dataset") and has_own:
         return ReIDDataset(dataset.train, dataset.query, dataset.gallery, name=dataset.name,
-                           notes=[f"from {source}"] + dataset.notes)
+                           notes=[f"from {root}"] + dataset.notes)
     if mode == "none":
         return ReIDDataset(dataset.train, [], [], name=dataset.name, notes=["none"] + dataset.notes)
     carved = carve_validation_records(dataset.train, options.val_ids, options.split_seed)
