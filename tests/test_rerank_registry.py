@@ -4,8 +4,6 @@ naive reference on a small synthetic dataset."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch

@@ -36,6 +36,11 @@ def rerank_pool(reranker: Reranker, queries: np.ndarray, gallery: np.ndarray, in
         raise ConfigError(f"re-ranker {reranker.label!r} needs at least {reranker.min_gallery} candidates, the "
                           f"search found {len(pool)}; raise the candidate count (--rerank-top) or lower k1 / top_k")
     pool_images = None if gallery_images is None else _rows(gallery_images, pool)
+    if isinstance(pool_images, list) or getattr(pool_images, "dtype", None) == np.dtype(object):
+        missing = [int(row) for row, image in zip(pool, pool_images) if image is None]
+        if missing:
+            raise ConfigError(f"re-ranker {reranker.label!r} needs the gallery images, but candidate rows "
+                              f"{missing[:5]} have no path (crops added in memory)")
     distances = reranker(queries, gallery[pool], distances=1.0 - queries @ gallery[pool].T,
                          query_images=query_images, gallery_images=pool_images)
     order = np.argsort(distances, axis=1, kind="stable")[:, :k]
