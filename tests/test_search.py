@@ -482,3 +482,154 @@ def test_cuhk03_search_rank1_equals_evaluate_rank_with_intel_0288(tmp_path):
     cmc, _ = evaluate_rank(1 - q_feats @ index.features.T, q_pids, g_pids, q_cams, g_cams, max_rank=1)
     assert got["rank1"] == pytest.approx(float(cmc[0]))
     assert got["rank1"] > 0.3  # a working ReID model; chance is ~1/30
+
+
+# ------------------------------------------------------------------------- crops in memory, ids, locking
+
+def crop_arrays(n: int, seed: int = 7) -> list[np.ndarray]:
+    """HxWx3 uint8 crops at the projection's input size (16x8), so resizing leaves them exact."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (16, 8, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def array_feature(extractor: ProjectionExtractor, crop: np.ndarray) -> np.ndarray:
+    """Reference feature of one in-memory crop, by numpy alone."""
+    x = crop.transpose(2, 0, 1).reshape(-1).astype(np.float64) @ extractor.weights.double().numpy()
+    return x / np.linalg.norm(x)
+
+
+def test_crops_as_arrays_with_metadata_come_back_with_results(tmp_path):
+    ext = ProjectionExtractor()
+    crops = crop_arrays(6)
+    meta = [{"camid": i % 2, "track": 10 + i // 2, "frame": 100 + i, "time": 1.5 * i, "source": "cam.mp4"}
+            for i in range(6)]
+    meta[4]["id"] = "person-A"
+    index, _ = GalleryIndex.build(tmp_path / "idx", ext, [])
+    report = index.add_images(ext, crops, meta)
+    assert report.added == 6 and report.ids == ["item-0", "item-1", "item-2", "item-3", "person-A", "item-4"]
+    index = GalleryIndex.load(tmp_path / "idx")
+    reference = np.stack([array_feature(ext, c) for c in crops])
+    query = (reference[2] + 0.3 * reference[5]).astype(np.float32)[None]
+    results = index.search(query / np.linalg.norm(query), k=6, method="exact")
+    naive = reference @ (query[0] / np.linalg.norm(query[0]))  # plain cosine over the reference embeddings
+    order = np.argsort(-naive, kind="stable")
+    hits = results.hits(0)
+    assert [h["frame"] for h in hits] == [100 + i for i in order]
+    np.testing.assert_allclose([h["score"] for h in hits], naive[order], atol=1e-5)
+    for hit in hits:
+        i = hit["frame"] - 100
+        assert (hit["camid"], hit["track"], hit["time"], hit["source"], hit["path"]) == \
+            (i % 2, 10 + i // 2, 1.5 * i, "cam.mp4", None)
+    # the same id again is skipped; removal by id
+    again = index.add_images(ext, crops[4:5], [{"id": "person-A"}])
+    assert again.added == 0 and again.skipped_existing == 1
+    assert index.remove(["person-A", "item-0"]) == 2
+    assert sorted(GalleryIndex.load(tmp_path / "idx").metadata.frames.tolist()) == [101, 102, 103, 105]
+
+
+def test_add_images_accepts_pil_and_paths_and_rejects_bad_metadata(tmp_path, image_folder):
+    ext = ProjectionExtractor()
+    index, _ = GalleryIndex.build(tmp_path / "idx", ext, [])
+    path = str(image_folder / "0001_c1_10.png")
+    pil = Image.fromarray(crop_arrays(1)[0])
+    report = index.add_images(ext, [pil, path], [{"pid": 4}, {"pid": 1}])
+    assert report.ids == ["item-0", path]  # a file's path is its id
+    np.testing.assert_allclose(index.features[1], reference_feature(ext, path), atol=1e-5)
+    np.testing.assert_allclose(index.features[0], array_feature(ext, np.asarray(pil)), atol=1e-5)
+    with pytest.raises(ReIDError, match=r"metadata\[0\]: unknown key\(s\) \['camera'\]"):
+        index.add_images(ext, crop_arrays(1), [{"camera": 2}])
+    with pytest.raises(ReIDError, match="2 images but 1 metadata entries"):
+        index.add_images(ext, crop_arrays(2), [{}])
+    with pytest.raises(ReIDError, match=r"images\[0\]: float arrays must hold values in \[0, 1\]"):
+        index.add_images(ext, [np.full((16, 8, 3), 200.0)])
+    assert GalleryIndex.load(tmp_path / "idx").count == 2  # refused input wrote nothing
+
+
+def test_refresh_follows_another_writer_and_drops_the_cached_ann(tmp_path):
+    ext = ProjectionExtractor()
+    crops = crop_arrays(12, seed=3)
+    index, _ = GalleryIndex.build(tmp_path / "idx", ext, [])
+    index.add_images(ext, crops[:8])
+    reader = GalleryIndex.load(tmp_path / "idx")
+    assert reader.search(reader.features[:1], k=1, method="hnsw").method == "hnsw"  # scratch HNSW over 8 rows
+    assert reader.refresh() is False
+    GalleryIndex.load(tmp_path / "idx").add_images(ext, crops[8:])  # "another process"
+    assert reader.count == 8 and reader.refresh() is True and reader.count == 12
+    new = array_feature(ext, crops[11]).astype(np.float32)[None]
+    assert reader.search(new, k=1, method="hnsw").hits(0)[0]["id"] == "item-11"
+
+
+def test_second_build_to_a_new_path_fails_at_commit(tmp_path, image_folder):
+    root = tmp_path / "idx"
+    items = collect_items(image_folder)
+
+    class RacingExtractor(ProjectionExtractor):
+        """While this build embeds, another build of the same new path completes."""
+
+        def embed_uint8(self, images, show_progress=False):
+            if self.calls == 0:
+                GalleryIndex.build(root, ProjectionExtractor(seed=1), items[:3])
+            return super().embed_uint8(images, show_progress)
+
+    with pytest.raises(ReIDError, match="another process created an index there while this build ran"):
+        GalleryIndex.build(root, RacingExtractor(), items)
+    survivor = GalleryIndex.load(root)
+    assert survivor.count == 3
+    np.testing.assert_allclose(survivor.features[0], reference_feature(ProjectionExtractor(seed=1),
+                                                                       survivor.metadata.paths[0]), atol=1e-5)
+
+
+def test_writer_waits_for_the_lock_and_names_the_folder(tmp_path, monkeypatch):
+    ext = ProjectionExtractor()
+    index, _ = GalleryIndex.build(tmp_path / "idx", ext, [])
+    monkeypatch.setattr(index_module, "LOCK_TIMEOUT", 0.2)
+    busy = f"index {tmp_path / 'idx'}: another process has been writing it"
+    # another writer holds the lock (a separate open file description: flock conflicts as between processes)
+    with index_module.writer_lock(tmp_path / "idx"), pytest.raises(ReIDError, match=busy):
+        index.add_images(ext, crop_arrays(1))
+    assert index.add_images(ext, crop_arrays(1)).added == 1
+
+
+def test_old_format_index_loads_and_converts_on_the_next_write(tmp_path, image_folder):
+    """A reidkit-index-1 folder written by hand: path-keyed, columns path/pid/camid/frame."""
+    ext = ProjectionExtractor()
+    root = tmp_path / "old"
+    root.mkdir()
+    paths = [str(p) for p in sorted(image_folder.glob("*.png"))[:4]]
+    feats = np.stack([reference_feature(ext, p) for p in paths]).astype(np.float32)
+    np.save(root / "features.v1.npy", feats)
+    (root / "meta.v1.json").write_text(json.dumps({"path": paths, "pid": [1, 1, None, 2], "camid": [0, 1, 0, None],
+                                                   "frame": [None] * 4}))
+    (root / "index.json").write_text(json.dumps({
+        "format": "reidkit-index-1", "version": 1, "dim": 12, "count": 4, "extractor": {"name": "projection"},
+        "files": {"features": "features.v1.npy", "meta": "meta.v1.json", "ann": None}, "ann": None,
+        "approx": "auto", "unreadable": [], "sources": [], "created": "x", "updated": "x"}))
+    index = GalleryIndex.load(root)
+    hit = index.search(feats[1:2], k=1).hits(0)[0]
+    assert (hit["id"], hit["path"], hit["pid"], hit["camid"], hit["track"]) == (paths[1], paths[1], 1, 1, None)
+    index.add_images(ext, crop_arrays(1))
+    manifest = json.loads((root / "index.json").read_text())
+    assert manifest["format"] == "reidkit-index-2" and manifest["count"] == 5
+    reloaded = GalleryIndex.load(root)
+    assert list(reloaded.metadata.ids[:4]) == paths and reloaded.metadata.pids.tolist()[:4] == [1, 1, -1, 2]
+
+
+def test_unknown_format_names_folder_and_command(tmp_path):
+    (tmp_path / "index.json").write_text(json.dumps({"format": "reidkit-index-9", "version": 1}))
+    with pytest.raises(ReIDError, match=r"format 'reidkit-index-9'.*reidkit index build --index"):
+        GalleryIndex.load(tmp_path)
+
+
+def test_index_info_json_into_a_closed_pipe_exits_quietly(tmp_path):
+    """`reidkit index info --json | head -1`: the reader leaves before the output is written."""
+    import subprocess
+    import sys
+
+    ext = ProjectionExtractor()
+    index, _ = GalleryIndex.build(tmp_path / "idx", ext, [])
+    index.add_images(ext, crop_arrays(3))
+    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "index", "info", "--json", "--index",
+                             str(tmp_path / "idx")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `head` exiting: every write from now on hits a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err

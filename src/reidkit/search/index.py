@@ -232,8 +232,9 @@ class Snapshot:
 
 
 @contextmanager
-def writer_lock(root: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Exclusive fcntl.flock on root/index.lock; ReIDError naming the folder after `timeout` seconds."""
+def writer_lock(root: Path, timeout: float | None = None) -> Iterator[None]:
+    """Exclusive fcntl.flock on root/index.lock; ReIDError naming the folder after `timeout` (LOCK_TIMEOUT) s."""
+    timeout = LOCK_TIMEOUT if timeout is None else timeout
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
