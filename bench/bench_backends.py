@@ -44,7 +44,7 @@ def load() -> float:
 
 def real_pixels(count: int) -> tuple[torch.Tensor, float]:
     """uint8 (count, 3, 256, 128) from CUHK03-NP (random noise if absent) and the decode rate in images/s."""
-    from reidkit.inference.backends import decode_images
+    from reidkit.data.images import decode_images
 
     if not CUHK03_TRAIN.is_dir():
         return torch.randint(0, 256, (count, 3, 256, 128), dtype=torch.uint8), float("nan")
@@ -77,7 +77,7 @@ def row(model: str, backend: str, extractor, pixels: torch.Tensor, note: str = "
 def our_model(backbone: str, pixels: torch.Tensor, work: Path) -> tuple[list[dict], dict]:
     from reidkit.checkpoint import save_checkpoint
     from reidkit.export import export_model
-    from reidkit.inference.backends import build_extractor
+    from reidkit.inference import build_extractor
     from reidkit.models import build_model
 
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def our_model(backbone: str, pixels: torch.Tensor, work: Path) -> tuple[list[dic
 
 
 def intel_model(label: str, path: Path, pixels: torch.Tensor) -> tuple[list[dict], dict]:
-    from reidkit.inference.backends import OnnxExtractor, OpenVinoExtractor
+    from reidkit.inference import OnnxExtractor, OpenVinoExtractor
 
     f32 = OpenVinoExtractor(path, batch_size=BATCH, precision="f32")
     bf16 = OpenVinoExtractor(path, batch_size=BATCH, precision="bf16")
@@ -123,7 +123,8 @@ def intel_model(label: str, path: Path, pixels: torch.Tensor) -> tuple[list[dict
 def probe_0267_normalisation(num_ids: int = 30) -> list[dict]:
     """Which input normalisation gives 0267 useful features? Same-identity vs different-identity cosine and a
     cross-camera rank-1 (every image queries the other camera's images) on CUHK03-NP, with 0288 as reference."""
-    from reidkit.inference.backends import INTEL_PRESETS, OnnxExtractor, OpenVinoExtractor, Preprocessing, decode_images
+    from reidkit.data.images import decode_images
+    from reidkit.inference import INTEL_PRESETS, OnnxExtractor, OpenVinoExtractor, Preprocessing
 
     paths = sorted(CUHK03_TRAIN.glob("*.jpg"))
     pids = np.array([int(p.name[:4]) for p in paths])

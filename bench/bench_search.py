@@ -108,7 +108,7 @@ def bench_size(n: int, num_queries: int, methods: set[str]) -> list[dict]:
 def end_to_end(model: str) -> dict:
     """Index the CUHK03-NP validation gallery, search its queries; compare with evaluate_rank."""
     from reidkit.data import carve_validation_records, load_image_folder
-    from reidkit.inference.backends import build_extractor
+    from reidkit.inference import build_extractor
     from reidkit.metrics import evaluate_rank_full
     from reidkit.search import GalleryIndex, search_rank_k
 
