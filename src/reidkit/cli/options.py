@@ -11,7 +11,8 @@
 | wall-time cap                        | --minutes       | (config key max_minutes)                           |
 | torch device / batch / flip / quiet  | --device, --batch-size, --flip, --quiet                              |
 
-Help texts show defaults (`HelpFormatter`); an alias is accepted but not listed in --help.
+Help texts show defaults (`HelpFormatter`, the formatter of every `ArgumentParser` here and of its subparsers);
+an alias is accepted but not listed in --help. tests/test_cli.py walks every verb and holds them to this table.
 """
 
 from __future__ import annotations
