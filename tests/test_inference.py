@@ -4,7 +4,6 @@ hand-computed pixel values, numpy formulas; and the clean failure of `reidkit ex
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,20 +12,6 @@ from PIL import Image
 
 from reidkit.data.images import decode_images, image_array, load_image_tensor
 from reidkit.errors import DataError, ReIDError
-
-
-@pytest.fixture
-def checkpoint(tmp_path) -> Path:
-    from reidkit.checkpoint import save_checkpoint
-    from reidkit.models import build_model
-
-    torch.manual_seed(0)
-    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (32, 16),
-           "backbone_options": {"width": 8}}
-    path = tmp_path / "small.pt"
-    save_checkpoint(path, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg,
-                    epoch=0)
-    return path
 
 
 def test_float_arrays_are_scaled_by_255_not_truncated():
@@ -69,13 +54,13 @@ def test_lenient_decoding_skips_unreadable_files_only(tmp_path):
         load_image_tensor([good, str(tmp_path / "bad.jpg")], (4, 2))
 
 
-def test_extractor_embeds_arrays_like_the_model_on_pil_resized_pixels(checkpoint):
+def test_extractor_embeds_arrays_like_the_model_on_pil_resized_pixels(small_checkpoint):
     from reidkit.inference import Extractor, embed_tensor
 
-    ext = Extractor(checkpoint, device="cpu")
+    ext = Extractor(small_checkpoint, device="cpu")  # 64x32 input
     rng = np.random.default_rng(1)
-    crops = [rng.integers(0, 256, (50, 20, 3), dtype=np.uint8) for _ in range(3)]
-    resized = np.stack([np.asarray(Image.fromarray(c).resize((16, 32), Image.BILINEAR)) for c in crops])
+    crops = [rng.integers(0, 256, (90, 40, 3), dtype=np.uint8) for _ in range(3)]
+    resized = np.stack([np.asarray(Image.fromarray(c).resize((32, 64), Image.BILINEAR)) for c in crops])
     reference = embed_tensor(ext.model, torch.from_numpy(resized).permute(0, 3, 1, 2), mean=ext.mean, std=ext.std,
                              device=torch.device("cpu")).numpy()
     np.testing.assert_allclose(ext.embed(crops), reference, atol=1e-5)
@@ -107,12 +92,13 @@ def test_array_backend_flip_sums_image_and_mirror_outputs():
                                                                                           keepdims=True), atol=1e-5)
 
 
-def test_export_without_onnx_names_the_package_and_the_install_command(checkpoint, monkeypatch, capsys):
+def test_export_without_onnx_names_the_package_and_the_install_command(small_checkpoint, monkeypatch, capsys):
     from reidkit.cli.main import main
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError, as when not installed
-    assert main(["export", "--model", str(checkpoint), "--out", str(checkpoint.with_suffix(".onnx"))]) == 2
+    out = small_checkpoint.with_suffix(".onnx")
+    assert main(["export", "--model", str(small_checkpoint), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: export --format onnx needs the Python package 'onnx'")
     assert "pip install 'reidkit[deploy]'" in err and "Traceback" not in err
-    assert not checkpoint.with_suffix(".onnx").exists()
+    assert not out.exists()
