@@ -177,3 +177,41 @@ def test_pair_fusion_in_evaluate_and_search_equals_a_naive_reference(tmp_path, m
         assert [g_paths.index(hit["path"]) for hit in searched[i]["results"]] == expected
         changed += expected != sorted(range(len(gf)), key=lambda j: (sq_dist[j], j))
     assert changed > 0  # the pair network changed some rankings: the comparison is not vacuous
+
+
+def test_evaluate_flip_averages_each_image_with_its_mirror(tmp_path, monkeypatch):
+    import reidkit.cli.evaluate as evaluate_cli
+
+    data = tmp_path / "data"
+    _write_dataset(data, seed=2)
+    torch.manual_seed(1)
+    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (32, 16),
+           "backbone_options": {"width": 8}}
+    model = build_model("embedding", **cfg).eval()
+    save_checkpoint(tmp_path / "emb.pt", model=model, model_name="embedding", model_cfg=cfg, epoch=0)
+    seen, real_rank = {}, evaluate_cli.evaluate_rank_full
+
+    def rank(distmat, *args, **kwargs):
+        seen["distmat"] = np.array(distmat)
+        return real_rank(distmat, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_rank_full", rank)
+    out = tmp_path / "flip.json"
+    assert main(["evaluate", "--model", str(tmp_path / "emb.pt"), "--data", str(data), "--flip", "--device", "cpu",
+                 "--quiet", "--out", str(out)]) == 0
+
+    def embed(folder: str) -> np.ndarray:  # by hand: one image at a time, its mirror added, then L2-normalised
+        feats = []
+        for path in sorted((data / folder).glob("*.jpg")):
+            pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+            x = torch.from_numpy((pixels - np.array(model.input_mean)) / np.array(model.input_std)).float()
+            x = x.permute(2, 0, 1)[None]
+            with torch.no_grad():
+                f = model(x) + model(x.flip(-1))
+            feats.append((f / f.norm()).numpy()[0])
+        return np.stack(feats)
+
+    q, g = embed("query"), embed("bounding_box_test")
+    reference = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(seen["distmat"], reference, atol=1e-4)
+    assert json.loads(out.read_text())["flip"] is True

@@ -18,7 +18,16 @@ from ..metrics.alignment import local_distance
 from ..metrics.plots import plot_cmc, ranked_list_grid
 from ..metrics.rank import MetricInputError, RankResult, evaluate_rank_full, summarize
 from ..utils import atomic_write_json
-from .options import add_device, add_flip, add_model, add_quiet, add_rerank_options, add_top, reranker_from_args
+from .options import (
+    add_batch_size,
+    add_device,
+    add_flip,
+    add_model,
+    add_quiet,
+    add_rerank_options,
+    add_top,
+    reranker_from_args,
+)
 
 ID_KEYS = ("q_pids", "g_pids", "q_camids", "g_camids")
 DISTMAT_KEYS = ("distmat", *ID_KEYS)
@@ -144,7 +153,7 @@ def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
 
         arrays = extractor.extract_split_features(args.model, args.data, device=args.device,
                                                   show_progress=not args.quiet, flip=args.flip,
-                                                  local=args.local_weight > 0)
+                                                  local=args.local_weight > 0, batch_size=args.batch_size)
         source = f"{args.model} on {args.data}" + (" (flip)" if args.flip else "")
     else:
         raise AssertionError("unreachable: one source is given")
@@ -228,6 +237,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="metrics JSON; the CMC and ranked-list pictures go beside it (OUT_cmc.png, OUT_ranked.png)")
     add_flip(p)
     add_device(p)
+    add_batch_size(p, default=128)
     add_quiet(p)
     add_rerank_options(p)
     p.set_defaults(func=evaluate_command)

@@ -140,8 +140,9 @@ def add_rerank_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lambda", dest="lambda_value", type=float, default=0.3, metavar="LAMBDA",
                        help="k_reciprocal: weight of the original distance (1 - LAMBDA: Jaccard distance)")
     group.add_argument("--aqe-top", type=int, default=10, metavar="K", help="aqe: gallery neighbours averaged in")
-    group.add_argument("--aqe-alpha", type=float, default=3.0, help="aqe: neighbour weight = similarity ** ALPHA")
-    group.add_argument("--ssm-alpha", type=float, default=0.9, help="ssm: diffusion weight in [0, 1)")
+    group.add_argument("--aqe-alpha", type=float, default=3.0, metavar="ALPHA",
+                       help="aqe: neighbour weight = similarity ** ALPHA")
+    group.add_argument("--ssm-alpha", type=float, default=0.9, metavar="ALPHA", help="ssm: diffusion weight in [0, 1)")
     group.add_argument("--ssm-neighbours", type=int, default=20, metavar="K", help="ssm: kNN graph neighbours")
     add_option(group, "--pair-model", aliases=("--pair-checkpoint",), type=Path, metavar="FILE",
                help="pair network checkpoint (idla, idla_ncc, mls) for pair fusion; alone it implies --rerank pair")

@@ -77,8 +77,8 @@ class Extractor:
 
 
 def extract_split_features(checkpoint: str | Path, data_root: str | Path, device: str = "auto",
-                           show_progress: bool = True, flip: bool = False, local: bool = False
-                           ) -> dict[str, np.ndarray]:
+                           show_progress: bool = True, flip: bool = False, local: bool = False,
+                           batch_size: int = 128) -> dict[str, np.ndarray]:
     """Query/gallery features of a dataset, in the layout `reidkit evaluate --features` reads.
 
     local=True adds the AlignedReID local features as `query_local` / `gallery_local`.
@@ -86,7 +86,7 @@ def extract_split_features(checkpoint: str | Path, data_root: str | Path, device
     dataset = load_dataset(data_root)
     if not dataset.query or not dataset.gallery:
         raise ReIDError(f"{data_root}: needs query and gallery splits to evaluate")
-    ext = Extractor(checkpoint, device=device, flip=flip)
+    ext = Extractor(checkpoint, device=device, flip=flip, batch_size=batch_size)
     if local:
         ext._require_local()  # before the images are loaded
     out: dict[str, np.ndarray] = {}
