@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import ModelError
+from ...utils import progress
 from .native import native_library
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -107,7 +108,8 @@ class PairNetwork(nn.Module):
 
     @torch.no_grad()
     def pair_scores(self, feats1: torch.Tensor, feats2: torch.Tensor, index1: torch.Tensor, index2: torch.Tensor,
-                    batch_size: int = 512, symmetric: bool = False) -> torch.Tensor:
+                    batch_size: int = 512, symmetric: bool = False, show_progress: bool = False,
+                    desc: str = "scoring pairs") -> torch.Tensor:
         """Same-person log-odds (logit_same - logit_different) of pairs (feats1[index1[i]], feats2[index2[i]]).
 
         Log-odds rank exactly like the softmax probability (sigmoid(score) = P(same)) but never saturate to
@@ -119,7 +121,7 @@ class PairNetwork(nn.Module):
                              f"{tuple(index2.shape)}")
         out = torch.empty(index1.numel(), dtype=torch.float32)
         flat1, flat2 = index1.reshape(-1), index2.reshape(-1)
-        for start in range(0, flat1.numel(), batch_size):
+        for start in progress(range(0, flat1.numel(), batch_size), desc=desc, enabled=show_progress):
             i1, i2 = flat1[start:start + batch_size], flat2[start:start + batch_size]
             logits = self.pair_logits(feats1[i1], feats2[i2]).float()
             if symmetric:
@@ -130,7 +132,8 @@ class PairNetwork(nn.Module):
     @torch.no_grad()
     def image_pair_scores(self, images1: torch.Tensor, images2: torch.Tensor, index1: torch.Tensor,
                           index2: torch.Tensor, batch_size: int = 512, symmetric: bool = False,
-                          flip: bool = False) -> torch.Tensor:
+                          flip: bool = False, show_progress: bool = False,
+                          desc: str = "scoring pairs") -> torch.Tensor:
         """Log-odds of the image pairs (images1[index1[i]], images2[index2[i]]) in eval mode, each image through
         the trunk once per view (once if `images2 is images1`). Test-time augmentation: symmetric averages both
         input orders, flip averages in the pair of mirrored images. The train/eval mode is restored."""
@@ -144,7 +147,8 @@ class PairNetwork(nn.Module):
             for mirrored in views:
                 feats1 = self.embed_batched(images1, batch_size, flip=mirrored)
                 feats2 = feats1 if images2 is images1 else self.embed_batched(images2, batch_size, flip=mirrored)
-                total += self.pair_scores(feats1, feats2, index1, index2, batch_size, symmetric)
+                view = f"{desc} (mirrored)" if mirrored else desc
+                total += self.pair_scores(feats1, feats2, index1, index2, batch_size, symmetric, show_progress, view)
             return total / len(views)
         finally:
             self.train(was_training)

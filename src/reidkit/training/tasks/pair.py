@@ -284,7 +284,8 @@ class PairTask(Task):
         symmetric = e.symmetric if symmetric is None else symmetric
         flip = e.flip if flip is None else flip
         return self.model.image_pair_scores(self.val_images, self.val_images, torch.from_numpy(pairs.first),
-                                            torch.from_numpy(pairs.second), e.batch_size, symmetric, flip).numpy()
+                                            torch.from_numpy(pairs.second), e.batch_size, symmetric, flip,
+                                            self.show_progress, "validation: scoring pairs").numpy()
 
     def training_pair_scores(self, symmetric: bool, flip: bool,
                              num_pairs: int = 7_000) -> tuple[np.ndarray, np.ndarray]:
