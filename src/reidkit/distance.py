@@ -43,9 +43,10 @@ def _distance(x: Tensor, y: Tensor, metric: str) -> Tensor:
         return 1.0 - F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
     # torchreid's operation order (addmm), so "sqeuclidean" reproduces its evaluation figures.
     squared = torch.addmm(x.pow(2).sum(1, keepdim=True) + y.pow(2).sum(1).unsqueeze(0), x, y.T, beta=1, alpha=-2)
+    # In place: addmm's backward does not need its output, so autograd allows it and no (n, m) copy is made.
     if metric == "sqeuclidean":
-        return squared.clamp(min=0.0)
-    return squared.clamp(min=SQRT_CLAMP).sqrt()
+        return squared.clamp_(min=0.0)
+    return squared.clamp_(min=SQRT_CLAMP).sqrt_()
 
 
 # ------------------------------------------------------------------------------- differentiable (training)
