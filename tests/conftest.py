@@ -79,3 +79,27 @@ def assert_pair_onnx_export_matches(model, path: Path, batch: int = 5) -> None:
         expected = model(x1, x2).numpy()
     assert exported.shape == (batch, 2)
     assert abs(exported - expected).max() < 1e-4 * max(1.0, abs(expected).max())
+
+
+@pytest.fixture
+def captured_distmat(monkeypatch):
+    """The distance matrix `reidkit evaluate` ranks, and the arrays it extracted from a checkpoint."""
+    import numpy as np
+
+    import reidkit.cli.evaluate as report
+    import reidkit.inference.extractor as extractor
+
+    seen: dict = {}
+    real_rank, real_extract = report.evaluate_rank_full, extractor.extract_split_features
+
+    def rank(distmat, *args, **kwargs):
+        seen["distmat"] = np.array(distmat)
+        return real_rank(distmat, *args, **kwargs)
+
+    def extract(*args, **kwargs):
+        seen["arrays"] = real_extract(*args, **kwargs)
+        return seen["arrays"]
+
+    monkeypatch.setattr(report, "evaluate_rank_full", rank)
+    monkeypatch.setattr(extractor, "extract_split_features", extract)
+    return seen

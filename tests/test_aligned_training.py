@@ -293,28 +293,6 @@ def test_mutual_students_each_train_their_local_branch(tiny_market, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ evaluate / extract
-@pytest.fixture
-def captured_distmat(monkeypatch):
-    """The distance matrix `reidkit evaluate` ranks, and the arrays it extracted from a checkpoint."""
-    import reidkit.cli.evaluate as report
-    import reidkit.inference.extractor as extractor
-
-    seen: dict = {}
-    real_rank, real_extract = report.evaluate_rank_full, extractor.extract_split_features
-
-    def rank(distmat, *args, **kwargs):
-        seen["distmat"] = np.array(distmat)
-        return real_rank(distmat, *args, **kwargs)
-
-    def extract(*args, **kwargs):
-        seen["arrays"] = real_extract(*args, **kwargs)
-        return seen["arrays"]
-
-    monkeypatch.setattr(report, "evaluate_rank_full", rank)
-    monkeypatch.setattr(extractor, "extract_split_features", extract)
-    return seen
-
-
 def test_evaluate_local_weight_equals_naive_reference(aligned_run, tiny_market, tmp_path, captured_distmat):
     _, out = aligned_run
     metrics = tmp_path / "eval" / "metrics.json"

@@ -116,10 +116,7 @@ def _write_dataset(root: Path, seed: int = 5) -> None:
     Image.fromarray(np.zeros((32, 16, 3), np.uint8)).save(root / "bounding_box_train" / "0009_c1s1_000000_00.jpg")
 
 
-def test_pair_fusion_in_evaluate_and_search_equals_a_naive_reference(tmp_path, monkeypatch, capsys):
-    import reidkit.cli.evaluate as evaluate_cli
-    import reidkit.inference.extractor as extractor
-
+def test_pair_fusion_in_evaluate_and_search_equals_a_naive_reference(tmp_path, capsys, captured_distmat):
     data = tmp_path / "data"
     _write_dataset(data)
     torch.manual_seed(0)
@@ -133,18 +130,7 @@ def test_pair_fusion_in_evaluate_and_search_equals_a_naive_reference(tmp_path, m
     save_checkpoint(pair, model=pair_net, model_name="idla", model_cfg={"input_size": [40, 24]}, epoch=1)
     top, weight = 4, 0.5
 
-    seen, real_rank, real_extract = {}, evaluate_cli.evaluate_rank_full, extractor.extract_split_features
-
-    def rank(distmat, *args, **kwargs):
-        seen["distmat"] = np.array(distmat)
-        return real_rank(distmat, *args, **kwargs)
-
-    def extract(*args, **kwargs):
-        seen["arrays"] = real_extract(*args, **kwargs)
-        return seen["arrays"]
-
-    monkeypatch.setattr(evaluate_cli, "evaluate_rank_full", rank)
-    monkeypatch.setattr(extractor, "extract_split_features", extract)
+    seen = captured_distmat
     assert main(["evaluate", "--model", str(embedding), "--data", str(data), "--pair-model", str(pair),
                  "--rerank-top", str(top), "--pair-weight", str(weight), "--device", "cpu", "--quiet"]) == 0
     arrays = seen["arrays"]
@@ -179,9 +165,7 @@ def test_pair_fusion_in_evaluate_and_search_equals_a_naive_reference(tmp_path, m
     assert changed > 0  # the pair network changed some rankings: the comparison is not vacuous
 
 
-def test_evaluate_flip_averages_each_image_with_its_mirror(tmp_path, monkeypatch):
-    import reidkit.cli.evaluate as evaluate_cli
-
+def test_evaluate_flip_averages_each_image_with_its_mirror(tmp_path, captured_distmat):
     data = tmp_path / "data"
     _write_dataset(data, seed=2)
     torch.manual_seed(1)
@@ -189,13 +173,7 @@ def test_evaluate_flip_averages_each_image_with_its_mirror(tmp_path, monkeypatch
            "backbone_options": {"width": 8}}
     model = build_model("embedding", **cfg).eval()
     save_checkpoint(tmp_path / "emb.pt", model=model, model_name="embedding", model_cfg=cfg, epoch=0)
-    seen, real_rank = {}, evaluate_cli.evaluate_rank_full
-
-    def rank(distmat, *args, **kwargs):
-        seen["distmat"] = np.array(distmat)
-        return real_rank(distmat, *args, **kwargs)
-
-    monkeypatch.setattr(evaluate_cli, "evaluate_rank_full", rank)
+    seen = captured_distmat
     out = tmp_path / "flip.json"
     assert main(["evaluate", "--model", str(tmp_path / "emb.pt"), "--data", str(data), "--flip", "--device", "cpu",
                  "--quiet", "--out", str(out)]) == 0
