@@ -68,6 +68,9 @@ def _features_npz(path: Path, with_paths: bool, tmp_path: Path) -> Path:
     ("features_no_paths", ["--pair-model", "PAIR"], "has no q_paths, g_paths"),
     ("features", ["--flip"], "--flip applies when evaluate embeds"),
     ("features", ["--rerank", "k_reciprocal", "--k1", "0"], "k1 must be >= 1"),
+    ("features", ["--k1", "10"], "--k1 applies to --rerank k_reciprocal, but the re-ranking is none"),
+    ("features", ["--rerank", "aqe", "--pair-weight", "0.5"], "--pair-weight applies to --rerank pair"),
+    ("features", ["--rerank", "ssm", "--pair-tta"], "--pair-tta applies to pair fusion"),
 ])
 def test_evaluate_refuses_a_rerank_that_cannot_apply(tmp_path, capsys, source, extra, message):
     features = _features_npz(tmp_path / "f.npz", source != "features_no_paths", tmp_path)

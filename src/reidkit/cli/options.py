@@ -126,52 +126,72 @@ def add_minutes(parser: argparse.ArgumentParser, help: str = "wall-time cap in m
 RERANK_CHOICES = ("none", "k_reciprocal", "aqe", "ssm", "pair")  # "none" + reidkit.rerank names (a test checks)
 PAIR_TOP_DEFAULT = 20  # pair fusion: candidates re-ordered per query (the validated CUHK03-NP setting)
 POOL_DEFAULT = 100  # search: candidates per query handed to k_reciprocal / aqe / ssm
+# The parameters of the registered re-rankers: (option, re-ranker, its parameter, type, default, metavar, help).
+RERANK_PARAMS = (
+    ("--k1", "k_reciprocal", "k1", int, 20, "K1", "size of the k-reciprocal neighbourhood"),
+    ("--k2", "k_reciprocal", "k2", int, 6, "K2", "neighbours of the local query expansion"),
+    ("--lambda", "k_reciprocal", "lambda_value", float, 0.3, "LAMBDA",
+     "weight of the original distance (1 - LAMBDA: Jaccard distance)"),
+    ("--aqe-top", "aqe", "top_k", int, 10, "K", "gallery neighbours averaged into each query"),
+    ("--aqe-alpha", "aqe", "alpha", float, 3.0, "ALPHA", "neighbour weight = similarity ** ALPHA"),
+    ("--ssm-alpha", "ssm", "alpha", float, 0.9, "ALPHA", "diffusion weight in [0, 1)"),
+    ("--ssm-neighbours", "ssm", "neighbours", int, 20, "K", "kNN graph neighbours"),
+    ("--pair-weight", "pair", "weight", float, 1.0, "W",
+     "order by (1 - W) x embedding rank + W x pair rank (1 = pair score only)"),
+)
+
+
+def _dest(option: str) -> str:
+    return "lambda_value" if option == "--lambda" else option.lstrip("-").replace("-", "_")
 
 
 def add_rerank_options(parser: argparse.ArgumentParser) -> None:
-    """The re-ranking options of `evaluate` and `search`: the same re-rankers, names and defaults in both."""
+    """The re-ranking options of `evaluate` and `search`: the same re-rankers, names and defaults in both.
+
+    Parameter defaults are None in the namespace (so an option given for a re-ranker that does not run is caught
+    by `reranker_from_args`); the help shows the re-ranker's default."""
     from pathlib import Path
 
     group = parser.add_argument_group("re-ranking (reidkit.rerank; docs/reranking.md)")
     group.add_argument("--rerank", choices=RERANK_CHOICES, default="none",
                        help="re-ranker; with --pair-model, k_reciprocal/aqe/ssm are followed by pair fusion")
-    group.add_argument("--k1", type=int, default=20, help="k_reciprocal: size of the k-reciprocal neighbourhood")
-    group.add_argument("--k2", type=int, default=6, help="k_reciprocal: neighbours of the local query expansion")
-    group.add_argument("--lambda", dest="lambda_value", type=float, default=0.3, metavar="LAMBDA",
-                       help="k_reciprocal: weight of the original distance (1 - LAMBDA: Jaccard distance)")
-    group.add_argument("--aqe-top", type=int, default=10, metavar="K", help="aqe: gallery neighbours averaged in")
-    group.add_argument("--aqe-alpha", type=float, default=3.0, metavar="ALPHA",
-                       help="aqe: neighbour weight = similarity ** ALPHA")
-    group.add_argument("--ssm-alpha", type=float, default=0.9, metavar="ALPHA", help="ssm: diffusion weight in [0, 1)")
-    group.add_argument("--ssm-neighbours", type=int, default=20, metavar="K", help="ssm: kNN graph neighbours")
+    for option, method, _, kind, default, metavar, text in RERANK_PARAMS:
+        group.add_argument(option, dest=_dest(option), type=kind, metavar=metavar,
+                           help=f"{method}: {text} (default: {default})")
     add_option(group, "--pair-model", aliases=("--pair-checkpoint",), type=Path, metavar="FILE",
                help="pair network checkpoint (idla, idla_ncc, mls) for pair fusion; alone it implies --rerank pair")
     add_option(group, "--rerank-top", aliases=("--pair-top-k", "--rerank-k"), type=int, metavar="N",
                help=f"candidates per query the re-ranker re-orders (default: {PAIR_TOP_DEFAULT} for pair fusion; "
                     f"search hands each query's top max(--top, N) to the re-ranker, N = {POOL_DEFAULT} for the "
                     "others; evaluate's k_reciprocal/aqe/ssm use the whole gallery)")
-    group.add_argument("--pair-weight", type=float, default=1.0, metavar="W",
-                       help="pair fusion: order by (1 - W) x embedding rank + W x pair rank (1 = pair score only)")
     group.add_argument("--pair-tta", action="store_true",
                        help="pair fusion: average both input orders and the mirrored pair (4 passes)")
 
 
 def reranker_from_args(args: argparse.Namespace, show_progress: bool = False) -> Any:
     """The `reidkit.rerank` re-ranker the options of `add_rerank_options` ask for (a Chain when a method is
-    followed by pair fusion), or None for no re-ranking."""
+    followed by pair fusion), or None for no re-ranking. An option of a re-ranker that will not run is refused."""
     method, pair_model = args.rerank, getattr(args, "pair_model", None)
     if method == "pair" and pair_model is None:
         raise ReIDError("--rerank pair needs --pair-model (a pair network checkpoint)")
+    running = {method} | ({"pair"} if pair_model is not None else set())
+    params: dict[str, dict[str, Any]] = {name: {} for name in running}
+    for option, name, param, _, default, _, _ in RERANK_PARAMS:
+        value = getattr(args, _dest(option))
+        if value is not None and name not in running:
+            raise ReIDError(f"{option} applies to --rerank {name}" + (" (with --pair-model)" if name == "pair" else "")
+                            + f", but the re-ranking is {' + '.join(sorted(running))}")
+        if name in running:
+            params[name][param] = default if value is None else value
+    if args.pair_tta and "pair" not in running:
+        raise ReIDError("--pair-tta applies to pair fusion (--pair-model), which is not requested")
     if method == "none" and pair_model is None:
         return None
     from ..rerank import Chain, build_reranker
 
-    params = {"k_reciprocal": {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value},
-              "aqe": {"top_k": args.aqe_top, "alpha": args.aqe_alpha},
-              "ssm": {"alpha": args.ssm_alpha, "neighbours": args.ssm_neighbours}}
-    steps = [build_reranker(method, **params[method])] if method in params else []
+    steps = [build_reranker(method, **params[method])] if method not in ("none", "pair") else []
     if pair_model is not None:
         steps.append(build_reranker("pair", model=pair_model, top=args.rerank_top or PAIR_TOP_DEFAULT,
-                                    weight=args.pair_weight, tta=args.pair_tta,
-                                    device=getattr(args, "device", "cpu"), show_progress=show_progress))
+                                    tta=args.pair_tta, device=getattr(args, "device", "cpu"),
+                                    show_progress=show_progress, **params["pair"]))
     return steps[0] if len(steps) == 1 else Chain(tuple(steps))
