@@ -1,9 +1,11 @@
 """Search benchmarks: exact vs faiss IVF-Flat / HNSW on synthetic clustered 256-d vectors (latency, build time,
 recall@10 against exact search) at 1e4, 1e5, 1e6 gallery vectors, and an end-to-end check on real data:
 index the CUHK03-NP validation gallery (150 ids carved from bounding_box_train, seed 0) with an Intel OSNet-AIN
-model, search with the validation queries and compare rank-1 with `evaluate_rank` on the same features.
+model, search with the validation queries and compare rank-1 with `evaluate_rank` on the same features; and the
+cost of index updates (a commit of 10 new items, a reader's load and refresh) at 1e4 and 1e5 items.
 
 Run: .venv/bin/python bench/bench_search.py [--sizes 10000,100000,1000000] [--queries 200] [--skip-e2e]
+     .venv/bin/python bench/bench_search.py --only-updates [--update-sizes 10000,100000]
   -> docs/benchmarks/search.json and docs/benchmarks/search.md
 """
 
@@ -145,6 +147,34 @@ def end_to_end(model: str) -> dict:
             "load": f"{before}/{load()}"}
 
 
+def index_updates(n: int) -> dict:
+    """A writer's commit of 10 new items (embeddings given: the index's cost, not the model's) and a reader's
+    load / refresh / one exact search, on an index of n 256-d items with full metadata."""
+    from reidkit.search import GalleryIndex
+
+    gallery, extra = clustered_vectors(n, 10 * 5, seed=1)
+    meta = [{"camid": i % 6, "track": i // 20, "frame": i, "time": i / 25.0, "source": "bench"} for i in range(n)]
+    before = load()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "idx"
+        index = GalleryIndex.build(root, _FixedDim(), [], approx="none")[0]
+        index.add_features(gallery, meta)
+        batches = iter(np.split(extra, 5))
+        commit_s, _ = timed(lambda: index.add_features(next(batches)), repeat=5)
+        load_s, reader = timed(lambda: GalleryIndex.load(root))
+        refresh_s, _ = timed(lambda: reader.refresh(), repeat=20)
+        search_s, _ = timed(lambda: reader.search(extra[:1], k=10, method="exact"), repeat=5)
+        size_mb = sum(f.stat().st_size for f in root.iterdir()) / 1e6
+    return {"n": n, "commit_10_s": commit_s, "load_s": load_s, "refresh_unchanged_us": refresh_s * 1e6,
+            "search_ms": search_s * 1e3, "folder_mb": size_mb, "load": f"{before}/{load()}"}
+
+
+class _FixedDim:
+    """Only what GalleryIndex.build records of a model, for an index filled with add_features."""
+
+    backend, name, input_size, resize, model_path, dim = "none", "bench", (256, 128), "stretch", "", DIM
+
+
 def write_markdown(data: dict) -> None:
     lines = ["# Search benchmarks", "",
              f"Machine: {data['machine']}. **Shared machine**: other engineers' jobs were running during these runs "
@@ -199,6 +229,17 @@ def write_markdown(data: dict) -> None:
               "features). mAP is evaluate_rank's. 0277 > 0288 as in ../shared/README's CUHK03-NP test-split figures "
               "(rank-1 38.2 / 16.5 with a 5,332-image gallery; this validation gallery is 1,150 images), and 0267 "
               "(OSNet-AIN x0.5) falls between them."]
+    if data.get("updates"):
+        lines += ["", "## Index updates (one writer, readers alongside)", "",
+                  f"An index of n {DIM}-d items with full metadata (camid, track, frame, time, source), no "
+                  "approximate index. `commit` = `add_features` of 10 items (lock, re-read check, write version "
+                  "N+1 in full, replace index.json): every commit rewrites the features and the metadata, so it "
+                  "grows with n -- batch additions. `load` = a reader opening the committed version; `refresh` = "
+                  "a long-lived reader asking for news when there is none (one stat of index.json).", "",
+                  "| n | commit of 10 items s | load s | refresh (unchanged) us | exact search ms/query | folder MB "
+                  "| load |", "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {u['n']:,} | {u['commit_10_s']:.3f} | {u['load_s']:.3f} | {u['refresh_unchanged_us']:.0f} | "
+                  f"{u['search_ms']:.2f} | {u['folder_mb']:.1f} | {u['load']} |" for u in data["updates"]]
     (OUT / "search.md").write_text("\n".join(lines) + "\n")
 
 
@@ -211,9 +252,19 @@ def main() -> None:
     parser.add_argument("--methods", default="exact,ivf,hnsw",
                         help="re-run only these; rows of the others are kept from the existing search.json")
     parser.add_argument("--markdown-only", action="store_true", help="re-render search.md from search.json")
+    parser.add_argument("--update-sizes", default="10000,100000", help="index sizes for the update costs")
+    parser.add_argument("--only-updates", action="store_true",
+                        help="measure only the update costs; keep every other row of the existing search.json")
     args = parser.parse_args()
     if args.markdown_only:
         write_markdown(json.loads((OUT / "search.json").read_text()))
+        return
+    if args.only_updates:
+        data = json.loads((OUT / "search.json").read_text())
+        data["updates"] = [index_updates(int(n)) for n in args.update_sizes.split(",") if n]
+        print(data["updates"], flush=True)
+        (OUT / "search.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_markdown(data)
         return
     methods = set(args.methods.split(","))
     import torch
@@ -228,6 +279,7 @@ def main() -> None:
         data["synthetic"] += bench_size(n, args.queries, methods)
     data["synthetic"] = sorted(kept + data["synthetic"], key=lambda r: (r["n"], ["exact", "ivf", "hnsw"].index(
         r["method"])))
+    data["updates"] = [index_updates(int(n)) for n in args.update_sizes.split(",") if n]
     if args.skip_e2e:
         data["end_to_end"] = previous.get("end_to_end", [])
     elif CUHK03_TRAIN.is_dir():

