@@ -1,6 +1,10 @@
-"""Gallery search: a persistent feature index with exact or faiss search and optional re-ranking.
+"""Gallery search: a persistent feature index keyed by item id, with metadata columns (path, pid, camid, track,
+frame, time, source), crops addable from memory, one writer and many readers at a time, exact or faiss search
+and optional re-ranking.
 
 >>> from reidkit.search import GalleryIndex, collect_items
+>>> index, report = GalleryIndex.build("idx", extractor, collect_items("gallery/"))
+>>> index.add_images(extractor, crops, metadata=[{"camid": 0, "track": 3, "frame": 120}, ...])
 Exports are lazy so that `reidkit.cli.search` (imported when the CLI parser is built) does not load torch/faiss.
 """
 
@@ -10,18 +14,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .evaluate import queries_with_match, search_rank_k
-    from .index import BuildReport, GalleryIndex, Metadata, SearchResults
+    from .index import METADATA_KEYS, BuildReport, GalleryIndex, Metadata, SearchResults
     from .knn import APPROX_THRESHOLD, AnnParams, exact_search
     from .sources import collect_items
 
 _LAZY = {
     "queries_with_match": "evaluate", "search_rank_k": "evaluate",
-    "BuildReport": "index", "GalleryIndex": "index", "Metadata": "index", "SearchResults": "index",
+    "BuildReport": "index", "GalleryIndex": "index", "METADATA_KEYS": "index", "Metadata": "index",
+    "SearchResults": "index",
     "APPROX_THRESHOLD": "knn", "AnnParams": "knn", "exact_search": "knn",
     "collect_items": "sources",
 }
 __all__ = [
-    "APPROX_THRESHOLD", "AnnParams", "BuildReport", "GalleryIndex", "Metadata", "SearchResults", "collect_items",
+    "APPROX_THRESHOLD", "METADATA_KEYS", "AnnParams", "BuildReport", "GalleryIndex", "Metadata", "SearchResults",
+    "collect_items",
     "exact_search", "queries_with_match", "search_rank_k",
 ]
 
