@@ -370,7 +370,7 @@ def test_k_reciprocal_over_the_whole_gallery_equals_full_reranking():
 
 
 def test_pair_network_reranking_orders_candidates_by_pair_score(tmp_path, image_folder):
-    from reidkit.inference.backends import images_to_uint8
+    from reidkit.data.images import load_image_tensor
     from reidkit.models import build_model
 
     torch.manual_seed(0)
@@ -382,8 +382,8 @@ def test_pair_network_reranking_orders_candidates_by_pair_score(tmp_path, image_
                            query_images=[query])
     first_stage = index.search(ext.embed([query]), k=8, method="exact").indices[0]
     pool = np.unique(first_stage)
-    scores = pair_model.score(images_to_uint8([query], (64, 32)),
-                              images_to_uint8([index.metadata.paths[i] for i in pool], (64, 32))).numpy()[0]
+    scores = pair_model.score(load_image_tensor([query], (64, 32)),
+                              load_image_tensor([index.metadata.paths[i] for i in pool], (64, 32))).numpy()[0]
     expected = pool[np.argsort(-scores, kind="stable")[:5]]
     assert results.rerank == "pair"
     np.testing.assert_array_equal(results.indices[0], expected)

@@ -30,7 +30,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
-    from ..inference.backends import FeatureExtractor
+    from ..inference import FeatureExtractor
     from ..search.index import GalleryIndex
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # inference.backends.BACKENDS
@@ -43,7 +43,7 @@ SPLIT_CHOICES = ("auto", "all", "train", "query", "gallery")  # search.sources.S
 
 def _extractor(spec: Path | None, index: GalleryIndex | None, args: argparse.Namespace) -> FeatureExtractor:
     """--model if given, else the model recorded in the index."""
-    from ..inference.backends import build_extractor
+    from ..inference import build_extractor
 
     if spec is None:
         if index is None:

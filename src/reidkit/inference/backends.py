@@ -123,7 +123,6 @@ def resolve_preprocessing(model_path: Path, given: Preprocessing | None) -> Prep
 
 # ---------------------------------------------------------------------------------------------------- images
 
-images_to_uint8 = load_image_tensor  # the old name of data.images.load_image_tensor (decoding lives there)
 DEPLOY_INSTALL = "pip install 'reidkit[deploy]'"
 
 
