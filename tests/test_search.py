@@ -424,7 +424,7 @@ def test_cli_choices_mirror_library_constants():
     from reidkit.search import knn, sources
 
     approx = ("auto", "none", *knn.APPROX_KINDS)
-    assert cli.BACKEND_CHOICES == BACKENDS and cli.METHOD_CHOICES == knn.METHODS
+    assert cli.BACKEND_CHOICES == BACKENDS and set(cli.SEARCH_APPROX_CHOICES) == {"none", *knn.METHODS}
     assert approx == cli.APPROX_CHOICES and cli.SPLIT_CHOICES == sources.SOURCE_SPLITS
     assert FORMAT_CHOICES == FORMATS  # re-ranker choices: tests/test_rerank_registry.py
 

@@ -34,9 +34,8 @@ if TYPE_CHECKING:
     from ..search.index import GalleryIndex
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")  # inference.backends.BACKENDS
-METHOD_CHOICES = ("auto", "exact", "ivf", "hnsw")  # search.knn.METHODS
 APPROX_CHOICES = ("auto", "none", "ivf", "hnsw")  # "auto", "none" + search.knn.APPROX_KINDS
-SEARCH_APPROX_CHOICES = ("auto", "none", "exact", "ivf", "hnsw")  # none = exact (the hidden --method says exact)
+SEARCH_APPROX_CHOICES = ("auto", "none", "exact", "ivf", "hnsw")  # search.knn.METHODS + none (= exact)
 SPLIT_CHOICES = ("auto", "all", "train", "query", "gallery")  # search.sources.SOURCE_SPLITS
 
 # ------------------------------------------------------------------------------------------------ handlers
