@@ -21,7 +21,9 @@ from reidkit.errors import ConfigError
 from reidkit.losses import CenterLoss
 from reidkit.training.config import DataConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from reidkit.training.embedding import EmbeddingTrainer, train_embedding
+from reidkit.training.loop import train
 from reidkit.training.splits import prepare_splits
+from reidkit.training.tasks import EmbeddingTask
 
 
 def center_config(**optim) -> TrainConfig:
@@ -173,7 +175,10 @@ def test_validation_auto_uses_the_roots_own_query_gallery_else_carves(tmp_path):
 def test_training_says_how_ids_were_split_and_prints_each_evaluation(tiny_market, tmp_path, capsys):
     cfg = center_config(epochs=2)
     cfg.data.validation, cfg.eval_every = "auto", 1
-    train_embedding(cfg, tmp_path / "run", tiny_market, show_progress=False)
+    seen = []
+    train(EmbeddingTask(cfg, tiny_market, show_progress=False), tmp_path / "run",
+          callbacks=[lambda trainer, row: seen.append((trainer.out, row["epoch"]))])
+    assert seen == [(tmp_path / "run", 1), (tmp_path / "run", 2)]
     lines = capsys.readouterr().out.splitlines()
     query, gallery = (list((tiny_market / split).glob("*.jpg")) for split in ("query", "bounding_box_test"))
     ids = {int(p.name[:4]) for p in query + gallery} - {0}  # 0000: distractors, not an identity

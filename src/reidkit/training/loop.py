@@ -19,6 +19,7 @@ members (mutual learning) in `extra["other_students"]`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,18 @@ from ..utils import atomic_write_json, seed_everything
 from .runlog import append_log, start_run
 from .tasks.base import Member, Task
 
+EpochCallback = Callable[["Trainer", dict[str, Any]], None]
+
 
 class Trainer:
-    """Runs `task` into `out_dir`. Task attributes read through the trainer (`trainer.model`, ...)."""
+    """Runs `task` into `out_dir`. Task attributes read through the trainer (`trainer.model`, ...).
 
-    def __init__(self, task: Task, out_dir: str | Path):
+    `callbacks` are called as `callback(trainer, row)` after each epoch's row is logged (progress reporting,
+    external stopping by raising, ...)."""
+
+    def __init__(self, task: Task, out_dir: str | Path, callbacks: Sequence[EpochCallback] = ()):
         self.task, self.out = task, Path(out_dir)
+        self.callbacks = list(callbacks)
         self.out.mkdir(parents=True, exist_ok=True)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
@@ -56,7 +63,7 @@ class Trainer:
         self.schedulers = [task.scheduler(o) for o in self.optimizers]
         # One scaler for all members: they share one loss and one backward(), so one scale applies to every
         # gradient; each optimiser is stepped through it and the scale is updated once per step.
-        self.scaler = torch.amp.GradScaler("cuda", enabled=task.grad_scaling)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=task.amp)
 
     # ------------------------------------------------------------ optimising
     def optimise(self, loss: torch.Tensor, step: int, num_steps: int) -> None:
@@ -145,6 +152,8 @@ class Trainer:
             rows.append(row)
             append_log(self.out / "log.jsonl", row)
             task.plot_curves(rows, self.out)
+            for callback in self.callbacks:
+                callback(self, row)
             epochs_done, last_duration = epoch + 1, time.monotonic() - epoch_start
             if out_of_time:
                 print(f"time budget of {cfg.max_minutes} min: stopping after epoch {epochs_done} (another epoch "
@@ -179,7 +188,8 @@ def _extras_state(member: Member) -> dict[str, Any]:
     return {name: module.state_dict() for name, module in member.stateful_extras().items()}
 
 
-def train(task: Task, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train(task: Task, out_dir: str | Path, resume: bool = False,
+          callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
     """Run `task` into `out_dir`; returns the summary (also in out_dir/summary.json) plus the log rows."""
-    return Trainer(task, out_dir).fit(resume=resume)
+    return Trainer(task, out_dir, callbacks).fit(resume=resume)
 

@@ -56,7 +56,7 @@ class Task:
     name: ClassVar[str]
     config_class: ClassVar[type]
     best_key: ClassVar[str]  # the metric of `selection(row)` that picks best.pt (higher is better)
-    grad_scaling: bool = False  # float16 AMP gradient scaling (CUDA)
+    amp: bool = False  # float16 autocast with gradient scaling (CUDA)
     accum_steps: int = 1
     grad_clip: float = 0.0
     extra_options: ClassVar[dict[str, str]] = {}  # extra name -> the config option that creates it (messages)

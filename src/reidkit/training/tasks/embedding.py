@@ -93,7 +93,7 @@ class EmbeddingTask(Task):
         check_local_options(cfg)
         super().__init__(cfg, data_root, show_progress)
         self.data_root = data_root or cfg.data.root
-        self.grad_scaling = cfg.amp and self.device.type == "cuda"
+        self.amp = cfg.amp and self.device.type == "cuda"
         self.accum_steps, self.grad_clip = cfg.optim.accum_steps, cfg.optim.grad_clip
 
     # ----------------------------------------------------------------- set-up
@@ -243,7 +243,7 @@ class EmbeddingTask(Task):
             x = normalize(self.train_images[idx].to(self.device), self.mean, self.std)
             x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
             labels = torch.as_tensor(self.train_labels[idx], device=self.device)
-            with torch.autocast(self.device.type, enabled=self.grad_scaling):
+            with torch.autocast(self.device.type, enabled=self.amp):
                 parts = self._step_losses(x, labels, ranking)
             loss = sum(parts.values())
             check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", parts)
