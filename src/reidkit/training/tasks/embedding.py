@@ -278,12 +278,11 @@ class EmbeddingTask(Task):
                   show_progress=self.show_progress)
         splits = (("query", self.query_images), ("gallery", self.gallery_images))
         embed = embed_tensor_local if with_local else embed_tensor  # one backbone pass gives global + local
-        (qf, gf) = (embed(model, images, desc=f"validation: embedding {name}", **kw) for name, images in splits)
-        if with_local:
-            (qf, ql), (gf, gl) = qf, gf
+        query, gallery = (embed(model, images, desc=f"validation: embedding {name}", **kw) for name, images in splits)
+        qf, gf = (query[0], gallery[0]) if with_local else (query, gallery)
         result = {"val": self._rank_summary(compute_distance_matrix(qf.numpy(), gf.numpy(), metric="cosine"))}
         if with_local:  # the AlignedReID inference distance
-            aligned = aligned_distance_matrix(qf, gf, ql, gl, weight=self.cfg.val_local_weight)
+            aligned = aligned_distance_matrix(qf, gf, query[1], gallery[1], weight=self.cfg.val_local_weight)
             result["val_local"] = self._rank_summary(aligned.numpy())
         return result
 
