@@ -14,6 +14,7 @@ from ..data.records import split_arrays
 from ..data.store import load_image_tensor
 from ..errors import ConfigError
 from ..inference.extractor import Extractor
+from ..training.config import TrainConfig
 from ..utils import atomic_path
 from .options import add_batch_size, add_data, add_device, add_flip, add_minutes, add_model, add_quiet
 
@@ -73,6 +74,8 @@ def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", f
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     counts = ", ".join(f"{k.split('_')[0]} {len(v)}" for k, v in arrays.items() if k.endswith("_features"))
+    local = f" + local features ({ext.model.local_dim} per stripe)" if ext.has_local else ""
+    print(f"wrote {out}: {counts} embeddings of dim {ext.dim}{local}")
 
 
 # ------------------------------------------------------------------------------------------------- parsers
@@ -127,5 +130,3 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     add_flip(p)
     add_quiet(p)
     p.set_defaults(func=_extract_command)
-    local = f" + local features ({ext.model.local_dim} per stripe)" if ext.has_local else ""
-    print(f"wrote {out}: {counts} embeddings of dim {ext.dim}{local}")
