@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from reidkit.cli.main import build_parser, main
@@ -217,3 +218,13 @@ def test_train_minutes_and_device_set_the_config(tiny_market, tmp_path):
                  "optim.p=4", "optim.k=2", "data.height=32", "data.width=16", "data.validation=dataset"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert (config["max_minutes"], config["device"]) == (0.5, "cpu")
+
+
+def test_extract_embeds_only_the_splits_asked_for(tiny_market, small_checkpoint, tmp_path):
+    out = tmp_path / "feats.npz"
+    assert main(["extract", "--model", str(small_checkpoint), "--data", str(tiny_market), "--out", str(out),
+                 "--splits", "query", "gallery", "--quiet"]) == 0
+    with np.load(out) as npz:
+        assert sorted(k for k in npz.files if k.endswith("_features")) == ["gallery_features", "query_features"]
+        assert len(npz["query_features"]) == len(list((tiny_market / "query").glob("*.jpg")))
+        assert len(npz["gallery_features"]) == len(list((tiny_market / "bounding_box_test").glob("*.jpg")))

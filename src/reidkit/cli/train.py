@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +51,9 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
 
 
 def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", flip: bool = False,
-                show_progress: bool = True, batch_size: int = 128) -> None:
-    """Embed every split of a dataset; the .npz also works as `reidkit evaluate --features` input.
+                show_progress: bool = True, batch_size: int = 128, splits: Sequence[str] | None = None) -> None:
+    """Embed the `splits` of a dataset (None: every split it has); the .npz also works as `reidkit evaluate
+    --features` input (which needs query and gallery).
 
     A model with the AlignedReID local branch also writes `{split}_local` (N, stripes, local_dim) arrays, which
     `reidkit evaluate --features X --local-weight W` uses.
@@ -59,8 +61,8 @@ def run_extract(checkpoint: Path, data: Path, out: Path, device: str = "auto", f
     dataset = load_dataset(data)
     ext = Extractor(checkpoint, device=device, flip=flip, batch_size=batch_size)
     arrays: dict[str, np.ndarray] = {}
-    splits = [("query", "q", dataset.query), ("gallery", "g", dataset.gallery), ("train", "t", dataset.train)]
-    for split, key, records in splits:
+    all_splits = [("query", "q", dataset.query), ("gallery", "g", dataset.gallery), ("train", "t", dataset.train)]
+    for split, key, records in (s for s in all_splits if splits is None or s[0] in splits):
         if not records:
             continue
         paths, pids, camids = split_arrays(records)
@@ -103,7 +105,7 @@ def _require_pretrained_weights(config: Path | None, overrides: list[str]) -> No
 
 def _extract_command(args: argparse.Namespace) -> None:
     run_extract(args.model, args.data, args.out, device=args.device, flip=args.flip, batch_size=args.batch_size,
-                show_progress=not args.quiet)
+                show_progress=not args.quiet, splits=args.splits)
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,6 +127,9 @@ def add_extract_arguments(p: argparse.ArgumentParser) -> None:
     add_model(p)
     add_data(p)
     p.add_argument("--out", type=Path, required=True, help="output .npz (features + ids + paths)")
+    p.add_argument("--splits", nargs="+", choices=("query", "gallery", "train"), metavar="SPLIT",
+                   help="splits to embed: query, gallery, train (default: every split the dataset has; "
+                        "`evaluate --features` needs query and gallery)")
     add_device(p)
     add_batch_size(p, default=128)
     add_flip(p)
