@@ -228,3 +228,12 @@ def test_extract_embeds_only_the_splits_asked_for(tiny_market, small_checkpoint,
         assert sorted(k for k in npz.files if k.endswith("_features")) == ["gallery_features", "query_features"]
         assert len(npz["query_features"]) == len(list((tiny_market / "query").glob("*.jpg")))
         assert len(npz["gallery_features"]) == len(list((tiny_market / "bounding_box_test").glob("*.jpg")))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["search", "--help"], ["index", "info", "--help"]])
+def test_help_and_version_start_without_torch(argv):
+    """Verbs load their modules only when they run: `reidkit --help` must not pay for importing torch."""
+    code = ("import sys\nfrom reidkit.cli.main import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n"
+            "    pass\nprint('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert result.stderr.strip().splitlines()[-1] == "no torch"
