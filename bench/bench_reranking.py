@@ -269,7 +269,7 @@ def speedups(runs: list[dict]) -> list[str]:
 
 VAL_TRAIN_DIR = Path("/work/shared/datasets/cuhk03np-detected/bounding_box_train")
 VAL_SEED, PAIR_TOP = 0, 20
-PAIR_WEIGHTS = (1.0, 0.25)  # pair score alone; the rank fusion behind the earlier 54.0 -> 60.0
+PAIR_WEIGHTS = (0.25,)  # the rank fusion behind the earlier 54.0 -> 60.0 (1.0 = pair score alone)
 
 
 def _reidkit(*argv) -> tuple[str, float]:
@@ -323,12 +323,19 @@ def _search_metrics(hits: list[list[dict]], q_paths: list[str], arrays: dict, in
             "rank1_search_rank_k": 100 * check["rank1"], "order": order}
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def validation(args: argparse.Namespace) -> None:
     """Embedding alone, + k_reciprocal, + pair fusion: `reidkit evaluate` vs `reidkit index build` + `search`."""
     from reidkit.inference.extractor import extract_split_features
     from reidkit.utils import atomic_write_json, atomic_write_text
 
     load_before, work = os.getloadavg(), args.work
+    checkpoints = {str(path): _sha256(path) for path in (args.embedding, args.pair)}
     work.mkdir(parents=True, exist_ok=True)
     split = work / "cuhk03-val"
     if not split.exists():
@@ -363,10 +370,14 @@ def validation(args: argparse.Namespace) -> None:
         rows[name]["search"] = {k: v for k, v in metrics.items() if k != "order"} | {"seconds": round(seconds, 1)}
         rows[name]["search_order"] = metrics["order"]
     agreement = _agreement_with_library(rows, arrays, args)
+    if {str(path): _sha256(path) for path in (args.embedding, args.pair)} != checkpoints:
+        raise SystemExit("a checkpoint changed during the run (a trainer still writing it?): evaluate and search "
+                         "may have used different models; run again on a copy")
     for name, row in rows.items():
         row["queries_with_identical_ranking"] = agreement[name]
         del row["search_order"]
-    report = {"embedding": str(args.embedding), "pair": str(args.pair), "split": str(split), "carve_out": carve,
+    report = {"embedding": str(args.embedding), "pair": str(args.pair), "sha256": checkpoints, "split": str(split),
+              "carve_out": carve,
               "queries": len(q_paths), "gallery": num_gallery, "index_build_seconds": round(build_seconds, 1),
               "pair_top": PAIR_TOP, "rows": rows, "load_before": load_before, "load_after": os.getloadavg(),
               "cpus": os.cpu_count()}
