@@ -191,7 +191,7 @@ def _add_index_parser(sub: argparse._SubParsersAction) -> None:
                        description="A gallery index: features + metadata (id, path, pid, camid, track, frame, time, "
                                    "source) in a folder; one writer at a time, readers never blocked. From Python, "
                                    "GalleryIndex.add_images adds crops held in memory.")
-    isub = p.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    isub = p.add_subparsers(dest="index_command", required=True, metavar="{build,add,remove,info}")
     for name, text in (("build", "embed images into a new index"), ("add", "embed and append new images")):
         q = isub.add_parser(name, help=text, description=text)
         q.add_argument("--index", type=Path, required=True, help="index folder")
