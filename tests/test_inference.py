@@ -4,6 +4,7 @@ hand-computed pixel values, numpy formulas; and the clean failure of `reidkit ex
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,7 @@ def test_array_backend_flip_sums_image_and_mirror_outputs():
         def __init__(self, flip):  # no model file: a numpy linear map stands in for the runtime
             self.preprocessing, self.input_size, self.resize = Preprocessing((4, 2)), (4, 2), "stretch"
             self.batch_size, self.flip, self._dim = 2, flip, 5
+            self.model_path = Path("linear.onnx")  # named in errors (e.g. NaN features)
 
         def _forward(self, batch):
             return batch.reshape(len(batch), -1) @ weights

@@ -8,11 +8,17 @@ A checkpoint is a dict:
   config                  -> the full training config as a dict (for the record)
   metrics                 -> last/best validation metrics
   rng                     -> python / numpy / torch RNG states, so a resumed run continues identically
+
+Checkpoints are plain data and are read with `torch.load(weights_only=True)`: unpickling an arbitrary file can run
+code, so anything beyond tensors, containers and scalars is refused. Checkpoints written before that stored the
+numpy RNG state as an ndarray; exactly the numpy globals needed to rebuild that array are allowed.
 """
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +29,16 @@ import torch.nn as nn
 from .errors import ModelError
 from .utils import atomic_torch_save
 
+# What unpickling an older checkpoint's numpy RNG state (an ndarray of uint32) needs, and nothing more; numpy 1.x
+# wrote the reconstructor under numpy.core, numpy 2 under numpy._core.
+_OLD_NUMPY_GLOBALS: list[Any] = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct,
+                                 (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct")]
+
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, keys.tolist(), pos, has_gauss, cached)  # a list, not an ndarray: plain data only
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -33,7 +46,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]  # keys: a list (new checkpoints) or an ndarray (older ones)
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -65,7 +79,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise ModelError(f"checkpoint {path}: file not found")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_OLD_NUMPY_GLOBALS):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:  # what torch raises when the file needs a global outside the allow-list
+        raise ModelError(f"checkpoint {path}: not a plain reidkit checkpoint; refused because loading it would "
+                         f"run code ({_offending_global(exc)}). Only load files you trust.") from None
     except Exception as exc:  # corrupt/truncated files raise many different exception types
         raise ModelError(f"checkpoint {path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != "reidkit-checkpoint-1":
@@ -73,11 +91,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def _offending_global(exc: BaseException) -> str:
+    """torch's weights_only message is long; keep the name of the global it refused, if it gives one."""
+    found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL|but got <class) '?([\w.]+)", str(exc))
+    return f"it references {found.group(1)}" if found else exc.__class__.__name__
+
+
+def first_nonfinite(state: dict[str, Any]) -> str | None:
+    """Name of the first floating-point tensor holding NaN or inf, in state-dict order; None if all are finite."""
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def require_finite_weights(payload: dict[str, Any], path: str | Path) -> None:
+    """ModelError naming the file and the first NaN/inf tensor: such a model would only emit NaN features."""
+    bad = first_nonfinite(payload["model"])
+    if bad is not None:
+        raise ModelError(f"checkpoint {path}: weights are not finite (tensor {bad!r} holds NaN or inf); "
+                         "the model cannot be used (training diverged?)")
+
+
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model recorded in a checkpoint and load its weights (strict)."""
+    """Rebuild the model recorded in a checkpoint and load its weights (strict); refuses NaN/inf weights."""
     from .models import build_model
 
     payload = load_checkpoint(path, map_location)
+    require_finite_weights(payload, path)
     cfg = dict(payload["model_cfg"])
     cfg.pop("pretrained", None)  # weights come from the checkpoint, not from ImageNet files
     model = build_model(payload["model_name"], **cfg)

@@ -41,20 +41,41 @@ SPLIT_CHOICES = ("auto", "all", "train", "query", "gallery")  # search.sources.S
 # ------------------------------------------------------------------------------------------------ handlers
 
 def _extractor(spec: Path | None, index: GalleryIndex | None, args: argparse.Namespace) -> FeatureExtractor:
-    """--model if given, else the model recorded in the index."""
+    """--model if given, else the model recorded in the index (see `_recorded_model`)."""
     from ..inference import build_extractor
 
     if spec is None:
         if index is None:
             raise ReIDError("--model is required to build an index")
         recorded = index.extractor_info
-        spec = Path(recorded.get("path", ""))
-        if not spec.is_file():
-            raise ReIDError(f"index {index.root} was built with model {spec}, which is missing; pass --model")
+        spec = _recorded_model(index)
         backend = args.backend if args.backend != "auto" else recorded.get("backend", "auto")
         return build_extractor(spec, backend=backend, batch_size=args.batch_size, device=args.device,
                                flip=args.flip or bool(recorded.get("flip")))
     return build_extractor(spec, backend=args.backend, batch_size=args.batch_size, device=args.device, flip=args.flip)
+
+
+def _recorded_model(index: GalleryIndex) -> Path:
+    """The model path written in an index folder, followed only when the file still has the SHA-256 recorded at
+    build time, and announced on stderr: an index may come from someone else, so the user sees what is loaded."""
+    from ..inference.backends import file_digest, model_files
+
+    recorded = index.extractor_info
+    spec = Path(recorded.get("path", ""))
+    if not spec.is_file():
+        raise ReIDError(f"index {index.root} was built with model {spec}, which is missing; pass --model")
+    want = recorded.get("sha256")
+    if not want:
+        raise ReIDError(f"index {index.root} records model {spec} without its SHA-256, so it is not loaded "
+                        "unasked; pass --model to choose the model yourself")
+    have = file_digest(model_files(spec))
+    if have != want:
+        raise ReIDError(f"index {index.root}: model {spec} named in the index no longer matches the SHA-256 "
+                        f"recorded at build time ({have} != {want}); not loaded. Pass --model to choose the model "
+                        "yourself")
+    print(f"loading model {spec} recorded in index {index.root} (SHA-256 {want} as at build time)",
+          file=sys.stderr)
+    return spec
 
 
 def _print_info(info: dict[str, Any], as_json: bool) -> None:

@@ -164,9 +164,9 @@ def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os
         _torch_to_onnx(torch_ext.model, torch_ext.input_size, onnx_path, opset)
         exported = _verify(work, onnx_path, fmt, torch_ext.preprocessing, pixels, batch_size)
         diff = _max_abs_diff(reference, exported)
-        if diff > tolerance:
+        if not diff <= tolerance:  # NaN compares false both ways: a NaN difference is a failure, never a pass
             raise ModelError(f"export of {checkpoint}: {fmt} output differs from PyTorch by {diff:.2e} "
-                             f"(> tolerance {tolerance:.0e}); not written")
+                             f"(tolerance {tolerance:.0e}; NaN means the exported model gives NaN); not written")
         _move_into_place(work, fmt, out)
         verification = {fmt: {"file": out.name, "max_abs_diff": diff, "images": f"{len(images)} {kind}"}}
         atomic_write_json(_sidecar(torch_ext, checkpoint, out, opset, verification), sidecar_path(out))

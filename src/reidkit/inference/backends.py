@@ -28,6 +28,7 @@ from ..data.images import ImageLike, load_image_tensor
 from ..errors import ModelError, ReIDError
 from ..utils import progress
 from .extractor import Extractor
+from .features import require_finite_features
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -206,7 +207,8 @@ class _ArrayExtractor:
                                     enabled=show_progress, leave=False)]
         if not chunks:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return l2_normalize(np.concatenate(chunks).astype(np.float32, copy=False))
+        return require_finite_features(l2_normalize(np.concatenate(chunks).astype(np.float32, copy=False)),
+                                       f"model {self.model_path}")
 
     def _forward_tta(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """flip=True sums the outputs of the images and their mirrors, as the torch Extractor does."""

@@ -14,7 +14,7 @@ from ..data.images import ImageLike, load_image_tensor
 from ..data.records import split_arrays
 from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
-from .features import embed_tensor, embed_tensor_local
+from .features import embed_tensor, embed_tensor_local, require_finite_features
 
 
 class Extractor:
@@ -54,10 +54,11 @@ class Extractor:
         kw = dict(mean=self.mean, std=self.std, device=self.device, batch_size=self.batch_size, flip=self.flip,
                   show_progress=show_progress, desc=desc)
         if not local:
-            return embed_tensor(self.model, images, **kw).numpy()
+            return require_finite_features(embed_tensor(self.model, images, **kw).numpy(), self._source)
         self._require_local()
         global_features, local_features = embed_tensor_local(self.model, images, **kw)
-        return global_features.numpy(), local_features.numpy()
+        return (require_finite_features(global_features.numpy(), self._source),
+                require_finite_features(local_features.numpy(), f"{self._source} (local features)"))
 
     def embed(self, images: Sequence[ImageLike], show_progress: bool = False, local: bool = False
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -69,6 +70,10 @@ class Extractor:
             return empty, np.zeros((0, 0, self.model.local_dim), dtype=np.float32)
         pixels = load_image_tensor(list(images), self.input_size, self.resize)
         return self.embed_uint8(pixels, show_progress, local=local)
+
+    @property
+    def _source(self) -> str:
+        return f"model {self.checkpoint}"
 
     def _require_local(self) -> None:
         if not self.has_local:

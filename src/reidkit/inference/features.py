@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -12,6 +13,19 @@ from ..errors import ModelError
 from ..utils import progress
 
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+
+
+def require_finite_features(features: np.ndarray, source: str) -> np.ndarray:
+    """`features` unchanged, or ModelError naming `source` (e.g. "model runs/x/best.pt") when any row holds NaN or
+    inf: such rows would enter an index or a metric as NaN distances that rank arbitrarily."""
+    if features.size == 0:
+        return features
+    rows = features.reshape(features.shape[0], -1) if features.ndim > 1 else features.reshape(-1, 1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if bad.size:
+        raise ModelError(f"{source}: {bad.size} of {len(rows)} feature vectors hold NaN or inf (first: row "
+                         f"{bad[0]}); refused before they reach an index or a metric")
+    return features
 
 
 def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, mean: Sequence[float],

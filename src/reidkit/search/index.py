@@ -41,6 +41,7 @@ from ..data.images import ImageLike, decode_images
 from ..data.records import Record
 from ..errors import ModelError, ReIDError
 from ..inference import FeatureExtractor, describe_extractor
+from ..inference.features import require_finite_features
 from ..utils import atomic_path, atomic_save_npy, atomic_write_json, progress
 from . import knn
 
@@ -485,7 +486,7 @@ class GalleryIndex:
                      ) -> BuildReport:
         """Append precomputed embeddings (from the index's model: the caller's promise) with metadata dicts.
         Rows are L2-normalised here, so cosine similarity stays a dot product."""
-        features = np.asarray(features, dtype=np.float32)
+        features = require_finite_features(np.asarray(features, dtype=np.float32), "add_features")
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ModelError(f"dimension mismatch: index {self.root} holds {self.dim}-d features, got an array of "
                              f"shape {features.shape}")
@@ -573,6 +574,7 @@ class GalleryIndex:
         if queries.ndim != 2 or queries.shape[1] != dim:
             raise ModelError(f"dimension mismatch: index {self.root} holds {dim}-d features but the query "
                              f"features have shape {queries.shape}")
+        require_finite_features(queries, f"query features for index {self.root}")
         if k < 1:
             raise ReIDError(f"k={k}: must be >= 1")
         if len(snap.metadata) == 0:
@@ -617,7 +619,8 @@ def embed_rows(extractor: FeatureExtractor, images: Sequence[ImageLike], rows: M
                                         extractor.resize)
         unreadable += bad
         if len(pixels):
-            chunks.append(np.asarray(extractor.embed_uint8(pixels), dtype=np.float32))
+            chunks.append(require_finite_features(np.asarray(extractor.embed_uint8(pixels), dtype=np.float32),
+                                                  f"model {extractor.name}"))
             kept.append(rows.select(slice(start, start + chunk_size)).select(ok))
     merged = kept[0]
     for part in kept[1:]:
