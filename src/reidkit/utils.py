@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import ConfigError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -26,10 +28,23 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU."""
+    """'auto' picks CUDA when present, else CPU; a device this machine does not have is a ConfigError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    choices = "auto, cpu, cuda, cuda:N, mps"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: unknown (choose {choices})") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s) (choose {choices})")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r}: MPS is not available on this machine (choose {choices})")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: not supported (choose {choices})")
+    return resolved
 
 
 @contextmanager
@@ -46,6 +61,12 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (None, tmp):
+            raise
+        # A failed write (disk full, file size limit) names no file, a failed rename the temporary one: name the
+        # file being written.
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

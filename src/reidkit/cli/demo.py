@@ -50,7 +50,7 @@ def run_demo(out: str | Path, seed: int = 0, minutes: float = 0.0, device: str =
                    for split, records in (("query", test.query), ("gallery", test.gallery))]
     _, before = _test_ranking(trainer, test, test_images)  # the network before any training step: the baseline
     untrained = summarize(before.cmc, before.mAP, before.mINP)
-    result = trainer.fit()
+    result = trainer.fit(overwrite=True)  # the demo folder is the demo's own output: a re-run redoes it
 
     # Final weights on the test identities (best.pt was chosen on the validation ids: result["best"]).
     q_paths, q_pids, q_cams = split_arrays(test.query)

@@ -89,6 +89,12 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # read-only folder, full disk, a folder where a file belongs: the path and the reason
+        if exc.filename is None:  # not about a file: a bug worth its traceback
+            raise
+        target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        print(f"error: {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

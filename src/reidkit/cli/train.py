@@ -31,20 +31,29 @@ def _model_name(config: Path | None, overrides: list[str] = ()) -> str:
         data = yaml.safe_load(Path(config).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"config file {config}: cannot be read ({exc})") from None
-    return str((data.get("model") or {}).get("name", "embedding"))
+    model = data.get("model") if isinstance(data, dict) else None  # load_config names a non-mapping file
+    return str(model.get("name", "embedding")) if isinstance(model, dict) else "embedding"
 
 
 def run_train(config: Path | None, overrides: list[str], data: Path | None, out: Path, resume: bool = False,
-              no_val: bool = False, show_progress: bool = True) -> dict:
-    """Train the model of `config` with the task its registration names (embedding, pair, ...)."""
-    from ..training.loop import train
+              no_val: bool = False, show_progress: bool = True, overwrite: bool = False) -> dict:
+    """Train the model of `config` with the task its registration names (embedding, pair, ...).
+
+    The config, the device and the run folder are checked before any data is loaded."""
+    from ..training.config import check_config
+    from ..training.loop import check_run_folder, train
     from ..training.tasks import task_for_model
+    from ..utils import resolve_device
 
     overrides = list(overrides) + (["data.validation=none"] if no_val else [])
     task_cls = task_for_model(_model_name(config, overrides))
     cfg = load_config(task_cls.config_class, config, overrides)
+    check_config(cfg)
+    resolve_device(cfg.device)
+    if resume or not overwrite:  # --overwrite deletes the old run only once the new one starts
+        check_run_folder(Path(out), resume, overwrite)
     task = task_cls(cfg, data, show_progress)
-    summary = train(task, out, resume=resume)
+    summary = train(task, out, resume=resume, overwrite=overwrite)
     task.report(summary)
     print(f"checkpoints and logs in {out}")
     return summary
@@ -88,7 +97,7 @@ def _train_command(args: argparse.Namespace) -> None:
     overrides += [f"device={args.device}"] if args.device is not None else []
     _require_pretrained_weights(args.config, overrides)
     run_train(args.config, overrides, data=args.data, out=args.out, resume=args.resume, no_val=args.no_val,
-              show_progress=not args.quiet)
+              show_progress=not args.quiet, overwrite=args.overwrite)
 
 
 def _require_pretrained_weights(config: Path | None, overrides: list[str]) -> None:
@@ -114,6 +123,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                                      "query/ and bounding_box_test/ (e.g. from `reidkit split`) validates on them")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, log, curves")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in OUT (its checkpoints and log); without it such a run is refused")
     p.add_argument("--no-val", action="store_true", help="train on all identities (no validation)")
     add_minutes(p, help="wall-time cap in minutes, validation included (overrides max_minutes; 0 = none)")
     p.add_argument("--device", default=None,

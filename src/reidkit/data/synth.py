@@ -795,6 +795,11 @@ def generate_market_dataset(out: str | Path, cfg: SynthConfig, show_progress: bo
     if root.exists() and not (root / META_FILE).is_file() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(f"{root}: exists and is not a reidkit synthetic dataset; refusing to overwrite it "
                         f"(choose another --out or remove it)")
+    foreign = _foreign_files(root)
+    if foreign:
+        shown = ", ".join(str(p) for p in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DataError(f"{root}: holds files the generator did not write ({shown}); refusing to replace the "
+                        "dataset and lose them (move them out, or choose another --out)")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
@@ -804,6 +809,27 @@ def generate_market_dataset(out: str | Path, cfg: SynthConfig, show_progress: bo
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _foreign_files(root: Path) -> list[Path]:
+    """Files under an earlier synthetic dataset `root` that its recorded config would not have written (files a
+    user added): regenerating replaces the whole folder, so they must not be there."""
+    if not (root / META_FILE).is_file():
+        return []
+    try:
+        stored = json.loads((root / META_FILE).read_text())
+        own = {Path(SPLIT_FOLDERS[s.split]) / s.filename for s in _image_specs(SynthConfig(**stored["config"]))}
+    except (OSError, ValueError, TypeError, KeyError):  # another generator version: only its image names are known
+        own = None
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_dir() and str(relative) in SPLIT_FOLDERS.values() or relative == Path(META_FILE):
+            continue
+        in_split = len(relative.parts) == 2 and relative.parts[0] in SPLIT_FOLDERS.values()
+        if own is not None and relative not in own or own is None and not (in_split and path.suffix == ".jpg"):
+            found.append(relative)
+    return found
 
 
 def _write_images(tmp: Path, cfg: SynthConfig, show_progress: bool) -> None:

@@ -242,3 +242,36 @@ class PairTrainConfig:
     bf16: bool = False  # bfloat16 autocast (CPU with AVX512-BF16 / CUDA)
     max_minutes: float = 0.0  # wall-time budget: no epoch is started that would end past it (0 = none); resumable
     retain_memory: bool = True  # keep freed heap memory for reuse (see retain_freed_memory)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+# key -> (lowest allowed value, whether the bound itself is allowed); checked before any work is done.
+_MIN = 0.0, True
+_POSITIVE = 0.0, False
+_AT_LEAST_1 = 1, True
+BOUNDS: dict[str, tuple[float, bool]] = {
+    "data.height": _AT_LEAST_1, "data.width": _AT_LEAST_1, "data.val_ids": _MIN,
+    "optim.epochs": _AT_LEAST_1, "optim.pretrain_epochs": _MIN, "optim.p": _AT_LEAST_1, "optim.k": _AT_LEAST_1,
+    "optim.accum_steps": _AT_LEAST_1, "optim.lr": _POSITIVE, "optim.weight_decay": _MIN, "optim.momentum": _MIN,
+    "optim.warmup_epochs": _MIN, "optim.gamma": _POSITIVE, "optim.grad_clip": _MIN,
+    "optim.warmup_steps": _MIN, "optim.inv_gamma": _MIN, "optim.inv_power": _MIN,
+    "eval_every": _AT_LEAST_1, "students": _AT_LEAST_1, "num_threads": _MIN, "max_minutes": _MIN,
+    "model.dropout": _MIN, "model.local_dim": _MIN, "loss.margin": _MIN, "loss.label_smooth": _MIN,
+    "sampling.ids_per_batch": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.max_rank": _AT_LEAST_1,
+    "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
+}
+UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
+
+
+def check_config(cfg: Any) -> None:
+    """Raise a ConfigError naming the first key of `cfg` (TrainConfig, PairTrainConfig) outside its range."""
+    for key, (low, inclusive) in BOUNDS.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if node is None:  # a key of the other task's config
+            continue
+        below = node < low if inclusive else node <= low
+        if below or (key in UPPER and node >= UPPER[key]):
+            allowed = f"{'>=' if inclusive else '>'} {low:g}" + (f" and < {UPPER[key]:g}" if key in UPPER else "")
+            raise ConfigError(f"{key}={node!r}: must be {allowed}")

@@ -30,6 +30,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ..config import to_dict
 from ..errors import ConfigError
 from ..utils import atomic_write_json, seed_everything
+from .config import check_config
 from .runlog import append_log, start_run
 from .tasks.base import Member, Task
 
@@ -43,6 +44,7 @@ class Trainer:
     external stopping by raising, ...)."""
 
     def __init__(self, task: Task, out_dir: str | Path, callbacks: Sequence[EpochCallback] = ()):
+        check_config(task.cfg)  # the CLI checks before loading data; this covers the Python API
         self.task, self.out = task, Path(out_dir)
         self.callbacks = list(callbacks)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -128,11 +130,13 @@ class Trainer:
             module.load_state_dict(state[name])
 
     # -------------------------------------------------------------------- fit
-    def fit(self, resume: bool = False) -> dict[str, Any]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train (from OUT/last.pt with `resume`); an earlier run in OUT is replaced only with `overwrite`."""
         task, cfg = self.task, self.task.cfg
+        check_run_folder(self.out, resume, overwrite)
         self.setup()
         start_epoch, best = 0, {}
-        if resume and (self.out / "last.pt").exists():
+        if resume:
             start_epoch, best = self.resume()
         rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
         epochs_done, last_duration = start_epoch, 0.0
@@ -184,12 +188,33 @@ class Trainer:
         return {**summary, "log": rows}
 
 
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "summary.json")  # what a run writes that a new run would replace
+
+
+def check_run_folder(out: Path, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to replace an earlier run's results without `resume` or `overwrite` (which deletes them first, so
+    no stale best.pt survives), and to resume a run that has no last.pt."""
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    if resume and not (out / "last.pt").is_file():
+        raise ConfigError(f"--resume: {out / 'last.pt'} not found; nothing to resume (drop --resume to start a "
+                          "new run)")
+    if not resume:
+        found = [name for name in RUN_FILES if (out / name).exists()]
+        if found and overwrite:
+            for path in [out / name for name in found] + sorted(out.glob("best_student*.pt")):
+                path.unlink()
+        elif found:
+            raise ConfigError(f"{out}: holds an earlier run ({', '.join(found)}); use --resume to continue it, "
+                              "--overwrite to replace it, or choose a new --out")
+
+
 def _extras_state(member: Member) -> dict[str, Any]:
     return {name: module.state_dict() for name, module in member.stateful_extras().items()}
 
 
 def train(task: Task, out_dir: str | Path, resume: bool = False,
-          callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
+          callbacks: Sequence[EpochCallback] = (), overwrite: bool = False) -> dict[str, Any]:
     """Run `task` into `out_dir`; returns the summary (also in out_dir/summary.json) plus the log rows."""
-    return Trainer(task, out_dir, callbacks).fit(resume=resume)
+    return Trainer(task, out_dir, callbacks).fit(resume=resume, overwrite=overwrite)
 
