@@ -199,7 +199,8 @@ def search_command(args: argparse.Namespace) -> None:
 
 def _model_options(p: argparse.ArgumentParser, required: bool = False) -> None:
     add_model(p, required=required, help=None if required else
-              "model file (.pt, .onnx or .xml); default: the model that built the index")
+              "model file (.pt, .onnx or .xml); default: the model that built the index, "
+              "if its SHA-256 still matches the one recorded at build time")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                    help="runtime for the model (auto: by file type; for the index's model, the one it was built with)")
     add_batch_size(p, default=32)
