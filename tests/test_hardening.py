@@ -181,6 +181,23 @@ def test_full_disk_names_the_file_and_keeps_the_earlier_result(tiny_market, tmp_
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_full_disk_while_training_keeps_the_earlier_checkpoints(tiny_market, tmp_path):
+    out = tmp_path / "run"
+    assert _train(tiny_market, out) == 0
+    earlier = _snapshot(out)
+    limit = len(earlier["last.pt"]) // 2  # room for config.json and the log, not for a checkpoint
+    assert limit > 4 * len(earlier["config.json"])
+    argv = ["train", "--data", str(tiny_market), "--out", str(out), *TINY_FLAGS, "--resume", *TINY, "optim.epochs=2"]
+    result = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=limit), *argv], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line in (f"error: {out / name}: File too large" for name in ("best.pt", "last.pt"))
+    assert {name: (out / name).read_bytes() for name in ("best.pt", "last.pt")} == \
+        {name: earlier[name] for name in ("best.pt", "last.pt")}
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(tiny_market, tmp_path, capsys):
     folder = tmp_path / "ro"

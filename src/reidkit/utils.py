@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -73,8 +74,12 @@ def atomic_path(path: str | os.PathLike):
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    # Serialised in memory, written by Python: a failed write (disk full) is then an OSError naming `path`, where
+    # torch's own file writer reports it as a RuntimeError ("unexpected pos").
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
