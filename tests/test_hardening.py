@@ -198,6 +198,19 @@ def test_full_disk_while_training_keeps_the_earlier_checkpoints(tiny_market, tmp
         {name: earlier[name] for name in ("best.pt", "last.pt")}
 
 
+def test_full_disk_during_synth_keeps_the_earlier_dataset(tmp_path):
+    out = tmp_path / "synth"
+    assert _synth(out) == 0
+    earlier = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = ["synth", "--out", str(out), "--train-ids", "2", "--test-ids", "2", "--images-per-camera", "2",
+            "--height", "64", "--width", "32", "--seed", "1", "--quiet"]  # 64x32 JPEGs exceed the limit
+    result = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=600), *argv], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
+    assert (result.returncode, result.stderr) == (2, f"error: {out}: File too large\n")
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["synth"]  # no temporary folder left
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(tiny_market, tmp_path, capsys):
     folder = tmp_path / "ro"

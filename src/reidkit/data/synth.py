@@ -806,6 +806,10 @@ def generate_market_dataset(out: str | Path, cfg: SynthConfig, show_progress: bo
         _write_images(tmp, cfg, show_progress)
         atomic_write_json(_metadata(cfg) | {"counts": _counts(cfg)}, tmp / META_FILE)
         _swap_in(tmp, root)
+    except OSError as exc:  # disk full, ...: name the dataset being written, not its hidden temporary folder
+        if exc.filename is not None and not str(exc.filename).startswith(str(tmp)):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(root)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -839,8 +843,10 @@ def _write_images(tmp: Path, cfg: SynthConfig, show_progress: bool) -> None:
     specs = _image_specs(cfg)
     identities: dict[int, Identity] = {}
     for spec in progress(specs, desc="synth", enabled=show_progress, unit="img"):
-        image = Image.fromarray(_render_spec(cfg, spec, cameras, identities))
-        image.save(tmp / SPLIT_FOLDERS[spec.split] / spec.filename, format="JPEG", quality=SAVE_JPEG_QUALITY)
+        buffer = io.BytesIO()  # PIL's encoder truncates a file silently when the disk is full; Python's write raises
+        Image.fromarray(_render_spec(cfg, spec, cameras, identities)).save(buffer, format="JPEG",
+                                                                         quality=SAVE_JPEG_QUALITY)
+        (tmp / SPLIT_FOLDERS[spec.split] / spec.filename).write_bytes(buffer.getbuffer())
 
 
 def _counts(cfg: SynthConfig) -> dict[str, int]:
