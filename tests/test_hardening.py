@@ -211,6 +211,16 @@ def test_full_disk_during_synth_keeps_the_earlier_dataset(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["synth"]  # no temporary folder left
 
 
+def test_full_disk_during_split_names_the_output_folder(tiny_market, tmp_path):
+    out = tmp_path / "split"
+    argv = ["split", "--data", str(tiny_market / "bounding_box_train"), "--out", str(out), "--val-ids", "3",
+            "--quiet"]
+    result = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=500), *argv], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120)
+    assert (result.returncode, result.stderr) == (2, f"error: {out}: File too large\n")
+    assert list(tmp_path.iterdir()) == []  # neither a partial dataset nor its temporary folder
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_output_folder(tiny_market, tmp_path, capsys):
     folder = tmp_path / "ro"

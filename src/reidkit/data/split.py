@@ -77,6 +77,11 @@ def _write_market_layout(dataset: ReIDDataset, out: Path, show_progress: bool) -
             for record in progress(getattr(dataset, split), desc=f"copying {split}", enabled=show_progress):
                 shutil.copy2(record.path, folder / os.path.basename(record.path))
         os.replace(tmp, out)
+    except OSError as exc:  # disk full, ...: name the folder being written, not its hidden temporary one
+        names = [str(name) for name in (exc.filename, exc.filename2) if name is not None]
+        if names and not any(name.startswith(str(tmp)) for name in names):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
