@@ -99,8 +99,19 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, cuda:N")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse then exits 2 naming the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+    return value
+
+
 def add_batch_size(parser: argparse.ArgumentParser, default: int = 64) -> None:
-    parser.add_argument("--batch-size", type=int, default=default, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=default, help="images per forward pass")
 
 
 def add_flip(parser: argparse.ArgumentParser) -> None:

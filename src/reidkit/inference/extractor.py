@@ -28,6 +28,8 @@ class Extractor:
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", batch_size: int = 128, flip: bool = False,
                  resize: str | None = None):
+        if batch_size < 1:  # before loading: a zero-step batch loop would yield (0, 0) features
+            raise ModelError(f"batch_size={batch_size}: must be >= 1")
         self.device = resolve_device(device)
         self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device)
         self.model.to(self.device).eval()
