@@ -106,6 +106,17 @@ def _check_splits(path: Path, dataset: ReIDDataset, num_junk: int) -> None:
                         f"{'query' if empty == 'gallery' else 'gallery'} rows")
 
 
+def _refuse_repeated_paths(path: Path, seen: dict[str, list[str]]) -> None:
+    """One image on two rows is a duplicate, two identities or a query that is its own gallery match (which
+    inflates rank-1): all refused, since no choice between the rows is safe."""
+    repeated = [(p, rows) for p, rows in seen.items() if len(rows) > 1]
+    if repeated:
+        shown = "; ".join(f"{p}: {', '.join(rows)}" for p, rows in repeated[:5])
+        more = f" ... and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise DataError(f"manifest {path}: {len(repeated)} image(s) listed on more than one row "
+                        f"(duplicate, two identities, or both query and gallery): {shown}{more}")
+
+
 def _check_files_exist(path: Path, dataset: ReIDDataset) -> None:
     missing = [r.path for split in SPLITS for r in getattr(dataset, split) if not os.path.isfile(r.path)]
     if missing:
@@ -128,12 +139,16 @@ def load_manifest(path: str | os.PathLike, verify: bool = False) -> ReIDDataset:
     rows = _csv_rows(path, text) if suffix == ".csv" else _json_rows(path, text)
     dataset = ReIDDataset(name=path.stem)
     num_junk = 0
+    seen: dict[str, list[str]] = {}
     for where, row, default_split in rows:
         split, record = _parse_row(row, path.parent, where, default_split)
         if record is None:
             num_junk += 1
         else:
             getattr(dataset, split).append(record)
+            row_name = where.removeprefix(f"manifest {path} ")  # "line 3" / "item query[0]"
+            seen.setdefault(record.path, []).append(f"{row_name} ({split}, pid {record.pid})")
+    _refuse_repeated_paths(path, seen)
     _check_splits(path, dataset, num_junk)
     _check_files_exist(path, dataset)
     if verify:

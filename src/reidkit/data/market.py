@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .images import is_image_name, raise_if_bad_images
+from .images import IMAGE_EXTENSIONS, is_image_name, raise_if_bad_images
 from .records import SPLITS, Record, ReIDDataset, check_query_gallery
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,11 @@ def scan_image_folder(folder: str | os.PathLike) -> FolderScan:
             scan.num_junk += 1
         else:
             scan.records.append(Record(os.path.join(folder, entry.name), pid, camid, frame))
+    if scan.ignored:  # subfolders and other formats are never read: say so, an image in one would be lost silently
+        num_dirs = sum((folder / name).is_dir() for name in scan.ignored)
+        formats = "/".join(sorted(IMAGE_EXTENSIONS))
+        logger.warning("%s: skipped %d entr(y/ies) the loader does not read (%d subfolder(s), %d file(s) not in %s)",
+                       folder, len(scan.ignored), num_dirs, len(scan.ignored) - num_dirs, formats)
     return scan
 
 
