@@ -21,6 +21,10 @@ from reidkit.inference.extractor import Extractor
 from reidkit.search import GalleryIndex
 
 CLI = "import sys; from reidkit.cli.main import main; sys.exit(main(sys.argv[1:]))"
+# The same CLI with the window between reading the latest version and committing widened to 1.5 s, so two
+# unserialised writers would both read version N and one of the two batches would be lost.
+SLOW_COMMIT_CLI = ("import sys, time; from reidkit.search.index import GalleryIndex as G; commit = G._commit; "
+                   "G._commit = lambda self, snap: (time.sleep(1.5), commit(self, snap))[1]; " + CLI)
 
 
 def _images(folder: Path, pids: tuple[int, ...], seed: int) -> list[Path]:
@@ -77,7 +81,7 @@ def test_two_concurrent_index_add_processes_both_land(tmp_path, small_checkpoint
     index = tmp_path / "idx"
     model = ["--model", str(small_checkpoint), "--device", "cpu", "--quiet"]
     assert main(["index", "build", "--index", str(index), "--data", str(first[0].parent), *model]) == 0
-    procs = [subprocess.Popen([sys.executable, "-c", CLI, "index", "add", "--index", str(index), "--data",
+    procs = [subprocess.Popen([sys.executable, "-c", SLOW_COMMIT_CLI, "index", "add", "--index", str(index), "--data",
                                str(batch[0].parent), *model], stderr=subprocess.PIPE, text=True)
              for batch in batches]
     for proc in procs:
