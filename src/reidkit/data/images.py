@@ -9,6 +9,7 @@ float arrays must hold 0..1 and are scaled by 255 and rounded (never truncated t
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,10 @@ from .transforms import resize_image
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+
+# PIL only warns between MAX_IMAGE_PIXELS and twice that, then decodes hundreds of MB; read_image refuses the
+# whole range itself (naming the file), so the bare warning would only repeat it without the file name.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def is_image_name(name: str) -> bool:
@@ -46,10 +51,20 @@ def read_image(path: str | os.PathLike) -> Image.Image:
     """
     try:
         with Image.open(path) as img:
+            _refuse_bomb(img)
             img.load()
             return img.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {os.fspath(path)}: {_describe(exc)}") from exc
+
+
+def _refuse_bomb(img: Image.Image) -> None:
+    """Refuse an image declaring more pixels than PIL's limit before decoding it (a decompression bomb)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = img.size
+    if limit is not None and width * height > limit:
+        raise ValueError(f"declares {width}x{height} = {width * height} pixels, above the limit of {limit} "
+                         f"(PIL.Image.MAX_IMAGE_PIXELS): refused as a possible decompression bomb")
 
 
 def _problem(path: str) -> str | None:
