@@ -113,14 +113,33 @@ def require_finite_weights(payload: dict[str, Any], path: str | Path) -> None:
                          "the model cannot be used (training diverged?)")
 
 
-def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model recorded in a checkpoint and load its weights (strict); refuses NaN/inf weights."""
+def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                          task: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model recorded in a checkpoint and load its weights (strict); refuses NaN/inf weights.
+
+    `task` ("embedding" / "pair"), if given, must be the task of the recorded model; weights that do not fit the
+    recorded config (missing, unexpected or differently shaped tensors) raise ModelError naming the file.
+    """
     from .models import build_model
+    from .models.registry import model_spec
 
     payload = load_checkpoint(path, map_location)
+    name = payload["model_name"]
+    if task is not None and model_spec(name).task != task:
+        raise ModelError(f"checkpoint {path}: model {name!r} is a {model_spec(name).task}-task model; this needs "
+                         f"an {task}-task model (a pair network compares two images and gives no embedding)"
+                         if task == "embedding" else
+                         f"checkpoint {path}: model {name!r} is a {model_spec(name).task}-task model; this needs "
+                         f"a {task}-task model")
     require_finite_weights(payload, path)
     cfg = dict(payload["model_cfg"])
     cfg.pop("pretrained", None)  # weights come from the checkpoint, not from ImageNet files
-    model = build_model(payload["model_name"], **cfg)
-    model.load_state_dict(payload["model"])
+    model = build_model(name, **cfg)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:  # torch lists every mismatch; the first few say enough
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        more = f"; ... and {len(lines) - 3} more" if len(lines) > 3 else ""
+        raise ModelError(f"checkpoint {path}: its weights do not match its recorded model config ({name!r}, "
+                         f"{cfg}): {'; '.join(lines[:3])}{more}") from None
     return model, payload

@@ -83,9 +83,20 @@ class _EmbeddingOnly(torch.nn.Module):
         return out
 
 
+def _require_opset(opset: int) -> None:
+    """ModelError naming --opset unless the TorchScript exporter used here can write that opset."""
+    from torch.onnx import _constants  # the exporter's own bounds; private, hence the fallbacks
+
+    low = getattr(_constants, "ONNX_MIN_OPSET", 7)
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 17))
+    if not low <= opset <= high:
+        raise ModelError(f"--opset {opset}: the ONNX exporter supports opsets {low}..{high}")
+
+
 def _trace_to_onnx(module: torch.nn.Module, dummy: tuple[torch.Tensor, ...], path: str | os.PathLike, opset: int,
                    inputs: list[str], outputs: list[str]) -> None:
     """Trace `module` on `dummy` into ONNX with every input and output batch axis dynamic."""
+    _require_opset(opset)
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter is deprecated in favour of dynamo export, which needs onnxscript (not a
         # dependency); it still produces standard graphs that both runtimes accept.
@@ -96,7 +107,13 @@ def _trace_to_onnx(module: torch.nn.Module, dummy: tuple[torch.Tensor, ...], pat
 
 
 def _torch_to_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path, opset: int) -> None:
-    _trace_to_onnx(_EmbeddingOnly(model), (torch.randn(2, 3, *input_size),), path, opset, [INPUT_NAME], [OUTPUT_NAME])
+    dummy = (torch.randn(2, 3, *input_size),)
+    try:
+        _trace_to_onnx(_EmbeddingOnly(model), dummy, path, opset, [INPUT_NAME], [OUTPUT_NAME])
+    except torch.onnx.OnnxExporterError as error:  # an operator the model uses has no form in this (old) opset
+        reason = str(error).split("[Caused by", 1)[0].strip()
+        raise ModelError(f"--opset {opset}: {type(model).__name__} cannot be exported at this opset: {reason}"
+                         ) from None
 
 
 def export_pair_onnx(model: torch.nn.Module, path: str | os.PathLike, opset: int = 17) -> None:
@@ -151,6 +168,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", out: str | os
         raise ModelError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     for module in ("onnx", "onnxruntime") if fmt == "onnx" else ("onnx", "openvino"):  # before any work
         import_optional(module, f"export --format {fmt}")
+    _require_opset(opset)
     checkpoint = Path(checkpoint)
     torch_ext = TorchExtractor(checkpoint, device="cpu", batch_size=batch_size)
     out = Path(out) if out else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".xml")

@@ -31,7 +31,7 @@ class Extractor:
         if batch_size < 1:  # before loading: a zero-step batch loop would yield (0, 0) features
             raise ModelError(f"batch_size={batch_size}: must be >= 1")
         self.device = resolve_device(device)
-        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device)
+        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device, task="embedding")
         self.model.to(self.device).eval()
         self.checkpoint = Path(checkpoint)
         self.config = payload.get("config", {})
