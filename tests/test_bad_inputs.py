@@ -170,6 +170,8 @@ def _bad_inputs(tmp: Path, market: Path, ckpt: Path) -> dict[str, tuple[list[str
                            "--opset 5"),
         "export-opset-99": (["export", "--model", str(ckpt), "--out", str(tmp / "b.onnx"), "--opset", "99"],
                             "--opset 99"),
+        "export-opset-7-lacks-expand_as": (["export", "--model", str(ckpt), "--out", str(tmp / "c.onnx"), "--opset",
+                                            "7"], "--opset 7: EmbeddingModel cannot be exported"),
         "search-bomb": (["search", "--index", index, "--query", str(bomb), *cpu], "bomb.png"),
         "search-missing-index": (["search", "--index", str(tmp / "nowhere"), "--query", str(bomb), *cpu],
                                  "nowhere"),
@@ -185,6 +187,7 @@ def _bad_inputs(tmp: Path, market: Path, ckpt: Path) -> dict[str, tuple[list[str
 
 CASES = ["extract-shape-mismatch", "extract-missing-key", "extract-nan-weights", "extract-pair-network",
          "index-pair-network", "index-shape-mismatch", "export-pair-network", "export-opset-5", "export-opset-99",
+         "export-opset-7-lacks-expand_as",
          "search-bomb", "search-missing-index", "batch-size-0", "unknown-device", "resume-without-last",
          "config-not-a-mapping", "missing-data-folder"]
 
