@@ -109,6 +109,30 @@ def test_folder_loader_warns_with_counts_about_subfolders_and_other_formats(tmp_
                for w in warnings), warnings
 
 
+def test_market_root_warns_about_a_shot_in_both_query_and_gallery(tmp_path, caplog):
+    import shutil
+
+    from reidkit.data import load_dataset
+
+    root = tmp_path / "root"
+    _images(root / "bounding_box_train", (1,), seed=1)
+    queries = _images(root / "query", (2, 3), seed=2)
+    _images(root / "bounding_box_test", (2, 3), seed=3)
+    for shot in queries[:2]:  # two query shots copied into the gallery: 2 names on both sides, counted by hand
+        shutil.copy(shot, root / "bounding_box_test" / shot.name)
+    with caplog.at_level(logging.WARNING, logger="reidkit.data.market"):
+        load_dataset(root)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 image name(s) appear in both query and gallery" in w and queries[0].name in w for w in warnings), \
+        warnings
+    caplog.clear()
+    for shot in queries[:2]:
+        (root / "bounding_box_test" / shot.name).unlink()
+    with caplog.at_level(logging.WARNING, logger="reidkit.data.market"):
+        load_dataset(root)
+    assert not any("both query and gallery" in r.getMessage() for r in caplog.records)
+
+
 def _manifest(tmp_path: Path, rows: list[tuple[str, int, int, str]]) -> Path:
     _images(tmp_path, (1, 2), seed=1)
     path = tmp_path / "m.csv"

@@ -63,6 +63,8 @@ def test_sigkill_during_index_add_leaves_a_committed_version(tmp_path, small_che
     assert main(["index", "add", "--index", str(index), "--data", str(_batch(tmp_path / "last", 9, 9)), *model]) == 0
     final = GalleryIndex.load(index)
     assert len(final.metadata.paths) == count + 3 and final.features.shape == (count + 3, 64)
+    # the next commit sweeps the temporaries the killed writers left (only index files and the lock remain)
+    assert sorted(f.name for f in index.iterdir() if f.name.endswith(".tmp")) == []
 
 
 TINY = ["--quiet", "--device", "cpu", "model.backbone=simple_cnn", "model.pretrained=false", "optim.epochs=3",

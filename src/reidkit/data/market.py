@@ -106,6 +106,13 @@ def finish_dataset(dataset: ReIDDataset, notes: list[str]) -> ReIDDataset:
     if distractors:
         notes.append(f"gallery keeps {distractors} distractor image(s) (pid 0)")
     report = check_query_gallery(dataset)
+    query_names = {os.path.basename(r.path) for r in dataset.query}
+    shared = sorted(query_names & {os.path.basename(r.path) for r in dataset.gallery})
+    if shared:  # the same shot on both sides: a free rank-1 under protocols that do not filter its camera
+        message = (f"{len(shared)} image name(s) appear in both query and gallery (e.g. {', '.join(shared[:3])}): "
+                   "the same shot on both sides inflates rank-1 under protocols that keep same-camera matches")
+        logger.warning("%s: %s", dataset.name, message)
+        notes.append(message)
     for note in notes:
         logger.info("%s: %s", dataset.name, note)
     if report.num_unmatched:

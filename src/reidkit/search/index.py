@@ -52,6 +52,7 @@ LOCK_FILE = "index.lock"
 LOCK_TIMEOUT = 300.0  # seconds a writer waits for another writer's commit (embedding happens outside the lock)
 READ_ATTEMPTS = 20  # a reader re-reads index.json when a writer deleted the files it named meanwhile
 _VERSIONED_FILE = re.compile(r"^(features|meta|ann)\.v(\d+)\.(npy|json|faiss)$")
+_ORPHAN_TEMPORARY = re.compile(r"^\.((features|meta|ann)\.v\d+\.(npy|json|faiss)|index\.json)\..+\.tmp$")
 UNKNOWN = -1  # pid / camid / track / frame not known (pid -1 is never a real identity: junk never reaches an index)
 INT_COLUMNS = ("pid", "camid", "track", "frame")
 TEXT_COLUMNS = ("id", "path", "source")
@@ -767,7 +768,9 @@ def _highest_file_version(root: Path) -> int:
 
 
 def _delete_unreferenced(root: Path, files: dict[str, str | None]) -> None:
+    """Older versions, and temporary files of writers killed mid-write: called under the writer lock after this
+    writer's own temporaries were renamed, so any `.<index file>.*.tmp` left belongs to a dead writer."""
     keep = {name for name in files.values() if name}
     for name in os.listdir(root):
-        if _VERSIONED_FILE.match(name) and name not in keep:
+        if (_VERSIONED_FILE.match(name) and name not in keep) or _ORPHAN_TEMPORARY.match(name):
             (root / name).unlink(missing_ok=True)
