@@ -243,3 +243,30 @@ def test_a_folder_where_a_file_belongs(tiny_market, tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {out}: Is a directory\n"  # IsADirectoryError, the target named
     assert (out / "child").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.csv"]  # no temporary file left
+
+
+_FULL_DISK_VERBS = {  # verb -> argv builder (checkpoint, data, out folder); each writes its result under `out`
+    "extract": lambda ckpt, data, out: ["extract", "--model", ckpt, "--data", data, "--out", f"{out}/f.npz"],
+    "evaluate": lambda ckpt, data, out: ["evaluate", "--model", ckpt, "--data", data, "--out", f"{out}/r.json"],
+    "index build": lambda ckpt, data, out: ["index", "build", "--model", ckpt, "--data", f"{data}/bounding_box_test",
+                                            "--index", f"{out}/idx"],
+    "export": lambda ckpt, data, out: ["export", "--model", ckpt, "--out", f"{out}/m.onnx"],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(_FULL_DISK_VERBS))
+def test_full_disk_in_every_writing_verb_is_a_clear_error(verb, tiny_market, small_checkpoint, tmp_path):
+    """A 1 KiB file-size limit stands in for a full disk: exit 2, `error: <path under out>: <reason>`, no traceback,
+    and nothing half-written left in the output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [*_FULL_DISK_VERBS[verb](str(small_checkpoint), str(tiny_market), str(out)), "--quiet"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    result = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=1024), *argv], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: {out}"), last_line
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > 0 and p.name.startswith(".")]
+    assert leftovers == []

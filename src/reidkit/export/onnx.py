@@ -101,9 +101,14 @@ def _trace_to_onnx(module: torch.nn.Module, dummy: tuple[torch.Tensor, ...], pat
         # The TorchScript exporter is deprecated in favour of dynamo export, which needs onnxscript (not a
         # dependency); it still produces standard graphs that both runtimes accept.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), dummy, str(path), dynamo=False, opset_version=opset, input_names=inputs,
-                          output_names=outputs, do_constant_folding=True,
-                          dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
+        try:
+            torch.onnx.export(module.eval(), dummy, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                              output_names=outputs, do_constant_folding=True,
+                              dynamic_axes={name: {0: "batch"} for name in inputs + outputs})
+        except OSError as error:  # the exporter's own writes (full disk, ...) do not say which file
+            if error.filename is not None:
+                raise
+            raise OSError(error.errno, error.strerror, str(path)) from error
 
 
 def _torch_to_onnx(model: torch.nn.Module, input_size: tuple[int, int], path: Path, opset: int) -> None:
