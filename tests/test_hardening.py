@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -270,3 +272,33 @@ def test_full_disk_in_every_writing_verb_is_a_clear_error(verb, tiny_market, sma
     assert last_line.startswith(f"error: {out}"), last_line
     leftovers = [p for p in out.rglob("*") if p.is_file() and p.stat().st_size > 0 and p.name.startswith(".")]
     assert leftovers == []
+
+
+def _read_only_mount_works(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {folder} {folder} && "
+                            f"mount -o remount,bind,ro {folder} && ! touch {folder}/probe"],
+                           capture_output=True, timeout=30) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0 and not (folder / "probe").exists()
+
+
+def test_read_only_folder_via_a_read_only_mount(tiny_market, tmp_path):
+    """As root a chmod does not stop writes; a read-only bind mount in a private mount namespace does."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if not _read_only_mount_works(folder):
+        pytest.skip("no private read-only bind mount here (needs unshare -m with mount rights)")
+    out = folder / "s.csv"
+    argv = ["split", "--data", str(tiny_market / "bounding_box_train"), "--out", str(out), "--format",
+            "manifest", "--val-ids", "3", "--quiet"]
+    assert main(argv) == 0
+    earlier = out.read_bytes()
+    runner = shlex.join([sys.executable, "-c", _LIMITED.format(limit=1 << 30), *argv[:-3], "--val-ids", "4"])
+    result = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind {folder} {folder} && "
+                             f"mount -o remount,bind,ro {folder} && exec {runner}"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {folder}")
+    assert "Read-only file system" in result.stderr
+    assert out.read_bytes() == earlier
