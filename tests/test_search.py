@@ -15,11 +15,11 @@ from PIL import Image
 
 from reidkit.data.records import Record
 from reidkit.errors import ModelError, ReIDError
-from reidkit.metrics.plots import RankedLayout
+from reidkit.metrics.plots import OTHER_COLOUR, QUERY_COLOUR, SAME_COLOUR, RankedLayout
 from reidkit.search import GalleryIndex, collect_items, exact_search, search_rank_k
 from reidkit.search import index as index_module
 from reidkit.search.knn import AnnParams, ann_search, build_ann, default_params
-from reidkit.search.picture import OTHER_COLOUR, QUERY_COLOUR, SAME_COLOUR, ranked_list_picture
+from reidkit.search.picture import ranked_list_picture
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CUHK03_TRAIN = SHARED / "datasets" / "cuhk03np-detected" / "bounding_box_train"

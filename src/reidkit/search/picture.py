@@ -11,18 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..metrics.plots import (
-    OTHER_COLOUR,
-    QUERY_COLOUR,
-    SAME_COLOUR,
-    UNKNOWN_COLOUR,
-    RankedCell,
-    RankedLayout,
-    draw_ranked_lists,
-    format_value,
-)
+from ..metrics.plots import RankedCell, RankedLayout, draw_ranked_lists, format_value
 
-__all__ = ["OTHER_COLOUR", "QUERY_COLOUR", "SAME_COLOUR", "UNKNOWN_COLOUR", "ranked_list_picture"]
+__all__ = ["ranked_list_picture"]
 
 
 def _same(query_pid: int | None, hit_pid: int | None) -> bool | None:
