@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
+from ..data.images import load_image_tensor
 from ..data.records import ReIDDataset, split_arrays
-from ..data.store import load_image_tensor
 from ..data.synth import SynthConfig, generate_market_dataset
 from ..inference.features import embed_tensor
 from ..metrics import RankResult, compute_distance_matrix, evaluate_rank_full, plot_cmc, ranked_list_grid, summarize

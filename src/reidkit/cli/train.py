@@ -11,8 +11,8 @@ import yaml
 
 from ..config import load_config
 from ..data import load_dataset
+from ..data.images import load_image_tensor
 from ..data.records import split_arrays
-from ..data.store import load_image_tensor
 from ..errors import ConfigError
 from ..inference.extractor import Extractor
 from ..training.config import TrainConfig

@@ -61,7 +61,7 @@ def _image_tensor(images: Images, rows: np.ndarray, size: tuple[int, int], show_
     """uint8 (len(rows), 3, H, W): the given rows of a tensor, or those paths decoded (only the ones needed)."""
     if isinstance(images, torch.Tensor) or (isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.number)):
         return torch.as_tensor(images)[torch.from_numpy(rows)]
-    from ..data.store import load_image_tensor
+    from ..data.images import load_image_tensor
 
     return load_image_tensor([str(images[i]) for i in rows], size, show_progress=show_progress, desc=desc)
 

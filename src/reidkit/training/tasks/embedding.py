@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...data.images import load_image_tensor
 from ...data.records import relabel, split_arrays
 from ...data.sampler import PKSampler
-from ...data.store import load_image_tensor
 from ...data.transforms import BatchAugment, normalize
 from ...errors import ConfigError
 from ...inference.features import embed_tensor, embed_tensor_local

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ...checkpoint import load_checkpoint
 from ...data import load_dataset
+from ...data.images import load_image_tensor
 from ...data.pairs import (
     PairBatch,
     anchor_is_first,
@@ -40,7 +41,6 @@ from ...data.pairs import (
     random_translate,
 )
 from ...data.records import Record, split_arrays
-from ...data.store import load_image_tensor
 from ...errors import ConfigError
 from ...losses import build_loss
 from ...metrics.pair_ranking import cuhk03_single_shot_cmc
