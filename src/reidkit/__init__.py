@@ -30,6 +30,9 @@ _LAZY = {
     "build_model": "reidkit.models",
     "evaluate_rank": "reidkit.metrics",
     "load_dataset": "reidkit.data",
+    "verify": "reidkit.analysis",
+    "cluster": "reidkit.analysis",
+    "explain": "reidkit.analysis",
 }
 
 
