@@ -33,12 +33,13 @@ VERBS: dict[str, tuple[str, str, str]] = {
                   "fit a model's verification calibration on validation pairs; ROC / DET curves"),
     "cluster": ("analysis", "add_cluster_arguments", "group unlabelled person crops into identities"),
     "explain": ("analysis", "add_explain_arguments", "picture of which image regions make two crops match"),
-    "synth-video": ("video", "add_synth_video_arguments",
+    "synth-video": ("video_data", "add_synth_video_arguments",
                     "synthetic multi-camera videos with exact MOT ground truth and global ids"),
     "track": ("video", "add_track_arguments",
               "detect, track and re-identify people across camera videos (global ids)"),
     "find": ("video", "add_find_arguments", "rank the sightings (tracklets) of a person in a track run"),
-    "evaluate-tracks": ("video", "add_evaluate_tracks_arguments", "HOTA / IDF1 / MOTA of tracks against ground truth"),
+    "evaluate-tracks": ("video_data", "add_evaluate_tracks_arguments",
+                        "HOTA / IDF1 / MOTA of tracks against ground truth"),
 }
 # Verb groups that register their verbs themselves (light modules: imported for every parser).
 SELF_REGISTERING = (("search", "add_search_parsers"),)  # index build|add|remove|info, search, export

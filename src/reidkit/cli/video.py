@@ -1,4 +1,4 @@
-"""Verbs for video: synth-video, track, find, evaluate-tracks (being built; see the video issue)."""
+"""Verbs for video: track, find (being built; see the video issue)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,9 @@ def _not_ready(args: argparse.Namespace) -> None:
     raise ReIDError(f"`reidkit {args.command}` is not available yet in this build")
 
 
-def add_synth_video_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(func=_not_ready)
-
-
 def add_track_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_not_ready)
 
 
 def add_find_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(func=_not_ready)
-
-
-def add_evaluate_tracks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_not_ready)
