@@ -1,0 +1,281 @@
+"""Cross-camera association: tracklets of every camera -> GLOBAL identities.
+
+One mechanism serves both cases the video issue names: the same person in two cameras, and the same person leaving
+and re-entering one camera (long-term memory) -- both are tracklets whose appearance agrees and that do not
+contradict each other in time.
+
+- Distances: cosine distances of quality-weighted tracklet features (L2-normalised), optionally k-reciprocal
+  re-ranked (`reidkit.rerank.re_ranking` on the tracklet x tracklet matrix; the threshold is then on the re-ranked
+  scale and is calibrated separately).
+- Constraints (cannot-link): two tracklets of one camera that overlap in time are two people; optional
+  camera-transition windows (`transitions`): tracklets of cameras A and B whose time gap lies outside
+  [min, max] seconds are two people.
+- Clustering: average-linkage agglomerative clustering cut at a distance threshold (scipy.cluster.hierarchy).
+  Neither scipy nor scikit-learn supports cannot-link constraints (scikit-learn's `connectivity` restricts
+  merges to neighbours, it cannot forbid them), so cannot-link pairs get the distance `FORBIDDEN`: average linkage
+  averages all member pairs, so any cluster holding a forbidden pair has a linkage distance above FORBIDDEN / n^2,
+  far above any threshold, and the cut never merges it (the test checks this against a brute-force search).
+- `calibrate_threshold`: the threshold maximising tracklet-level IDF1 (length-weighted, the cross-camera IDF1 of
+  Ristani et al. when tracklets are pure) on validation tracklets with known identities.
+- `OnlineAssociator`: the streaming variant for live sources: each finished tracklet joins the identity with the
+  smallest average distance (the same linkage, computed from running feature sums) if below the threshold and
+  not forbidden, else opens a new identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import squareform
+
+from ..errors import ReIDError
+
+FORBIDDEN = 1e12  # distance given to cannot-link pairs (see the module docstring)
+DEFAULT_THRESHOLD = 0.35  # cosine distance; calibrated per model by `calibrate_threshold` (docs/video.md)
+DEFAULT_RERANK_THRESHOLD = 0.6  # on the k-reciprocal scale
+
+
+@dataclass(frozen=True)
+class AssociationConfig:
+    """How tracklets become identities. `threshold` is the largest average-linkage distance merged (cosine,
+    or the re-ranked distance when `rerank`). `transitions` maps a camera pair (a, b) (camera indices, either
+    order) to the (min, max) seconds allowed between one tracklet's end and the other's start."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    transitions: Mapping[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.threshold) or self.threshold < 0:
+            raise ReIDError(f"association threshold {self.threshold!r}: expected a distance >= 0")
+        for pair, (low, high) in self.transitions.items():
+            if low > high:
+                raise ReIDError(f"camera transition {pair}: window ({low}, {high}) s has min > max")
+
+
+@dataclass
+class TrackletSet:
+    """Tracklets as columns: features (N, D) L2-normalised; cameras (N,) camera index; start/end (N,) seconds;
+    lengths (N,) boxes per tracklet (weights of the IDF1 used for calibration)."""
+
+    features: np.ndarray
+    cameras: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    lengths: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, features: np.ndarray, cameras: Sequence[int], starts: Sequence[float],
+                    ends: Sequence[float], lengths: Sequence[int] | None = None) -> TrackletSet:
+        feats = np.asarray(features, dtype=np.float32)
+        n = len(feats)
+        if feats.ndim != 2:
+            raise ReIDError(f"tracklet features: expected (N, D), got shape {feats.shape}")
+        if not np.isfinite(feats).all():
+            raise ReIDError("tracklet features hold NaN or inf")
+        norms = np.linalg.norm(feats, axis=1, keepdims=True)
+        cols = [np.asarray(c) for c in (cameras, starts, ends, np.ones(n) if lengths is None else lengths)]
+        if any(len(c) != n for c in cols):
+            raise ReIDError(f"tracklets: {n} features but columns of lengths {[len(c) for c in cols]}")
+        cams, t0, t1, lens = cols
+        if (t1 < t0).any():
+            raise ReIDError(f"tracklet {int(np.argmax(t1 < t0))}: ends before it starts")
+        return cls(feats / np.maximum(norms, 1e-12), cams.astype(np.int64), t0.astype(np.float64),
+                   t1.astype(np.float64), lens.astype(np.float64))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+# ------------------------------------------------------------------------------------------ distances
+
+def cosine_distances(features: np.ndarray) -> np.ndarray:
+    """(N, N) 1 - cos of L2-normalised rows, clipped to [0, 2], zero diagonal."""
+    d = np.clip(1.0 - features.astype(np.float64) @ features.T.astype(np.float64), 0.0, 2.0)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def reranked_distances(features: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3) -> np.ndarray:
+    """k-reciprocal re-ranked (N, N) distances of tracklets against themselves (symmetrised; every tracklet is
+    both query and gallery). k1/k2 are capped at N - 1 for small sets; fewer than 3 tracklets: cosine."""
+    from ..rerank import re_ranking
+
+    n = len(features)
+    if n < 3:
+        return cosine_distances(features)
+    euclid = np.sqrt(2.0 * cosine_distances(features)).astype(np.float32)  # L2 of unit vectors
+    k1 = min(k1, n - 1)
+    d = re_ranking(euclid, euclid, euclid, k1=k1, k2=max(1, min(k2, k1)), lambda_value=lambda_value)
+    d = 0.5 * (d + d.T).astype(np.float64)
+    np.fill_diagonal(d, 0.0)
+    return np.maximum(d, 0.0)
+
+
+def tracklet_distances(tracklets: TrackletSet, config: AssociationConfig) -> np.ndarray:
+    if config.rerank:
+        return reranked_distances(tracklets.features, config.k1, config.k2, config.lambda_value)
+    return cosine_distances(tracklets.features)
+
+
+def cannot_link(tracklets: TrackletSet, transitions: Mapping[tuple[int, int], tuple[float, float]] | None = None
+                ) -> np.ndarray:
+    """(N, N) bool: True where two tracklets cannot be one person. Same camera and overlapping time spans (a
+    person is one box per camera at a time); a camera pair with a transition window whose gap is outside it."""
+    t = tracklets
+    forbidden = forbidden_pairs((t.cameras, t.starts, t.ends), (t.cameras, t.starts, t.ends), transitions)
+    np.fill_diagonal(forbidden, False)
+    return forbidden
+
+
+Spans = tuple[np.ndarray, np.ndarray, np.ndarray]  # camera index, start, end (seconds) per tracklet
+
+
+def forbidden_pairs(a: Spans, b: Spans, transitions: Mapping[tuple[int, int], tuple[float, float]] | None = None
+                    ) -> np.ndarray:
+    """(A, B) bool cannot-link block between two groups of tracklets given as (cameras, starts, ends)."""
+    (ca, sa, ea), (cb, sb, eb) = ([np.asarray(x) for x in g] for g in (a, b))
+    same_cam = ca[:, None] == cb[None, :]
+    forbidden = same_cam & (sa[:, None] <= eb[None, :]) & (sb[None, :] <= ea[:, None])
+    if transitions:
+        gap = np.maximum(sa[:, None] - eb[None, :], sb[None, :] - ea[:, None])  # > 0: seconds between the spans
+        for (x, y), (low, high) in transitions.items():
+            pair = ((ca[:, None] == x) & (cb[None, :] == y)) | ((ca[:, None] == y) & (cb[None, :] == x))
+            forbidden |= pair & ~same_cam & ((gap < low) | (gap > high))
+    return forbidden
+
+
+# ---------------------------------------------------------------------------------------- clustering
+
+def cluster_distances(distances: np.ndarray, forbidden: np.ndarray, threshold: float) -> np.ndarray:
+    """Average-linkage clusters of a (N, N) distance matrix cut at `threshold`, never joining a forbidden pair.
+    Returns labels 1..K numbered in order of first row (so results are stable)."""
+    n = len(distances)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n == 1:
+        return np.ones(1, dtype=np.int64)
+    if n * n * max(threshold, 1.0) * 10 >= FORBIDDEN:
+        raise ReIDError(f"{n} tracklets: too many for one linkage (the cannot-link penalty would not hold)")
+    d = np.where(forbidden, FORBIDDEN, distances)
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    tree = linkage(squareform(d, checks=False), method="average")
+    return _renumber(fcluster(tree, t=threshold, criterion="distance"))
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Labels 1..K in order of first appearance."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return (order[inverse] + 1).astype(np.int64)
+
+
+def associate(tracklets: TrackletSet, config: AssociationConfig = AssociationConfig()) -> np.ndarray:
+    """Global identity (1..K) of every tracklet."""
+    if len(tracklets) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return cluster_distances(tracklet_distances(tracklets, config), cannot_link(tracklets, config.transitions),
+                             config.threshold)
+
+
+# --------------------------------------------------------------------------------------- calibration
+
+def tracklet_idf1(labels: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """IDF1 (percent) of tracklet labels against true identities, each tracklet weighted by its length: the best
+    one-to-one matching of predicted to true identities (Hungarian) counts the weight it gets right; with pure
+    tracklets this equals the cross-camera IDF1 of Ristani et al. (IDTP over all boxes, predicted = true count)."""
+    labels, truth = np.asarray(labels), np.asarray(truth)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(labels) == 0:
+        return 0.0
+    pred_ids, p = np.unique(labels, return_inverse=True)
+    true_ids, t = np.unique(truth, return_inverse=True)
+    overlap = np.zeros((len(pred_ids), len(true_ids)))
+    np.add.at(overlap, (p, t), w)
+    rows, cols = linear_sum_assignment(-overlap)
+    return float(100.0 * overlap[rows, cols].sum() / w.sum())
+
+
+def calibrate_threshold(tracklets: TrackletSet, truth: Sequence[int], config: AssociationConfig = AssociationConfig(),
+                        thresholds: Sequence[float] | None = None) -> tuple[float, list[tuple[float, float]]]:
+    """The threshold maximising `tracklet_idf1` on validation tracklets with known identities `truth`, and the
+    curve [(threshold, IDF1)]. One linkage tree, cut at every candidate (cheap)."""
+    truth = np.asarray(truth)
+    if len(truth) != len(tracklets):
+        raise ReIDError(f"calibration: {len(tracklets)} tracklets but {len(truth)} identities")
+    if len(tracklets) < 2:
+        raise ReIDError("calibration needs at least 2 tracklets")
+    d = np.where(cannot_link(tracklets, config.transitions), FORBIDDEN, tracklet_distances(tracklets, config))
+    d = 0.5 * (d + d.T)
+    np.fill_diagonal(d, 0.0)
+    tree = linkage(squareform(d, checks=False), method="average")
+    if thresholds is None:
+        heights = np.unique(tree[:, 2][tree[:, 2] < FORBIDDEN / 10])  # every distinct cut (N - 1 at most)
+        thresholds = np.concatenate([[0.0], heights])
+    curve = [(float(t), tracklet_idf1(fcluster(tree, t=t, criterion="distance"), truth, tracklets.lengths))
+             for t in thresholds]
+    best = max(curve, key=lambda c: (c[1], -c[0]))
+    return best[0], curve
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+class OnlineAssociator:
+    """Incremental association for live sources: `add(feature, camera, start, end)` -> global id, at once.
+
+    An identity keeps the sum of its tracklets' features, so the average cosine distance of a new tracklet to
+    all its members is 1 - f . sum / n (the same average linkage as the offline clustering, against one side
+    that no longer changes). Identities holding a forbidden tracklet (same camera, overlapping time, or outside a
+    transition window) are skipped. Memory: one D-vector per identity and four numbers per tracklet.
+    (k-reciprocal re-ranking needs the whole set, so it is offline only.)"""
+
+    def __init__(self, config: AssociationConfig = AssociationConfig()):
+        if config.rerank:
+            raise ReIDError("online association does not re-rank (k-reciprocal needs all tracklets); rerank=False")
+        self.config = config
+        self._sums: list[np.ndarray] = []
+        self._counts: list[int] = []
+        self._cams: list[int] = []
+        self._starts: list[float] = []
+        self._ends: list[float] = []
+        self._labels: list[int] = []
+
+    @property
+    def num_identities(self) -> int:
+        return len(self._sums)
+
+    def add(self, feature: np.ndarray, camera: int, start: float, end: float) -> int:
+        f = np.asarray(feature, dtype=np.float64).reshape(-1)
+        f = f / max(float(np.linalg.norm(f)), 1e-12)
+        gid = self._best_identity(f, camera, start, end)
+        if gid is None:
+            self._sums.append(f.copy())
+            self._counts.append(1)
+            gid = len(self._sums)
+        else:
+            self._sums[gid - 1] += f
+            self._counts[gid - 1] += 1
+        self._cams.append(camera)
+        self._starts.append(start)
+        self._ends.append(end)
+        self._labels.append(gid)
+        return gid
+
+    def _best_identity(self, f: np.ndarray, camera: int, start: float, end: float) -> int | None:
+        if not self._sums:
+            return None
+        mean_distance = 1.0 - (np.stack(self._sums) @ f) / np.asarray(self._counts, dtype=np.float64)
+        spans = (np.asarray(self._cams), np.asarray(self._starts), np.asarray(self._ends))
+        clash = forbidden_pairs(([camera], [start], [end]), spans, self.config.transitions)[0]
+        if clash.any():
+            mean_distance[np.unique(np.asarray(self._labels)[clash]) - 1] = np.inf
+        best = int(np.argmin(mean_distance))
+        return best + 1 if mean_distance[best] <= self.config.threshold else None
