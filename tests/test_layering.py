@@ -49,9 +49,11 @@ ALLOWED: dict[str, frozenset[str]] = {
                               "inference", "rerank"},
     "video": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "metrics", "inference",
                            "rerank", "search", "analysis"},
+    "web": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "metrics", "inference",
+                         "rerank", "search", "analysis", "video"},
     "cli": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "losses", "miners",
                          "metrics", "inference", "rerank", "training", "search", "export", "analysis", "video",
-                         "reidkit"},
+                         "web", "reidkit"},
     "reidkit": FOUNDATION | {"data", "models", "metrics", "inference", "training", "analysis", "video"},
 }
 

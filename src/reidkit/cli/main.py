@@ -40,6 +40,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "find": ("video", "add_find_arguments", "rank the sightings (tracklets) of a person in a track run"),
     "evaluate-tracks": ("video_data", "add_evaluate_tracks_arguments",
                         "HOTA / IDF1 / MOTA of tracks against ground truth"),
+    "serve": ("web", "add_serve_arguments", "web app + JSON API: search, sightings, verification (loopback)"),
 }
 # Verb groups that register their verbs themselves (light modules: imported for every parser).
 SELF_REGISTERING = (("search", "add_search_parsers"),)  # index build|add|remove|info, search, export
