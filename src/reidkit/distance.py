@@ -124,3 +124,70 @@ def _as_feature_tensor(value, name: str) -> Tensor:
     if not torch.is_floating_point(tensor):
         tensor = tensor.float()
     return tensor
+
+
+# ------------------------------------------------------------------------------------ set-to-set (tracklets)
+
+SET_DISTANCES = ("mean", "min")
+
+
+def _check_offsets(offsets, num_rows: int, name: str) -> np.ndarray:
+    offsets = np.asarray(offsets, dtype=np.int64).ravel()
+    if offsets.size < 2 or offsets[0] != 0 or offsets[-1] != num_rows:
+        raise MetricInputError(f"{name}: offsets must run from 0 to the {num_rows} rows, got "
+                               f"{offsets[:3].tolist()}...{offsets[-1:].tolist()}")
+    empty = np.flatnonzero(np.diff(offsets) < 1)
+    if empty.size:
+        raise MetricInputError(f"{name}: set {int(empty[0])} is empty (every tracklet needs at least one frame)")
+    return offsets
+
+
+def _chunks(offsets: np.ndarray, max_rows: int) -> list[tuple[int, int]]:
+    """(first set, end set) runs whose rows total at most `max_rows` (a larger single set is its own chunk)."""
+    out, start = [], 0
+    while start < len(offsets) - 1:
+        end = int(np.searchsorted(offsets, offsets[start] + max_rows, side="right")) - 1
+        end = max(end, start + 1)
+        out.append((start, end))
+        start = end
+    return out
+
+
+def set_distance_matrix(input1, offsets1, input2, offsets2, mode: str = "mean", metric: str = "cosine",
+                        max_elements: int = 1 << 24) -> np.ndarray:
+    """(M1, M2) distances between sets of rows: set i of `input1` is rows offsets1[i]:offsets1[i+1].
+
+    mode "mean": the distance between the sets' mean rows (the mean feature of a tracklet);
+    mode "min": the smallest distance over all pairs of rows (the closest pair of frames).
+    "min" is computed in blocks of about `max_elements` row pairs aligned to set boundaries, each reduced with
+    np.minimum.reduceat, so memory stays bounded for MARS-sized galleries. Returns numpy float.
+    """
+    if mode not in SET_DISTANCES:
+        raise MetricInputError(f"set distance {mode!r}: expected one of {', '.join(SET_DISTANCES)}")
+    check_metric(metric, "metric", MetricInputError)
+    a, b = _as_feature_tensor(input1, "input1"), _as_feature_tensor(input2, "input2")
+    o1, o2 = _check_offsets(offsets1, len(a), "offsets1"), _check_offsets(offsets2, len(b), "offsets2")
+    if a.shape[1] != b.shape[1]:
+        raise MetricInputError(f"input1/input2: feature sizes differ ({a.shape[1]} vs {b.shape[1]})")
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype)
+    if mode == "mean":
+        return compute_distance_matrix(_segment_means(a, o1), _segment_means(b, o2), metric).numpy()
+    out = np.empty((len(o1) - 1, len(o2) - 1), dtype=np.float64 if dtype == torch.float64 else np.float32)
+    rows_b = max(1, int(np.sqrt(max_elements)))
+    with torch.no_grad():
+        for g0, g1 in _chunks(o2, rows_b):
+            block_b = b[o2[g0]:o2[g1]]
+            rows_a = max(1, max_elements // max(1, len(block_b)))
+            for q0, q1 in _chunks(o1, rows_a):
+                d = _distance(a[o1[q0]:o1[q1]], block_b, metric).numpy()
+                d = np.minimum.reduceat(d, o2[g0:g1] - o2[g0], axis=1)
+                out[q0:q1, g0:g1] = np.minimum.reduceat(d, o1[q0:q1] - o1[q0], axis=0)
+    return out
+
+
+def _segment_means(x: Tensor, offsets: np.ndarray) -> Tensor:
+    lengths = torch.from_numpy(np.diff(offsets))
+    segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+    sums = torch.zeros(len(lengths), x.shape[1], dtype=x.dtype).index_add_(0, segments, x)
+    return sums / lengths[:, None].to(x.dtype)

@@ -107,6 +107,38 @@ class TrainConfig:
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
 
 
+# ------------------------------------------------------------------------------------------------ tracklets
+TEMPORAL_POOLINGS = ("avg", "attention")
+TRACKLET_PROTOCOLS = ("pooled", "split")
+
+
+@dataclass
+class TrackletModelConfig(ModelConfig):
+    name: str = "temporal"  # any model registered with task="tracklet"
+    temporal_pooling: str = "attention"  # avg | attention (a small learned head over the frame embeddings)
+    attention_hidden: int = 128  # hidden units of the attention head
+
+
+@dataclass
+class TrackletDataConfig(DataConfig):
+    clip_len: int = 4  # T frames per training clip (restricted random sampling: one frame from each of T chunks)
+    by_sequence: bool = True  # group Market names also by their sequence sN (camera, sequence) when present
+    # Validation tracklets: pooled = the validation query + gallery images grouped by (pid, camera), every tracklet
+    # against the others (same pid + camera removed) | split = query/ and gallery/ grouped separately
+    val_protocol: str = "pooled"
+
+
+@dataclass
+class TrackletTrainConfig(TrainConfig):
+    """The tracklet task: P identities x K clips of T frames, temporal pooling head (docs/tracklets.md)."""
+
+    model: TrackletModelConfig = field(default_factory=TrackletModelConfig)
+    data: TrackletDataConfig = field(default_factory=TrackletDataConfig)
+    # An image (or temporal) checkpoint whose frame-encoder weights start training (the classifier only when it
+    # has the same identities); empty: the backbone's ImageNet weights (model.pretrained).
+    init_from: str = ""
+
+
 # ------------------------------------------------------------------------------------------------ pair networks
 @dataclass
 class PairModelConfig:
@@ -259,6 +291,7 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "model.dropout": _MIN, "model.local_dim": _MIN, "loss.margin": _MIN, "loss.label_smooth": _MIN,
     "sampling.ids_per_batch": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.max_rank": _AT_LEAST_1,
     "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
+    "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1,
 }
 UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
 

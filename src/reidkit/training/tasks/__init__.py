@@ -7,6 +7,7 @@ from ...models.registry import model_spec
 from .base import Member, Task, register_task, task_class
 from .embedding import EmbeddingTask
 from .pair import PairTask
+from .tracklet import TrackletTask
 
 
 def task_for_model(model_name: str) -> type[Task]:
@@ -14,4 +15,5 @@ def task_for_model(model_name: str) -> type[Task]:
     return task_class(model_spec(model_name).task)
 
 
-__all__ = ["EmbeddingTask", "Member", "PairTask", "Task", "register_task", "task_class", "task_for_model"]
+__all__ = ["EmbeddingTask", "Member", "PairTask", "Task", "TrackletTask", "register_task", "task_class",
+           "task_for_model"]
