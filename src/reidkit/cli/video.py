@@ -27,7 +27,12 @@ def _track_command(args: argparse.Namespace) -> None:
     options = TrackOptions(detect_every=args.detect_every, min_length=args.min_length,
                            association=AssociationConfig(threshold=threshold, rerank=rerank),
                            online=True if args.online else None, video=not args.no_video)
-    result = track(args.sources, args.out, model=args.model, detector=args.detector, detect_every=args.detect_every,
+    sources = list(args.sources)
+    if args.split_cameras_by_prefix:
+        from ..video.pipeline import split_by_camera_prefix
+
+        sources = [src for folder in args.sources for src in split_by_camera_prefix(folder)]
+    result = track(sources, args.out, model=args.model, detector=args.detector, detect_every=args.detect_every,
                    options=options, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
                    show_progress=not args.quiet)
     lines = [f"{'camera':16s} {'frames':>7s} {'detections':>10s} {'tracklets':>9s} {'boxes':>7s}  note"]
@@ -70,6 +75,9 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true",
                    help="associate each tracklet as it ends (always on for live sources); otherwise all tracklets "
                         "are clustered at the end")
+    p.add_argument("--split-cameras-by-prefix", action="store_true",
+                   help="each SOURCE is a folder of Market-1501-style frames (c1s1_001051.jpg): one camera per "
+                        "cN prefix, frame numbers (25 fps) give the frame times")
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4 (saves a second decode)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier track run in --out")
     add_batch_size(p, default=32)

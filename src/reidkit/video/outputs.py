@@ -279,6 +279,8 @@ class AnnotatedVideoWriter:
         import cv2
 
         canvas = np.array(image[:self.height, :self.width], order="C")  # a writable copy to draw on
+        if canvas.shape[:2] != (self.height, self.width):  # a frame of another size (frame folders)
+            canvas = cv2.resize(canvas, (self.width, self.height))
         self._frame_no += 1
         for (x, y, w, h), gid in zip(boxes, ids):
             trail = self._trails.setdefault(int(gid), deque(maxlen=self._trail))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -489,20 +490,27 @@ class TrackRun:
                 continue
             table = read_mot(cam.dir / "tracks.txt")
             rows = table.by_frame()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the first pass already warned about this source
+                    reopen = getattr(cam.source, "reopen", None)
+                    source = reopen() if reopen else open_source(cam.summary.spec, camera=cam.name,
+                                                                 fps=cam.summary.fps)
+            except ReIDError as exc:
+                self.notes.append(f"camera {cam.name}: no annotated.mp4, the source cannot be read again ({exc})")
+                continue
             writer = AnnotatedVideoWriter(cam.dir / "annotated.mp4", cam.summary.fps, cam.summary.size,
                                           self.options.trail)
             ok = False
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the first pass already warned about this source
-                    source = open_source(cam.summary.spec, camera=cam.name, fps=cam.summary.fps)
                 with source:
-                    for frame in progress(source, desc=f"annotating {cam.name}", total=cam.summary.frames,
-                                          unit="frame", enabled=self.show_progress, leave=False):
-                        if frame.index + 1 > table.num_frames and frame.index >= cam.summary.frames:
-                            break
+                    frames = progress(source, desc=f"annotating {cam.name}", total=cam.summary.frames, unit="frame",
+                                      enabled=self.show_progress, leave=False)
+                    for count, frame in enumerate(frames, 1):
                         sel = rows.get(frame.index + 1, np.zeros(0, np.int64))
                         writer.write(frame.image, table.boxes[sel], table.ids[sel])
+                        if count >= cam.summary.frames:  # the frames the first pass tracked
+                            break
                 ok = True
             finally:
                 writer.close(keep=ok)
@@ -549,6 +557,55 @@ def open_sources(specs: Sequence[Any]) -> list[Any]:
         raise ReIDError(f"two sources have the camera name {dupes[0]!r} (output folders are named by camera); "
                         "rename one")
     return opened
+
+
+MARKET_FRAME = re.compile(r"^(c\d+)s(\d+)_(\d+)\.(jpe?g|png|bmp)$", re.IGNORECASE)
+MARKET_FPS = 25.0  # Market-1501 frame numbers count 25 fps video frames
+
+
+def split_by_camera_prefix(folder: str | os.PathLike, fps: float = MARKET_FPS) -> list[Any]:
+    """One source per camera of a folder of Market-1501-style frames (`c1s1_001051.jpg` = camera c1, sequence 1,
+    frame 1051): frame numbers become frame indices (so frames far apart in time are far apart for the tracker
+    too) and times (number / fps). Other names are refused, naming one."""
+    from .sources import FrameSource
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder of frames")
+    groups: dict[str, list[tuple[int, int, Path]]] = {}
+    for path in sorted(folder.iterdir()):
+        match = MARKET_FRAME.match(path.name)
+        if match is None:
+            raise DataError(f"{path}: not a Market-style frame name (cCsS_FFFFFF.jpg) for --split-cameras-by-prefix")
+        groups.setdefault(match.group(1), []).append((int(match.group(2)), int(match.group(3)), path))
+    if not groups:
+        raise DataError(f"{folder}: no frames")
+
+    class PrefixSource(FrameSource):
+        def __init__(self, camera: str, items: list[tuple[int, int, Path]]):
+            from ..data.images import read_image
+
+            self.items = sorted(items)
+            self._read = read_image
+            first = np.asarray(read_image(self.items[0][2]))
+            super().__init__(str(folder / f"{camera}*"), camera, fps, (first.shape[1], first.shape[0]), len(items))
+            self._paths = [p for _, _, p in self.items]
+            self._indices = [self._index(s, f) for s, f, _ in self.items]
+
+        @staticmethod
+        def _index(sequence: int, frame: int) -> int:
+            return (sequence - 1) * 10_000_000 + frame - 1  # sequences one after another, never overlapping
+
+        def _frames(self):
+            for (_, _, path), index in zip(self.items, self._indices):
+                yield Frame(index, index / fps, np.asarray(self._read(path)))
+
+        def reopen(self) -> FrameSource:
+            return PrefixSource(self.camera, self.items)
+
+    from .sources import Frame
+
+    return [PrefixSource(camera, items) for camera, items in sorted(groups.items())]
 
 
 def build_detectors(spec: Any, sources: Sequence[Any]) -> list[Any]:
