@@ -31,29 +31,19 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..metrics.tracking import box_iou
 from .mot import read_mot
 
 DEFAULT_MODEL = "pedestrian-detection-adas-0002"
 DEFAULT_NAMES = ("default", "adas-0002", DEFAULT_MODEL)
+__all__ = ["Detector", "HOGDetector", "MotDetections", "ONNXDetector", "OpenVINODetector", "box_iou",
+           "build_detector", "default_model_path", "nms", "postprocess"]
 
 
 def default_model_path() -> Path:
     """The vendored adas-0002 IR (.xml; the .bin is beside it), located as package data."""
     path = resources.files("reidkit.video") / "models" / DEFAULT_MODEL / f"{DEFAULT_MODEL}.xml"
     return Path(str(path))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection over union of x1, y1, x2, y2 boxes."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:

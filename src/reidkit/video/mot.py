@@ -189,3 +189,38 @@ class MotWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ground_truth_file(path: str | os.PathLike) -> Path:
+    """`path` itself if a file, else the MOTChallenge SEQ/gt/gt.txt under a sequence folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "gt" / "gt.txt").is_file():
+            raise DataError(f"{path}: a folder without gt/gt.txt (give the ground-truth file or a MOT sequence)")
+        return path / "gt" / "gt.txt"
+    if not path.is_file():
+        raise DataError(f"{path}: no such ground-truth file")
+    return path
+
+
+def read_gt_dir(gt_dir: str | os.PathLike) -> dict[str, MotTable]:
+    """camera -> ground truth, for every <camera>/gt/gt.txt under `gt_dir` (a `reidkit synth-video` output or a
+    folder of MOTChallenge sequences)."""
+    root = Path(gt_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such ground-truth folder")
+    found = {p.parent.parent.name: read_gt(p) for p in sorted(root.glob("*/gt/gt.txt"))}
+    if not found:
+        raise DataError(f"{root}: no <camera>/gt/gt.txt inside")
+    return found
+
+
+def read_run(run_dir: str | os.PathLike, name: str = "tracks.txt") -> dict[str, MotTable]:
+    """camera -> tracks, for every <camera>/tracks.txt of a `reidkit track` run folder."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such run folder")
+    found = {p.parent.name: read_mot(p) for p in sorted(root.glob(f"*/{name}"))}
+    if not found:
+        raise DataError(f"{root}: no <camera>/{name} inside (is it a `reidkit track` output folder?)")
+    return found
