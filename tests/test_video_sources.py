@@ -11,7 +11,7 @@ from PIL import Image
 
 from reidkit.errors import DataError
 from reidkit.video.mot import MotTable, MotWriter, read_gt, read_mot, write_mot
-from reidkit.video.sources import SeqInfo, interleave, open_source, read_seqinfo, write_seqinfo
+from reidkit.video.sources import SeqInfo, interleave, open_source, read_seqinfo, write_seqinfo  # re-exported
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 W, H, N = 64, 48, 30

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.mot import read_mot
 from ..errors import ConfigError, ModelError
 from ..metrics.tracking import box_iou
-from .mot import read_mot
 
 DEFAULT_MODEL = "pedestrian-detection-adas-0002"
 DEFAULT_NAMES = ("default", "adas-0002", DEFAULT_MODEL)

@@ -20,7 +20,6 @@ and the frame where it stopped; a live source that stops delivering frames ends 
 
 from __future__ import annotations
 
-import configparser
 import heapq
 import os
 import re
@@ -33,7 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import is_image_name, read_image
+from ..data.mot import SeqInfo, read_seqinfo, write_seqinfo
 from ..errors import DataError
+
+__all__ = ["DEFAULT_FPS", "FolderSource", "Frame", "FrameSource", "OpenCVSource", "PyAVSource", "SeqInfo",
+           "SourceWarning", "interleave", "is_live_spec", "open_source", "read_seqinfo", "write_seqinfo"]
 
 DEFAULT_FPS = 25.0  # frame folders without seqinfo.ini and streams that do not declare a rate
 LIVE_TIMEOUT = 10.0  # seconds a live source may stay silent before it counts as gone
@@ -229,44 +232,6 @@ class OpenCVSource(FrameSource):
 # ------------------------------------------------------------------------------------------------------------
 # Frame folders.
 # ------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SeqInfo:
-    """The [Sequence] section of a MOTChallenge seqinfo.ini."""
-
-    name: str
-    fps: float
-    length: int | None = None
-    width: int | None = None
-    height: int | None = None
-    im_dir: str = "img1"
-    im_ext: str = ".jpg"
-
-
-def read_seqinfo(path: str | os.PathLike) -> SeqInfo:
-    """Parse a seqinfo.ini; DataError naming the file when it is unreadable or lacks name/frameRate."""
-    parser = configparser.ConfigParser()
-    try:
-        with open(path) as fh:
-            parser.read_file(fh)
-        section = parser["Sequence"]
-        return SeqInfo(name=section.get("name", Path(path).parent.name), fps=float(section["frameRate"]),
-                       length=section.getint("seqLength"), width=section.getint("imWidth"),
-                       height=section.getint("imHeight"), im_dir=section.get("imDir", "img1"),
-                       im_ext=section.get("imExt", ".jpg"))
-    except (OSError, configparser.Error, KeyError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
-
-
-def write_seqinfo(path: str | os.PathLike, info: SeqInfo) -> None:
-    from ..utils import atomic_write_text
-
-    lines = ["[Sequence]", f"name={info.name}", f"imDir={info.im_dir}", f"frameRate={info.fps:g}"]
-    lines += [f"{key}={value}" for key, value in (("seqLength", info.length), ("imWidth", info.width),
-                                                   ("imHeight", info.height)) if value is not None]
-    lines.append(f"imExt={info.im_ext}")
-    atomic_write_text("\n".join(lines) + "\n", path)
-
 
 class FolderSource(FrameSource):
     """Sorted images of a folder. Names that are all digits (MOTChallenge 000001.jpg) give the frame index
