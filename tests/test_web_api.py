@@ -297,6 +297,50 @@ def test_non_loopback_without_token_is_refused(site):
 
 # ------------------------------------------------------------------------------------------------ concurrency
 
+def test_batched_searches_answer_like_single_ones(site):
+    """Crops submitted together are embedded and searched in one batch; each gets what a search of its own gives."""
+    import time
+
+    from reidkit.search.index import GalleryIndex
+    from reidkit.web.batching import SearchBatcher
+
+    ext, index = site["extractor"], GalleryIndex.load(site["config"].index)
+    calls = []
+
+    def slow_embed(crops):  # holds the worker so that the other requests queue up behind the first
+        calls.append(len(crops))
+        time.sleep(0.2)
+        return ext.embed(crops)
+
+    batcher = SearchBatcher(slow_embed, lambda q, k: index.search(q, k=k))
+    queries = site["query"][:6]
+    answers: dict = {}
+
+    def ask(i):
+        results, row = batcher.submit(str(queries[i]), 2 + i)
+        answers[i] = [h["id"] for h in results.hits(row)[:2 + i]]
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join()
+    assert max(calls) > 1 and sum(calls) == len(queries)
+    for i, query in enumerate(queries):
+        alone = index.search(ext.embed([str(query)]), k=2 + i)
+        assert answers[i] == [h["id"] for h in alone.hits(0)]
+
+    def broken(crops):
+        raise ValueError("model failed")
+
+    batcher._embed = broken
+    with pytest.raises(ValueError, match="model failed"):
+        batcher.submit(str(queries[0]), 3)
+    batcher._embed = ext.embed  # the worker survived the error
+    assert batcher.submit(str(queries[0]), 3)[0].indices.shape == (1, 3)
+
+
 def test_searches_while_the_index_grows(site):
     """One thread adds features through its own GalleryIndex (as `reidkit index add` in another process would),
     three search through the API. Every answer must come from one committed version: each hit's distance equals

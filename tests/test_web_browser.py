@@ -53,13 +53,16 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> 
 
 @pytest.fixture
 def server(tmp_path, tiny_market, small_checkpoint):
-    """`reidkit serve` over an index of the tiny gallery, a fabricated track run and a clusters folder."""
+    """`reidkit serve` over an index of the tiny gallery, a fabricated track run and a clusters folder. The model
+    is the untrained tiny CNN, or REIDKIT_WEB_TEST_MODEL (bench/web_screenshots.py passes a trained one so the
+    documentation's screenshots show meaningful scores)."""
     from reidkit.inference import build_extractor
     from reidkit.search.index import GalleryIndex
     from reidkit.search.sources import collect_items
 
+    model = Path(os.environ.get("REIDKIT_WEB_TEST_MODEL") or small_checkpoint)
     gallery = sorted((tiny_market / "bounding_box_test").glob("*.jpg"))
-    GalleryIndex.build(tmp_path / "index", build_extractor(small_checkpoint, device="cpu"),
+    GalleryIndex.build(tmp_path / "index", build_extractor(model, device="cpu"),
                        collect_items(tiny_market / "bounding_box_test"))
     make_run_folder(tmp_path / "run", gallery[:5])
     (tmp_path / "clusters").mkdir()
@@ -69,7 +72,7 @@ def server(tmp_path, tiny_market, small_checkpoint):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "serve", "--index", str(tmp_path / "index"),
                              "--tracks", str(tmp_path / "run"), "--clusters", str(tmp_path / "clusters"),
-                             "--model", str(small_checkpoint), "--device", "cpu", "--port", str(port)],
+                             "--model", str(model), "--device", "cpu", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -149,10 +152,12 @@ def test_search_timeline_verify_clusters_in_chromium(server, browser, tmp_path):
     assert "identity 1" in browser.find_element(By.ID, "timeline-title").text
     browser.save_screenshot(str(shots / "web_timeline.png"))
 
-    # verify two crops
+    # verify two crops: the query and a gallery crop of the same person seen by the other camera
     browser.find_element(By.ID, "tab-verify").click()
+    pid, cam = query.name.split("_")[:2]
+    other = next(p for p in server["gallery"] if p.name.startswith(pid + "_") and p.name.split("_")[1] != cam)
     browser.find_element(By.ID, "verify-a").send_keys(str(query))
-    browser.find_element(By.ID, "verify-b").send_keys(str(server["gallery"][0]))
+    browser.find_element(By.ID, "verify-b").send_keys(str(other))
     browser.find_element(By.ID, "verify-btn").click()
     wait_until(browser, lambda d: d.find_elements(By.ID, "verify-verdict") or d.find_element(By.ID, "error").text,
                timeout=60)

@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from ..errors import ReIDError
+from .batching import SearchBatcher
 from .sources import (
     DEFAULT_MAX_PIXELS,
     Clusters,
@@ -75,7 +77,8 @@ class WebState:
         self.run = RunFolder(config.tracks) if config.tracks is not None else None
         self.clusters = Clusters.load(config.clusters) if config.clusters is not None else None
         self._extractor: Any = None
-        self._lock = threading.Lock()
+        self._batcher: SearchBatcher | None = None
+        self._lock, self._batcher_lock = threading.Lock(), threading.Lock()
 
     def extractor(self) -> Any:
         if self.config.model is None:
@@ -86,6 +89,14 @@ class WebState:
 
                 self._extractor = build_extractor(self.config.model, device=self.config.device)
         return self._extractor
+
+    def batcher(self) -> SearchBatcher:
+        """The one worker that embeds and searches the crops of concurrent requests together."""
+        live, extractor = self.live_index(), self.extractor()
+        with self._batcher_lock:
+            if self._batcher is None:
+                self._batcher = SearchBatcher(extractor.embed, lambda queries, k: live.current().search(queries, k=k))
+        return self._batcher
 
     def live_index(self) -> LiveIndex:
         if self.index is None:
@@ -254,12 +265,9 @@ def _add_search(app: FastAPI, state: WebState) -> None:
               with_image: bool = True) -> dict[str, Any]:
         """A page of gallery items (in index order), e.g. to pick a query from."""
         _, metadata, manifest = state.live_index().snapshot()
-        rows = range(len(metadata))
-        if with_image:
-            rows = [i for i in range(len(metadata)) if metadata.paths[i] is not None]
-        chosen = rows[offset:offset + limit]
+        rows = np.flatnonzero(metadata.paths != None) if with_image else np.arange(len(metadata))  # noqa: E711
         return {"version": manifest.get("version"), "total": len(rows),
-                "items": [describe_item(metadata.row(i)) for i in chosen]}
+                "items": [describe_item(metadata.row(int(i))) for i in rows[offset:offset + limit]]}
 
     @app.post("/api/search")
     def search(image: Annotated[UploadFile | None, File(description="query crop (JPEG/PNG/BMP/WEBP)")] = None,
@@ -273,18 +281,17 @@ def _add_search(app: FastAPI, state: WebState) -> None:
         query: dict[str, Any]
         if image is not None:
             crop = decode_upload(image.file.read(), "image", config.max_upload_bytes, config.max_pixels)
-            features = state.extractor().embed([crop])
+            results, row = state.batcher().submit(crop, top_k)
             query = {"kind": "upload", "name": image.filename, "width": crop.width, "height": crop.height}
         else:
             found = live.row_of(item)
             if found is None:
                 raise HTTPException(404, f"item {item!r}: not in the index")
             row, gallery, metadata = found
-            features = gallery[row:row + 1]
             query = {"kind": "item", **describe_item(metadata.row(row))}
-        results = live.index.search(features, k=top_k)
+            results, row = live.current().search(gallery[row:row + 1], k=top_k), 0
         hits = [{"rank": h["rank"], "distance": round(1.0 - h["score"], 6), "score": h["score"],
-                 **describe_item(h)} for h in results.hits(0)]
+                 **describe_item(h)} for h in results.hits(row)[:top_k]]
         return {"version": results.version, "count": len(results.metadata), "method": results.method,
                 "query": query, "hits": hits}
 
