@@ -143,3 +143,11 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
         raise ModelError(f"checkpoint {path}: its weights do not match its recorded model config ({name!r}, "
                          f"{cfg}): {'; '.join(lines[:3])}{more}") from None
     return model, payload
+
+
+def update_checkpoint_extra(path: str | Path, key: str, value: Any) -> None:
+    """Set `extra[key]` of an existing checkpoint (plain data only) and rewrite the file atomically: readers see
+    the old file or the new one, never a truncated one. Used to store a model's verification calibration."""
+    payload = load_checkpoint(path)
+    payload["extra"] = {**(payload.get("extra") or {}), key: value}
+    atomic_torch_save(payload, path)

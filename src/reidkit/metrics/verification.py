@@ -151,3 +151,37 @@ def plot_confusion(matrix: np.ndarray, path: str | os.PathLike, title: str = "Co
     axes.set(xticks=[0, 1], yticks=[0, 1], xticklabels=CLASS_NAMES, yticklabels=CLASS_NAMES,
              xlabel="predicted", ylabel="true", title=title)
     return _save(figure, path)
+
+
+def plot_roc_det(scores, labels, path: str | os.PathLike, marks: Mapping[str, float] | None = None,
+                 title: str = "Verification") -> Path:
+    """ROC (TAR against FAR on a log axis) and DET (FRR against FAR on normal-deviate axes) side by side, with
+    each threshold of `marks` ({label: threshold on the score}) drawn as a point on both curves."""
+    from scipy.special import ndtri
+
+    fpr, tpr, _ = roc_curve(scores, labels)
+    s, y = _scores_and_labels(scores, labels)
+    figure = _figure((9.0, 4.2))
+    roc, det = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+    floor = 0.5 / max(int((1 - y).sum()), 1)  # log axes: a FAR of 0 is drawn at half a false accept
+    roc.plot(np.maximum(fpr, floor), tpr, color="tab:blue", label=f"AUC {roc_auc(s, y):.4f}")
+    roc.set(xscale="log", xlim=(floor, 1), ylim=(0, 1.005), xlabel="false accept rate (log)",
+            ylabel="true accept rate", title=f"{title}: ROC")
+    clip = np.clip  # probit axes: keep rates strictly inside (0, 1)
+    eps = 1e-6
+    det.plot(ndtri(clip(fpr, eps, 1 - eps)), ndtri(clip(1 - tpr, eps, 1 - eps)), color="tab:blue")
+    ticks = np.array([1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95])
+    det.set(xticks=ndtri(ticks), yticks=ndtri(ticks), xticklabels=[f"{t:g}" for t in ticks],
+            yticklabels=[f"{t:g}" for t in ticks], xlabel="false accept rate", ylabel="false reject rate",
+            title=f"{title}: DET", xlim=(ndtri(max(floor, 5e-5)), ndtri(0.99)), ylim=(ndtri(5e-5), ndtri(0.99)))
+    for (name, threshold), colour in zip((marks or {}).items(), ("tab:red", "tab:orange", "tab:green",
+                                                                 "tab:purple", "tab:brown"), strict=False):
+        far = float(np.mean(s[y == 0] > threshold))
+        tar = float(np.mean(s[y == 1] > threshold))
+        label = f"{name}: t={threshold:.3g}, TAR {tar:.3f}"
+        roc.plot([max(far, floor)], [tar], "o", color=colour, label=label)
+        det.plot([ndtri(clip(far, eps, 1 - eps))], [ndtri(clip(1 - tar, eps, 1 - eps))], "o", color=colour)
+    for axes in (roc, det):
+        axes.grid(alpha=0.3)
+    roc.legend(loc="lower right", fontsize=7)
+    return _save(figure, path)
