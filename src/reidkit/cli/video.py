@@ -26,7 +26,8 @@ def _track_command(args: argparse.Namespace) -> None:
         DEFAULT_RERANK_THRESHOLD if rerank else AssociationConfig().threshold)
     options = TrackOptions(detect_every=args.detect_every, min_length=args.min_length,
                            association=AssociationConfig(threshold=threshold, rerank=rerank),
-                           online=True if args.online else None, video=not args.no_video)
+                           online=True if args.online else None, video=not args.no_video,
+                           tracker=_snapshot_tracker() if args.split_cameras_by_prefix else None)
     sources = list(args.sources)
     if args.split_cameras_by_prefix:
         from ..video.pipeline import split_by_camera_prefix
@@ -48,6 +49,13 @@ def _track_command(args: argparse.Namespace) -> None:
     sys.stdout.write("\n".join(lines) + "\n")
     if result.interrupted:
         raise KeyboardInterrupt  # exit 130 after the summary: the outputs above are valid but partial
+
+
+def _snapshot_tracker():
+    """Frames far apart (Market-style snapshots): a person is seen once, so one detection confirms a track."""
+    from ..video.tracker import TrackerConfig
+
+    return TrackerConfig(min_hits=1)
 
 
 def add_track_arguments(p: argparse.ArgumentParser) -> None:

@@ -157,10 +157,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return box_iou(a, b)
 
 
-def _build_tracker(config: Any) -> Any:
+def _build_tracker(config: Any, fps: float) -> Any:
+    """The camera's tracker, its frame rate set to the source's (the tracker counts time in frames)."""
+    import dataclasses
+
     from .tracker import Tracker, TrackerConfig
 
-    return Tracker(config if config is not None else TrackerConfig())
+    return Tracker(dataclasses.replace(config, fps=fps) if config is not None else TrackerConfig(fps=fps))
 
 
 # --------------------------------------------------------------------------------------------- per camera
@@ -200,7 +203,7 @@ class TrackRun:
                  show_progress: bool, run_info: dict[str, Any]):
         self.out, self.extractor, self.options = out, extractor, options
         self.show_progress = show_progress
-        self.cameras = [_Camera(k, src, det, _build_tracker(options.tracker), out)
+        self.cameras = [_Camera(k, src, det, _build_tracker(options.tracker, float(src.fps)), out)
                         for k, (src, det) in enumerate(zip(sources, detector))]
         live = any(c.summary.live for c in self.cameras)
         self.online = live if options.online is None else options.online
@@ -348,7 +351,9 @@ class TrackRun:
         if len(rows) < self.options.min_length:
             cam.summary.dropped_short += 1
             return
-        rows_array = np.stack(rows)
+        rows_array = _merge_rows(tracklet, np.stack(rows))
+        first_output = int(rows[0][0]) - 1  # the tracker confirms a track a few frames after its first detection
+        span[0] -= max(0, first_output - (int(rows_array[0, 0]) - 1)) / cam.summary.fps
         feature = np.asarray(tracklet.feature(), np.float32) if _has_features(tracklet) else None
         if feature is None:
             if best is None:
@@ -516,6 +521,20 @@ class TrackRun:
                 writer.close(keep=ok)
 
 
+def _merge_rows(tracklet: Any, output_rows: np.ndarray) -> np.ndarray:
+    """Rows of a finished track: its detections (including those before the tracker confirmed it) and, for frames
+    without one (detecting every N-th frame), the Kalman-predicted boxes the tracker output. Sorted by frame."""
+    frames = np.asarray(getattr(tracklet, "frames", []), np.int64)
+    if not len(frames):
+        return output_rows
+    boxes = np.asarray(tracklet.boxes, np.float64).reshape(-1, 4)
+    detected = np.column_stack([frames + 1, boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0],
+                                boxes[:, 3] - boxes[:, 1], np.asarray(tracklet.scores, np.float64)])
+    predicted = output_rows[~np.isin(output_rows[:, 0].astype(np.int64), frames + 1)]
+    merged = np.concatenate([detected, predicted])
+    return merged[np.argsort(merged[:, 0], kind="stable")]
+
+
 def _has_features(tracklet: Any) -> bool:
     feats = getattr(tracklet, "features", None)
     return feats is not None and len(feats) > 0
@@ -608,7 +627,7 @@ def split_by_camera_prefix(folder: str | os.PathLike, fps: float = MARKET_FPS) -
     return [PrefixSource(camera, items) for camera, items in sorted(groups.items())]
 
 
-def build_detectors(spec: Any, sources: Sequence[Any]) -> list[Any]:
+def build_detectors(spec: Any, sources: Sequence[Any], batch_size: int = 1) -> list[Any]:
     """One detector per source: a shared one, or (spec "public") each MOTChallenge sequence's det/det.txt."""
     from .detect import build_detector
 
@@ -630,7 +649,7 @@ def build_detectors(spec: Any, sources: Sequence[Any]) -> list[Any]:
     if str(spec).endswith(".txt") and len(sources) > 1:
         raise ReIDError(f"--detector {spec}: one det.txt cannot serve {len(sources)} cameras; use "
                         "'--detector public' to read each sequence's det/det.txt")
-    return [build_detector(str(spec))] * len(sources)
+    return [build_detector(str(spec), batch_size=batch_size)] * len(sources)
 
 
 def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detector: Any = "default",
@@ -657,7 +676,7 @@ def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detecto
                                                                              device=device)
     opened = open_sources(sources)
     try:
-        detectors = build_detectors(detector, opened)
+        detectors = build_detectors(detector, opened, options.batch_frames)
         prepare_output(out, overwrite)
     except BaseException:
         for src in opened:
