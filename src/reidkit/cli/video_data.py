@@ -8,16 +8,78 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, ReIDError
-from .options import add_quiet  # noqa: F401  (synth-video)
+from ..errors import ConfigError
+from .options import add_quiet, positive_int
 
 
-def _not_ready(args: argparse.Namespace) -> None:
-    raise ReIDError(f"`reidkit {args.command}` is not available yet in this build")
+def _size(text: str) -> tuple[int, int]:
+    """argparse type: WIDTHxHEIGHT."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x360") from None
+    if width < 64 or height < 64:
+        raise argparse.ArgumentTypeError(f"{text}: at least 64x64")
+    return width, height
 
 
-def add_synth_video_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(func=_not_ready)
+def _read_pids(args: argparse.Namespace) -> list[int] | None:
+    if args.pids is None and args.ids is None:
+        return None
+    if args.ids is not None:
+        try:
+            text = args.ids.read_text()
+            pids = json.loads(text) if args.ids.suffix == ".json" else [int(v) for v in text.replace(",", " ").split()]
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--ids {args.ids}: cannot read identities ({exc}); expected one id per line or a "
+                              "JSON list") from None
+    else:
+        try:
+            pids = [int(v) for v in args.pids.replace(",", " ").split()]
+        except ValueError:
+            raise ConfigError(f"--pids {args.pids!r}: expected comma-separated integers") from None
+    if not pids:
+        raise ConfigError("--ids/--pids: no identities given")
+    return sorted(set(int(p) for p in pids))
+
+
+def synth_video_command(args: argparse.Namespace) -> None:
+    from ..data.synth_video import SynthVideoConfig, generate_synth_video
+
+    pids = _read_pids(args)
+    if pids is not None and args.crops is None:
+        raise ConfigError("--ids/--pids choose identities of --crops; give --crops too")
+    cfg = SynthVideoConfig(cameras=args.cameras, people=args.people, seconds=args.seconds, fps=args.fps,
+                           width=args.size[0], height=args.size[1], seed=args.seed,
+                           crops=None if args.crops is None else str(args.crops), pids=pids, mp4=args.mp4)
+    root = generate_synth_video(args.out, cfg, overwrite=args.overwrite, show_progress=not args.quiet)
+    print(f"wrote {cfg.cameras} camera(s) x {cfg.num_frames} frames ({cfg.seconds:g} s at {cfg.fps:g} fps) with "
+          f"{cfg.people} people to {root}")
+    print(f"evaluate a run with: reidkit evaluate-tracks --gt-dir {root} --pred RUN")
+
+
+def add_synth_video_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Composite people walking through N non-overlapping cameras into synchronised videos with exact "
+                     "ground truth: OUT/<camera>/img1/*.jpg + seqinfo.ini + gt/gt.txt (MOTChallenge, GLOBAL ids: the "
+                     "same person has the same id in every camera), OUT/identities.json, OUT/manifest.json. Default "
+                     "people: reidkit's synthetic pedestrians; --crops uses real crops, camera k showing each "
+                     "identity's crops from source camera ((k-1) % number_of_source_cameras)+1.")
+    p.add_argument("--out", required=True, type=Path, help="output folder (refused if it exists, unless --overwrite)")
+    p.add_argument("--cameras", type=positive_int, default=3, help="number of cameras")
+    p.add_argument("--people", type=positive_int, default=40, help="number of identities walking through")
+    p.add_argument("--seconds", type=float, default=120.0, help="video length in seconds")
+    p.add_argument("--fps", type=float, default=10.0, help="frames per second")
+    p.add_argument("--size", type=_size, default="640x360", metavar="WxH", help="frame size, e.g. 640x360")
+    p.add_argument("--crops", type=Path,
+                   help="Market-layout folder of real person crops (a flat folder: all identities; a Market root, "
+                        "e.g. a `reidkit split` carve: its query + gallery identities)")
+    p.add_argument("--ids", type=Path, help="file of source identities to use from --crops (one per line or JSON list)")
+    p.add_argument("--pids", help="comma-separated source identities to use from --crops")
+    p.add_argument("--mp4", action="store_true", help="also write OUT/videos/<camera>.mp4 (H.264)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same videos)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_quiet(p)
+    p.set_defaults(func=synth_video_command)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate-tracks

@@ -677,6 +677,33 @@ def render_image(ident: Identity, cam: Camera, rng: np.random.Generator, height:
     return _camera_response(canvas, cam, rng)
 
 
+def camera_colour(img: np.ndarray, cam: Camera) -> np.ndarray:
+    """A float RGB image in [0, 1] as `cam` renders colour: gain, white balance (colour cast) and gamma."""
+    return np.clip(img * (cam.gain * cam.white_balance), 0.0, 1.0) ** cam.gamma
+
+
+def render_person_sprite(ident: Identity, cam: Camera, rng: np.random.Generator, height: int,
+                         width: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ident` alone, as `cam` sees it (view, pose, shading, colour cast), without background or occluders:
+    float32 RGB (H, W, 3) in [0, 1] and its coverage alpha (H, W) in [0, 1] (for compositing into video)."""
+    g = _grid(height, width)
+    pose = _sample_pose(cam, ident, rng, g)
+    texture = 0.94 + 0.12 * _smooth_noise(rng, height, width, (8, 4))
+    layer = _render_person(ident, pose, g)
+    premultiplied = np.zeros((height, width, 3), np.float32)
+    _composite_person(premultiplied, layer, pose, g, cam.light, texture)
+    alpha = layer.alpha
+    rgb = premultiplied / np.maximum(alpha, 1e-6)[..., None]
+    return camera_colour(rgb, cam).astype(np.float32), alpha.astype(np.float32)
+
+
+def scene_image(cam: Camera, height: int, width: int) -> np.ndarray:
+    """The camera's static scene (wall, floor, furniture) as a float32 (height, width, 3) RGB image in [0, 1],
+    before the camera's colour response."""
+    scene = _scene(cam, -(-height * 2 // SCENE_SCALE[0]), -(-width * 2 // SCENE_SCALE[1]))
+    return np.ascontiguousarray(scene[:height, :width])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Dataset assembly.
 # ----------------------------------------------------------------------------------------------------------
