@@ -192,7 +192,8 @@ def main() -> None:
             if extra:
                 extra.join()
             rss.append((round(wall, 1), rss_mb(proc.pid)))
-            final = httpx.get(url + "/api/health").json()["index"]
+            health = httpx.get(url + "/api/health").json()
+            final, batches = health["index"], health["search_batches"]
             load_after = os.getloadavg()
         finally:
             proc.terminate()
@@ -207,7 +208,7 @@ def main() -> None:
                                                      else args.model),
         "clients": args.clients, "seconds": round(wall, 1), "server_threads": args.server_threads,
         "writer": args.writer, "rows_added_during_load": sum(added), "final_index_count": final["count"],
-        "requests": total, "errors": len(errors), "error_samples": errors[:5],
+        "requests": total, "errors": len(errors), "search_batches": batches, "error_samples": errors[:5],
         "throughput_rps": round(len(latencies) / wall, 2),
         "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": round(ms[-1], 1) if ms else None,
                        "mean": round(statistics.fmean(ms), 1) if ms else None},
@@ -223,7 +224,7 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    lat = r["latency_ms"]
+    lat, sb = r["latency_ms"], r["search_batches"]
     rss = r["server_rss_mb"]
     lines = [
         "# Web app load test (bench/web_load.py)", "",
@@ -238,6 +239,8 @@ def markdown(r: dict) -> str:
         f"| {r['requests']} | {r['errors']} | {r['throughput_rps']} | {lat['p50']} | {lat['p90']} | {lat['p99']} | "
         f"{lat['max']} | {rss[0][1]} -> {rss[-1][1]} |", "",
         f"RSS every 5 s (MB): {', '.join(str(m) for _, m in rss)}.", "",
+        f"Concurrent uploads were embedded and searched together (reidkit.web.batching): {sb['queries']} queries in "
+        f"{sb['batches']} batches, mean {sb['queries'] / max(sb['batches'], 1):.1f}, largest {sb['largest']}.", "",
         f"Machine: {r['cpus']} CPUs shared with other jobs; load average (1/5/15 min) before {r['loadavg_before']}, "
         f"after {r['loadavg_after']}. Python {r['python']}, torch {r['torch']}.", ""]
     return "\n".join(lines)

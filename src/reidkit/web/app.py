@@ -98,6 +98,11 @@ class WebState:
                 self._batcher = SearchBatcher(extractor.embed, lambda queries, k: live.current().search(queries, k=k))
         return self._batcher
 
+    def batch_counts(self) -> dict[str, int]:
+        b = self._batcher
+        return {"batches": b.batches, "queries": b.queries, "largest": b.largest} if b else \
+            {"batches": 0, "queries": 0, "largest": 0}
+
     def live_index(self) -> LiveIndex:
         if self.index is None:
             raise HTTPException(404, "no index is served (start the server with --index)")
@@ -258,7 +263,8 @@ def _add_search(app: FastAPI, state: WebState) -> None:
                      "model": live.extractor_info.get("name")}
         return {"status": "ok", "version": __version__, "index": index, "tracks": state.run is not None,
                 "clusters": state.clusters is not None, "verify": config.model is not None,
-                "auth": bool(config.token), "max_upload_bytes": config.max_upload_bytes, "top_k": config.top_k}
+                "auth": bool(config.token), "max_upload_bytes": config.max_upload_bytes, "top_k": config.top_k,
+                "search_batches": state.batch_counts()}
 
     @app.get("/api/items")
     def items(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 24,

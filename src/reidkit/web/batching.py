@@ -30,7 +30,7 @@ class SearchBatcher:
         self._queue: queue.Queue[tuple[Any, int, Future]] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.batch_sizes: list[int] = []  # for tests and the load bench
+        self.batches = self.queries = self.largest = 0  # reported by /api/health (the load bench reads them)
 
     def submit(self, crop: Any, k: int) -> tuple[Any, int]:
         future: Future = Future()
@@ -52,7 +52,8 @@ class SearchBatcher:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self.batch_sizes.append(len(batch))
+            self.batches, self.queries = self.batches + 1, self.queries + len(batch)
+            self.largest = max(self.largest, len(batch))
             try:
                 features = self._embed([crop for crop, _, _ in batch])
                 results = self._search(features, max(k for _, k, _ in batch))

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from ..data.images import IMAGE_EXTENSIONS, read_image
 from ..errors import DataError, ReIDError
 from ..search.index import GalleryIndex
+from ..video.outputs import IDENTITIES_FORMAT
 
 # Formats a query crop may come in (what PIL identifies from the bytes, not the file name).
 UPLOAD_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP"})
@@ -120,11 +121,11 @@ def image_file(path: str | None) -> Path | None:
 # ------------------------------------------------------------------------------------------------ track run
 
 class RunFolder:
-    """A `reidkit track` output folder: identities.json (global id -> camera -> tracklets with time spans and the
-    best crop, a path relative to the folder), crops/, timeline.png, contact_sheet.png. identities.json is read
-    again whenever it changes (a run still being written)."""
+    """A `reidkit track` output folder (layout: video/outputs.py): identities.json (global id -> camera ->
+    tracklets with time spans and the best crop, a path relative to the folder), crops/, timeline.png,
+    contact_sheet.png. identities.json is read again whenever it changes (an online run rewrites it)."""
 
-    FORMAT = "reidkit-identities-1"
+    FORMAT = IDENTITIES_FORMAT
     SERVED = IMAGE_EXTENSIONS | {".png"}
 
     def __init__(self, root: Path):
