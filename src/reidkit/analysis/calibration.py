@@ -85,7 +85,7 @@ def fit_calibrator(scores, labels, method: str = "platt") -> Calibrator:
     if method == "platt":
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=np.inf).fit(s[:, None], y)
+        model = LogisticRegression(C=np.inf, solver="newton-cg", tol=1e-10, max_iter=200).fit(s[:, None], y)
         return Calibrator("platt", float(model.coef_[0, 0]), float(model.intercept_[0]))
     from sklearn.isotonic import IsotonicRegression
 
@@ -98,20 +98,25 @@ def fit_calibrator(scores, labels, method: str = "platt") -> Calibrator:
 
 def random_negatives(pids, camids, count: int, rng: np.random.Generator, cross_camera: bool = True
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `count` distinct unordered different-identity pairs (i < j), drawn uniformly (rejection sampling in
-    vectorised rounds); cross_camera keeps only pairs seen by two cameras, like the positives."""
+    """Up to `count` distinct unordered different-identity pairs (i < j), drawn uniformly without replacement (all
+    of them when fewer exist); cross_camera keeps only pairs seen by two cameras, like the positives."""
     p, c = np.asarray(pids), np.asarray(camids)
     n = p.size
-    keys: np.ndarray = np.zeros(0, dtype=np.int64)
-    for _ in range(20):  # each round draws 2x what is missing; 20 rounds only fall short on tiny sets
-        missing = count - keys.size
-        if missing <= 0:
-            break
-        i, j = rng.integers(0, n, 2 * missing + 16), rng.integers(0, n, 2 * missing + 16)
+    if n <= 4000:  # small sets: enumerate every valid pair (<= 8M) and draw without replacement
+        i, j = np.triu_indices(n, k=1)
         ok = (p[i] != p[j]) & ((c[i] != c[j]) if cross_camera else True)
-        low, high = np.minimum(i, j)[ok], np.maximum(i, j)[ok]
-        fresh = np.setdiff1d(np.unique(low * n + high), keys)
-        keys = np.r_[keys, rng.permutation(fresh)[:missing]]
+        keys = (i * n + j)[ok]
+        keys = keys[rng.choice(keys.size, min(count, keys.size), replace=False)] if keys.size > count else keys
+    else:  # rejection sampling in vectorised rounds, each drawing 2x what is missing
+        keys = np.zeros(0, dtype=np.int64)
+        for _ in range(20):
+            missing = count - keys.size
+            if missing <= 0:
+                break
+            i, j = rng.integers(0, n, 2 * missing + 16), rng.integers(0, n, 2 * missing + 16)
+            ok = (p[i] != p[j]) & ((c[i] != c[j]) if cross_camera else True)
+            fresh = np.setdiff1d(np.unique(np.minimum(i, j)[ok] * n + np.maximum(i, j)[ok]), keys)
+            keys = np.r_[keys, rng.permutation(fresh)[:missing]]
     keys = np.sort(keys)
     return keys // n, keys % n
 

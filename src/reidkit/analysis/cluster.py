@@ -262,6 +262,19 @@ def clustering_scores(true_labels, predicted) -> dict[str, float]:
             "num_true": int(a.size)}
 
 
+def bcubed_f(true_labels, predicted) -> float:
+    """B-cubed F alone (what parameter choice needs; `clustering_scores` gives every score)."""
+    t, p = np.unique(np.asarray(true_labels), return_inverse=True)[1], _singletons(predicted)
+    p = np.unique(p, return_inverse=True)[1]
+    joint = sp.csr_array((np.ones(t.size), (t, p)))
+    joint.sum_duplicates()
+    rows = np.repeat(np.arange(joint.shape[0]), np.diff(joint.indptr))
+    n_ij, a, b = joint.data, np.bincount(t), np.bincount(p)
+    precision = float(np.sum(n_ij ** 2 / b[joint.indices]) / t.size)
+    recall = float(np.sum(n_ij ** 2 / a[rows]) / t.size)
+    return _f(precision, recall)
+
+
 def _f(precision: float, recall: float) -> float:
     return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
@@ -285,10 +298,13 @@ def choose_cluster_params(features: np.ndarray, pids: np.ndarray, camids: np.nda
             for min_samples in min_samples_grid:
                 for eps in eps_grid:
                     params = ClusterParams(float(eps), int(min_samples), int(k1), k2, camera_aware)
-                    scores = clustering_scores(pids, dbscan_labels(graph, params.eps, params.min_samples))
-                    rows.append({**asdict(params), **scores})
+                    labels = dbscan_labels(graph, params.eps, params.min_samples)
+                    rows.append({**asdict(params), "bcubed_f": bcubed_f(pids, labels), "labels": labels})
     rows.sort(key=lambda r: -r["bcubed_f"])
     best = rows[0]
+    best.update(clustering_scores(pids, best.pop("labels")))
+    for row in rows[1:]:
+        del row["labels"]
     return ClusterParams(*(best[k] for k in ("eps", "min_samples", "k1", "k2", "camera_aware"))), rows
 
 

@@ -103,7 +103,7 @@ def _explain_pair(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[float, 
     log_odds = logits[0, 1] - logits[0, 0]
     (grad,) = torch.autograd.grad(log_odds, f)
     cams = _upsampled(_grad_cam(f.detach(), grad).cpu(), tuple(pixels.shape[2:]))
-    return float(log_odds), cams[:1], cams[1:]
+    return float(log_odds.detach()), cams[:1], cams[1:]
 
 
 def explain(a: ImageLike, b: ImageLike, model: str | os.PathLike, out: str | os.PathLike | None = None,

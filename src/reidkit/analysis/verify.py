@@ -9,6 +9,7 @@ labelled validation pairs and stores it with the model.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,8 @@ from .calibration import (
     threshold_for_far,
     validation_pairs,
 )
+
+logger = logging.getLogger(__name__)
 
 # Decision thresholds without a calibration (docs/verify_cluster.md). Cosine 0.5: on CUHK03-NP validation pairs
 # the recipe embedding's equal-error threshold lies near it (different people mostly score below 0.4). Pair
@@ -222,6 +225,10 @@ def labelled_records(data: str | os.PathLike | Sequence[Record]) -> list[Record]
         return list(data)
     dataset = load_dataset(data)
     records = list(dataset.query) + list(dataset.gallery) if dataset.query or dataset.gallery else list(dataset.train)
+    distractors = sum(r.pid <= 0 for r in records)
+    if distractors:  # Market pid 0 = distractors of unknown (and different) identities: no positive pairs
+        logger.warning("%s: %d distractor image(s) (pid 0) left out of the validation pairs", data, distractors)
+        records = [r for r in records if r.pid > 0]
     if not records:
         raise DataError(f"{data}: no labelled images")
     return records
