@@ -51,33 +51,65 @@ def wait_for_health(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> 
     raise AssertionError(f"reidkit serve did not answer at {url} within {timeout:.0f} s")
 
 
-@pytest.fixture
-def server(tmp_path, tiny_market, small_checkpoint):
-    """`reidkit serve` over an index of the tiny gallery, a fabricated track run and a clusters folder. The model
-    is the untrained tiny CNN, or REIDKIT_WEB_TEST_MODEL (bench/web_screenshots.py passes a trained one so the
-    documentation's screenshots show meaningful scores)."""
+def tiny_site(tmp_path: Path, tiny_market: Path, model: Path) -> dict:
+    """An index of the tiny synthetic gallery, a fabricated track run and clusters (4 groups) of the gallery."""
     from reidkit.inference import build_extractor
     from reidkit.search.index import GalleryIndex
     from reidkit.search.sources import collect_items
 
-    model = Path(os.environ.get("REIDKIT_WEB_TEST_MODEL") or small_checkpoint)
     gallery = sorted((tiny_market / "bounding_box_test").glob("*.jpg"))
     GalleryIndex.build(tmp_path / "index", build_extractor(model, device="cpu"),
                        collect_items(tiny_market / "bounding_box_test"))
     make_run_folder(tmp_path / "run", gallery[:5])
+    query = sorted((tiny_market / "query").glob("*.jpg"))[0]
+    pid, cam = query.name.split("_")[:2]  # verify: the query and the same person seen by the other camera
+    other = next(p for p in gallery if p.name.startswith(pid + "_") and p.name.split("_")[1] != cam)
+    return {"index": tmp_path / "index", "run": tmp_path / "run", "query": query, "pair": (query, other),
+            "cluster_paths": gallery, "cluster_labels": [i % 4 for i in range(len(gallery))]}
+
+
+def real_run_site(run: Path) -> dict:
+    """A real `reidkit track` output folder: its tracklet gallery is the index, its crops the queries; clusters
+    are its crops grouped by global id (a stand-in for `reidkit cluster` output)."""
+    document = json.loads((run / "identities.json").read_text())
+    tracklets = [(int(gid), cam, t) for gid, e in document["identities"].items()
+                 for cam, ts in e["cameras"].items() for t in ts if t.get("crop")]
+    by_gid: dict[int, list] = {}
+    for gid, cam, t in tracklets:
+        by_gid.setdefault(gid, []).append((cam, run / t["crop"]))
+    seen_twice = [v for v in by_gid.values() if len({cam for cam, _ in v}) > 1] or list(by_gid.values())
+    pair = (seen_twice[0][0][1], seen_twice[0][-1][1])
+    return {"index": run / "gallery", "run": run, "query": pair[0], "pair": pair,
+            "cluster_paths": [run / t["crop"] for _, _, t in tracklets],
+            "cluster_labels": [gid for gid, _, _ in tracklets]}
+
+
+@pytest.fixture
+def server(tmp_path, tiny_market, small_checkpoint):
+    """`reidkit serve` over an index, a track run and clusters: by default the tiny synthetic gallery, a fabricated
+    run and the untrained tiny CNN. bench/web_screenshots.py sets REIDKIT_WEB_TEST_MODEL (a trained model) and
+    REIDKIT_WEB_TEST_RUN (a real `reidkit track` run) so the documentation's screenshots show real results; the
+    assertions read what to expect from the served files either way."""
+    from reidkit.search.index import GalleryIndex
+
+    model = Path(os.environ.get("REIDKIT_WEB_TEST_MODEL") or small_checkpoint)
+    real_run = os.environ.get("REIDKIT_WEB_TEST_RUN")
+    site = real_run_site(Path(real_run)) if real_run else tiny_site(tmp_path, tiny_market, model)
     (tmp_path / "clusters").mkdir()
-    rows = "".join(f"{p},{i % 4}\n" for i, p in enumerate(gallery))
+    rows = "".join(f"{p},{c}\n" for p, c in zip(site["cluster_paths"], site["cluster_labels"]))
     (tmp_path / "clusters" / "clusters.csv").write_text("path,cluster\n" + rows)
+    site["ids"] = set(GalleryIndex.load(site["index"], with_features=False).metadata.ids.tolist())
+    site["identities"] = json.loads((site["run"] / "identities.json").read_text())["identities"]
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "serve", "--index", str(tmp_path / "index"),
-                             "--tracks", str(tmp_path / "run"), "--clusters", str(tmp_path / "clusters"),
+    proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "serve", "--index", str(site["index"]),
+                             "--tracks", str(site["run"]), "--clusters", str(tmp_path / "clusters"),
                              "--model", str(model), "--device", "cpu", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    url = f"http://127.0.0.1:{port}"
+    site["url"] = f"http://127.0.0.1:{port}"
     try:
-        health = wait_for_health(url, proc)
-        yield {"url": url, "health": health, "gallery": gallery, "query": sorted((tiny_market / "query").glob("*.jpg"))}
+        site["health"] = wait_for_health(site["url"], proc)
+        yield site
     finally:
         proc.terminate()
         try:
@@ -121,43 +153,42 @@ def test_search_timeline_verify_clusters_in_chromium(server, browser, tmp_path):
     shots.mkdir()
     browser.get(server["url"] + "/")
     wait_until(browser, lambda d: d.find_element(By.ID, "health").get_attribute("data-ready") == "1")
-    assert f"{len(server['gallery'])} items" in browser.find_element(By.ID, "health").text
+    assert f"{len(server['ids'])} items" in browser.find_element(By.ID, "health").text
 
-    # search: pick a file -> 10 ranked hits with thumbnails, distances non-decreasing
-    query = server["query"][0]
-    browser.find_element(By.ID, "query-file").send_keys(str(query))
-    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hits .hit")) == 10)
+    # search: pick a file -> ranked hits from the index with thumbnails, distances non-decreasing
+    expected_hits = min(10, len(server["ids"]))
+    browser.find_element(By.ID, "query-file").send_keys(str(server["query"]))
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#hits .hit")) == expected_hits)
     wait_until(browser, lambda d: images_loaded(d, "#hits .hit img"))
     hits = browser.find_elements(By.CSS_SELECTOR, "#hits .hit")
-    assert [h.get_attribute("data-rank") for h in hits] == [str(r) for r in range(1, 11)]
-    gallery_ids = {str(p) for p in server["gallery"]}
-    assert all(h.get_attribute("data-id") in gallery_ids for h in hits)
+    assert [h.get_attribute("data-rank") for h in hits] == [str(r) for r in range(1, expected_hits + 1)]
+    assert all(h.get_attribute("data-id") in server["ids"] for h in hits)
     distances = [float(h.text.split("d=")[1].split()[0]) for h in hits]
     assert distances == sorted(distances)
     browser.save_screenshot(str(shots / "web_search.png"))
 
-    # a gallery item as the query: it comes back first (green: same identity)
-    pick = browser.find_elements(By.CSS_SELECTOR, "#gallery-pick .pick")[3]
+    # a gallery item as the query: it comes back first, framed as the same identity
+    pick = browser.find_elements(By.CSS_SELECTOR, "#gallery-pick .pick")[1]
     picked = pick.get_attribute("data-id")
     pick.click()
     wait_until(browser, lambda d: d.find_element(By.CSS_SELECTOR, "#hits .hit").get_attribute("data-id") == picked)
     assert "good" in browser.find_element(By.CSS_SELECTOR, "#hits .hit").get_attribute("class")
 
-    # identities: open identity 1 -> its timeline has 3 tracklets on 2 camera lanes, with their crops
+    # identities: the one with most tracklets -> one bar per tracklet on its camera lanes, with their crops
     browser.find_element(By.ID, "tab-identities").click()
-    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".identity")) == 2)
-    browser.find_element(By.CSS_SELECTOR, '.identity[data-gid="1"]').click()
-    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline-svg rect.tracklet")) == 3)
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".identity")) == len(server["identities"]))
+    gid, entry = max(server["identities"].items(), key=lambda kv: sum(len(t) for t in kv[1]["cameras"].values()))
+    tracklets = sum(len(t) for t in entry["cameras"].values())
+    browser.find_element(By.CSS_SELECTOR, f'.identity[data-gid="{gid}"]').click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#timeline-svg rect.tracklet")) == tracklets)
     wait_until(browser, lambda d: images_loaded(d, "#timeline-crops img"))
-    assert "identity 1" in browser.find_element(By.ID, "timeline-title").text
+    assert f"identity {gid}" in browser.find_element(By.ID, "timeline-title").text
     browser.save_screenshot(str(shots / "web_timeline.png"))
 
-    # verify two crops: the query and a gallery crop of the same person seen by the other camera
+    # verify two crops of one person seen by two cameras
     browser.find_element(By.ID, "tab-verify").click()
-    pid, cam = query.name.split("_")[:2]
-    other = next(p for p in server["gallery"] if p.name.startswith(pid + "_") and p.name.split("_")[1] != cam)
-    browser.find_element(By.ID, "verify-a").send_keys(str(query))
-    browser.find_element(By.ID, "verify-b").send_keys(str(other))
+    browser.find_element(By.ID, "verify-a").send_keys(str(server["pair"][0]))
+    browser.find_element(By.ID, "verify-b").send_keys(str(server["pair"][1]))
     browser.find_element(By.ID, "verify-btn").click()
     wait_until(browser, lambda d: d.find_elements(By.ID, "verify-verdict") or d.find_element(By.ID, "error").text,
                timeout=60)
@@ -166,16 +197,17 @@ def test_search_timeline_verify_clusters_in_chromium(server, browser, tmp_path):
     assert "threshold" in browser.find_element(By.ID, "verify-result").text
     browser.save_screenshot(str(shots / "web_verify.png"))
 
-    # clusters: 4 clusters; open one, its members' crops load
+    # clusters: one card per cluster; the largest one's members all load
+    labels = server["cluster_labels"]
     browser.find_element(By.ID, "tab-clusters").click()
-    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".cluster")) == 4)
-    browser.find_element(By.CSS_SELECTOR, '.cluster[data-cluster="2"]').click()
+    wait_until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".cluster")) == len(set(labels)))
+    largest = max(set(labels), key=lambda c: (labels.count(c), -c))
+    browser.find_element(By.CSS_SELECTOR, f'.cluster[data-cluster="{largest}"]').click()
     wait_until(browser, lambda d: images_loaded(d, "#cluster-members img"))
-    expected = sum(1 for i in range(len(server["gallery"])) if i % 4 == 2)
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#cluster-members img")) == expected
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#cluster-members img")) == labels.count(largest)
     browser.save_screenshot(str(shots / "web_clusters.png"))
 
-    # bad input in the page: a text file as the query -> the API's 415 message is shown, no hits change
+    # bad input in the page: a text file as the query -> the API's 415 message is shown
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     browser.find_element(By.ID, "tab-search").click()
