@@ -60,7 +60,8 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
                            "or ONNX / OpenVINO model (stored in <model>.calibration.json beside it)")
     add_data(parser, help="labelled validation images: a `reidkit split` output (its query + gallery = the "
                           "validation identities), a folder of Market-named crops or a manifest")
-    parser.add_argument("--method", choices=("platt", "isotonic"), default="platt",
+    # Not --method: that spelling is the hidden alias of --approx in the option vocabulary (cli/options.py).
+    parser.add_argument("--calibrator", choices=("platt", "isotonic"), default="platt",
                         help="platt: logistic fit of the score (smooth, extrapolates); isotonic: monotone steps")
     parser.add_argument("--negatives", type=positive_int, default=100_000, metavar="N",
                         help="random different-person pairs on which the FAR thresholds are measured")
@@ -79,11 +80,11 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 def calibrate_command(args: argparse.Namespace) -> None:
     from ..analysis import calibrate
 
-    result = calibrate(args.model, args.data, method=args.method, out=args.out, negatives=args.negatives,
+    result = calibrate(args.model, args.data, method=args.calibrator, out=args.out, negatives=args.negatives,
                        seed=args.seed, device=args.device, flip=args.flip, batch_size=args.batch_size,
                        store=not args.no_store, show_progress=not args.quiet)
     record, pairs, metrics = result.record, result.record["pairs"], result.record["metrics"]
-    print(f"{args.method} calibration of {record['score']} scores on {pairs['identities']} identities "
+    print(f"{args.calibrator} calibration of {record['score']} scores on {pairs['identities']} identities "
           f"({pairs['images']} images): fitted on {pairs['fit_same']} same + {pairs['fit_different']} different "
           f"pairs; FAR thresholds on {pairs['far_same']} same + {pairs['far_different']} different pairs")
     print(f"ROC AUC {metrics['auc']:.4f}; ECE on the fit pairs {metrics['ece_fit_pairs']:.4f}")
