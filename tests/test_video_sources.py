@@ -221,3 +221,83 @@ def test_no_warning_for_a_clean_video(video):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sum(1 for _ in open_source(video)) == N
+
+
+def _serve(handler_body) -> tuple:
+    """A local HTTP server whose GET runs handler_body(handler); returns (server, url)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.end_headers()
+            handler_body(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/lobby.ts"
+
+
+@pytest.fixture(scope="module")
+def transport_stream(tmp_path_factory) -> bytes:
+    """40 frames as MPEG-TS, a streamable container (what a live HTTP camera sends)."""
+    import av
+
+    path = tmp_path_factory.mktemp("ts") / "live.ts"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for k in range(40):
+            img = np.full((H, W, 3), 5 * k, np.uint8)
+            img[:, : W // 2] = rng.integers(0, 256, (H, W // 2, 3))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def test_live_stream_that_disappears_ends_with_a_warning_naming_it(transport_stream):
+    def half_then_hang_up(handler):
+        handler.wfile.write(transport_stream[: len(transport_stream) // 2])
+        handler.close_connection = True
+
+    server, url = _serve(half_then_hang_up)
+    try:
+        with open_source(url) as source:
+            assert source.is_live and source.num_frames is None and source.camera.endswith("lobby")
+            with pytest.warns(UserWarning, match=rf"live source {url}: stopped delivering frames at frame \d+"):
+                frames = list(source)
+    finally:
+        server.shutdown()
+    assert 0 < len(frames) < 40
+    assert [f.index for f in frames] == list(range(len(frames)))
+
+
+def test_live_stream_that_goes_silent_times_out(transport_stream, monkeypatch):
+    import threading
+
+    from reidkit.video import sources
+
+    monkeypatch.setattr(sources, "LIVE_TIMEOUT", 1.0)
+    release = threading.Event()
+
+    def stall(handler):
+        handler.wfile.write(transport_stream[: len(transport_stream) // 2])
+        handler.wfile.flush()
+        release.wait(10)  # connection open, nothing more sent
+
+    server, url = _serve(stall)
+    try:
+        with pytest.warns(UserWarning, match=rf"live source {url}: stopped delivering frames"):
+            frames = list(open_source(url))
+        assert len(frames) > 0
+    finally:
+        release.set()
+        server.shutdown()

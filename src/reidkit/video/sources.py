@@ -92,11 +92,23 @@ def _warn(message: str) -> None:
 # Video files and network streams through PyAV.
 # ------------------------------------------------------------------------------------------------------------
 
+def _quiet_ffmpeg() -> None:
+    """FFmpeg prints its own decoder complaints ("partial file", "error splitting NAL units") to stderr; the sources
+    report the same as one warning naming the file and frame, so FFmpeg's lines are silenced unless the application
+    configured PyAV's logging itself."""
+    import av.logging
+
+    if av.logging.get_level() is None:  # PyAV's own logging off: FFmpeg prints to the terminal at its libav level
+        av.logging.set_libav_level(av.logging.PANIC)
+
+
 class PyAVSource(FrameSource):
     """A video file, or (is_live=True) an RTSP/HTTP stream, decoded by PyAV."""
 
     def __init__(self, spec: str, camera: str, fps: float | None = None, live: bool = False) -> None:
         import av
+
+        _quiet_ffmpeg()
 
         self.is_live, self.spec = live, spec
         options = {"rtsp_transport": "tcp"} if spec.startswith("rtsp://") else {}
@@ -135,9 +147,10 @@ class PyAVSource(FrameSource):
                 break
             except (av.error.FFmpegError, OSError) as exc:
                 decoded = self._drain()
-                what = "stopped delivering frames" if self.is_live else "is truncated or corrupt"
+                what = f"live source {self.spec}: stopped delivering frames" if self.is_live else \
+                    f"{self.spec}: is truncated or corrupt"
                 stop = index + len(decoded)
-                _warn(f"{self.spec}: {what} at frame {stop} ({exc}); kept the {stop} frame(s) decoded before it")
+                _warn(f"{what} at frame {stop} ({exc}); kept the {stop} frame(s) decoded before it")
                 packets, self._broken = iter(()), True
             for av_frame in decoded:
                 if av_frame.time is not None:
@@ -303,8 +316,10 @@ def is_live_spec(spec: str | int | os.PathLike) -> bool:
 
 
 def _live_name(spec: str) -> str:
-    """A file-name-safe camera name for a URL: host and path, e.g. rtsp://10.0.0.5/cam1 -> 10.0.0.5_cam1."""
+    """A file-name-safe camera name for a URL: host, port and path without extension, e.g. rtsp://10.0.0.5/cam1 ->
+    10.0.0.5_cam1."""
     rest = _URL.sub("", spec).split("@")[-1].split("?")[0]
+    rest = re.sub(r"\.[A-Za-z0-9]{2,4}$", "", rest)  # lobby.ts -> lobby
     return re.sub(r"[^A-Za-z0-9._-]+", "_", rest).strip("_") or "live"
 
 
