@@ -9,6 +9,12 @@ decode + H.264 encode, timed separately as "annotate"). Stages are measured insi
 embed, track, associate, write). The load average is recorded: the machine is shared.
 
 Writes the "speed" section of docs/benchmarks/video.json (other sections are kept) and prints a table.
+
+    --memory MINUTES: instead, a live-like synthetic stream (one camera, `SyntheticVideo` frames rendered on the fly,
+    320x180 at 10 fps, people coming and going all along) tracked ONLINE with detection every 5th frame (boxes =
+    the generator's ground truth: the detector is stateless, the pipeline's memory is what is measured) and the
+    small OSNet 0288; resident memory (VmRSS) and its peak (VmHWM) are sampled every minute of stream time.
+    Writes the "memory" section.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from reidkit.utils import atomic_write_json
@@ -50,14 +57,79 @@ def measure(source: Path, model: Path, every: int, video: bool) -> dict:
             "tracklets": result.num_tracklets, "identities": result.num_identities, "load_avg_1min": round(load, 2)}
 
 
+def _rss_mb() -> tuple[float, float]:
+    """(current, peak) resident set size in MB from /proc/self/status."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return round(fields["VmRSS"], 1), round(fields["VmHWM"], 1)
+
+
+def memory_stream(minutes: float, every: int = 5) -> dict:
+    """Track a synthetic stream of `minutes` of video time; RSS every minute of stream time."""
+    from reidkit.data.synth_video import SyntheticVideo, SynthVideoConfig
+    from reidkit.video.sources import Frame, FrameSource
+
+    seconds = 60.0 * minutes
+    cfg = SynthVideoConfig(cameras=1, people=max(4, int(seconds / 4.5)), seconds=seconds, fps=10.0, width=320,
+                           height=180, seed=3)
+    video = SyntheticVideo(cfg)
+    samples: list[dict] = []
+    boxes: dict[int, np.ndarray] = {}
+    started = time.perf_counter()
+
+    class Stream(FrameSource):
+        is_live = True
+
+        def _frames(self):
+            next_sample = 0.0
+            for index, image, gt in video.frames(0):
+                boxes[index] = np.column_stack([gt.xyxy, np.ones(len(gt))]).astype(np.float32)
+                t = index / cfg.fps
+                if t >= next_sample:
+                    rss, peak = _rss_mb()
+                    samples.append({"stream_minutes": round(t / 60, 2), "rss_mb": rss, "peak_rss_mb": peak,
+                                    "wall_s": round(time.perf_counter() - started, 1)})
+                    print(json.dumps(samples[-1]), flush=True)
+                    next_sample += 60.0
+                yield Frame(index, t, image)
+
+    class GeneratorBoxes:
+        def detect(self, images, frame_indices=None):
+            return [boxes.pop(i) for i in frame_indices]
+
+    stream = Stream("synthetic-stream", "stream", cfg.fps, (cfg.width, cfg.height), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = track([stream], Path(tmp) / "run", model=str(MODELS["0288"]), detector=GeneratorBoxes(),
+                       options=TrackOptions(detect_every=every, online=True, video=False), detect_every=every,
+                       show_progress=False)
+        boxes.clear()
+        rss, peak = _rss_mb()
+        samples.append({"stream_minutes": round(result.frames / cfg.fps / 60, 2), "rss_mb": rss, "peak_rss_mb": peak,
+                        "wall_s": round(time.perf_counter() - started, 1), "after_outputs": True})
+        return {"stream_minutes": minutes, "frames": result.frames, "tracklets": result.num_tracklets,
+                "identities": result.num_identities, "detect_every": every, "samples": samples,
+                "seconds_per_stage": {k: round(v, 1) for k, v in result.timings.items()},
+                "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--every", type=int, nargs="+", default=[1, 2, 3, 5])
     parser.add_argument("--models", nargs="+", default=["0288", "0277"], choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--annotate", action="store_true", help="also time the annotated video once per source")
+    parser.add_argument("--memory", type=float, metavar="MINUTES", help="run the memory stream instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory:
+        result = memory_stream(args.memory)
+        data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+        data["memory"] = result
+        atomic_write_json(data, OUT_JSON)
+        return
     rows = []
     for name, source in SOURCES.items():
         for model in args.models:

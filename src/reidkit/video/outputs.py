@@ -287,11 +287,14 @@ class AnnotatedVideoWriter:
             trail.append((self._frame_no, int(x + w / 2), int(y + h)))
         thick = max(1, round(self.height / 360))
         for gid, trail in list(self._trails.items()):
-            if trail[-1][0] < self._frame_no - self._trail:
+            recent = np.array([p for p in trail if p[0] >= self._frame_no - self._trail], np.int32).reshape(-1, 3)
+            if not len(recent):
                 del self._trails[gid]
                 continue
-            points = np.array([(px, py) for _, px, py in trail], np.int32).reshape(-1, 1, 2)
-            cv2.polylines(canvas, [points], False, identity_colour(gid), thick)
+            # a person who left and came back (same global id) gets a new trail, not a line across the frame
+            pieces = np.split(recent[:, 1:], np.flatnonzero(np.diff(recent[:, 0]) > 3) + 1)
+            cv2.polylines(canvas, [p.reshape(-1, 1, 2) for p in pieces if len(p) > 1], False, identity_colour(gid),
+                          thick)
         for (x, y, w, h), gid in zip(boxes, ids):
             colour = identity_colour(int(gid))
             p1, p2 = (int(x), int(y)), (int(x + w), int(y + h))

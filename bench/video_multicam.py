@@ -1,0 +1,273 @@
+"""Multi-camera benchmark: cross-camera IDF1 of `reidkit track` on composited CUHK03-NP videos of VALIDATION ids.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/video_multicam.py [--work bench/out/video_multicam]
+
+1. The 150 validation identities of the seed-0 carve of ../shared/datasets/cuhk03np-detected/bounding_box_train
+   (`reidkit split --val-ids 150`; the embedding runs/emb_val/best.pt never saw them) are shuffled (seed 7) and
+   split: 50 for a CALIBRATION video, the other 100 for the EVALUATION video (`--people` of them appear).
+   Both are `reidkit synth-video --crops` videos (3 cameras, camera k shows the identity's CUHK03 camera-k crops,
+   so matching across cameras faces real appearance change), 10 fps, 640x360.
+2. Detections: the default detector (vendored adas-0002) is run once per video and stored as det/det.txt, so each
+   model reuses them; "GT boxes" rows feed the ground-truth boxes instead (tracking and association only).
+3. Each (model, boxes) pair is tracked once with association switched off (threshold 0: one id per tracklet);
+   association is then applied to the tracklets -- cosine or k-reciprocal re-ranked distances, with cannot-link --
+   with the threshold calibrated on the calibration video (the same model and boxes; tracklets get their
+   majority ground-truth id by IoU >= 0.5), and scored on the evaluation video with TrackEval
+   (`metrics.tracking.evaluate_multicamera`: cross-camera IDF1 of Ristani et al. over all cameras, and per-camera
+   HOTA / IDF1 / MOTA combined). "no association" = every tracklet its own identity.
+
+Writes the "multicamera" section of docs/benchmarks/video.json and docs/benchmarks/video.md's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from reidkit.data.mot import MotTable, read_gt, read_mot, write_mot
+from reidkit.data.synth_video import SynthVideoConfig, generate_synth_video
+from reidkit.metrics.tracking import box_iou, evaluate_multicamera
+from reidkit.utils import atomic_write_json
+from reidkit.video.association import AssociationConfig, TrackletSet, associate, calibrate_threshold
+from reidkit.video.pipeline import TrackOptions, track
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CUHK = SHARED / "datasets" / "cuhk03np-detected" / "bounding_box_train"
+MODELS = {"reidkit emb_val (EfficientNet-Lite0, val R1 37.0)": ROOT / "runs" / "emb_val" / "best.pt",
+          "Intel OSNet-AIN 0277 (off the shelf)":
+              SHARED / "models/openvino/person-reidentification-retail-0277/person-reidentification-retail-0277.xml"}
+OUT_JSON = ROOT / "docs" / "benchmarks" / "video.json"
+RERANK = {"k1": 10, "k2": 3, "lambda_value": 0.3}  # tracklet sets are small: k1 below the usual 20
+
+
+def validation_ids() -> list[int]:
+    from reidkit.data.market import scan_image_folder
+    from reidkit.data.split import carve_validation_records
+
+    records = scan_image_folder(CUHK).records
+    carved = carve_validation_records(records, 150, seed=0)
+    return sorted({r.pid for r in carved.query})
+
+
+def make_videos(work: Path, people: int, seconds: float) -> dict[str, Path]:
+    ids = np.random.default_rng(7).permutation(validation_ids()).tolist()
+    plans = {"calibration": (ids[:50], 40, 90.0, 2), "evaluation": (ids[50:], people, seconds, 1)}
+    out = {}
+    for name, (pids, count, secs, seed) in plans.items():
+        root = work / name
+        if not (root / "identities.json").is_file():
+            cfg = SynthVideoConfig(cameras=3, people=count, seconds=secs, fps=10.0, crops=str(CUHK),
+                                   pids=[int(p) for p in pids], seed=seed)
+            generate_synth_video(root, cfg, overwrite=True, show_progress=True)
+        out[name] = root
+    return out
+
+
+def cameras_of(video: Path) -> list[Path]:
+    return sorted(p for p in video.iterdir() if (p / "img1").is_dir())
+
+
+def detect_once(video: Path, batch: int = 8) -> None:
+    """det/det.txt per camera with the default detector (skipped when present)."""
+    from reidkit.video.detect import build_detector
+    from reidkit.video.sources import open_source
+
+    detector = build_detector("default", batch_size=batch)
+    for seq in cameras_of(video):
+        target = seq / "det" / "det.txt"
+        if target.is_file():
+            continue
+        rows = []
+        with open_source(seq) as source:
+            frames = []
+            for frame in source:
+                frames.append(frame)
+                if len(frames) == batch:
+                    rows += _detections(detector, frames)
+                    frames = []
+            rows += _detections(detector, frames)
+        table = MotTable(*[np.array(c) for c in zip(*rows)]) if rows else MotTable.empty()
+        target.parent.mkdir(exist_ok=True)
+        write_mot(target, table)
+        print(f"detected {seq.name}: {len(table)} boxes", flush=True)
+
+
+def _detections(detector, frames) -> list[tuple]:
+    if not frames:
+        return []
+    out = []
+    for frame, dets in zip(frames, detector.detect([f.image for f in frames])):
+        for x1, y1, x2, y2, s in dets:
+            out.append((frame.index + 1, -1, (x1, y1, x2 - x1, y2 - y1), s))
+    return out
+
+
+class GroundTruthBoxes:
+    """Detections = the ground-truth boxes of one camera (score 1)."""
+
+    def __init__(self, seq: Path):
+        self.gt = read_gt(seq / "gt" / "gt.txt")
+        self.rows = self.gt.by_frame()
+
+    def detect(self, images, frame_indices=None):
+        out = []
+        for index in frame_indices:
+            sel = self.rows.get(index + 1, np.zeros(0, np.int64))
+            xyxy = self.gt.xyxy[sel]
+            out.append(np.column_stack([xyxy, np.ones(len(sel))]).astype(np.float32))
+        return out
+
+
+def track_unassociated(video: Path, model: Path, boxes: str, out: Path) -> dict:
+    """One id per tracklet (threshold 0); returns timings."""
+    if (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
+    seqs = cameras_of(video)
+    detector = [GroundTruthBoxes(s) for s in seqs] if boxes == "gt" else "public"
+    started = time.perf_counter()
+    result = track([str(s) for s in seqs], out, model=str(model), detector=detector, overwrite=True,
+                   options=TrackOptions(association=AssociationConfig(threshold=0.0), video=False, crops=False),
+                   show_progress=False)
+    summary = result.to_json()
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_json(summary, out / "summary.json")
+    return summary
+
+
+def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTable]]:
+    """Tracklets of an unassociated run (each its own id): features from the gallery, spans from identities.json;
+    also each camera's tracks."""
+    from reidkit.search.index import GalleryIndex
+
+    doc = json.loads((run / "identities.json").read_text())
+    index = GalleryIndex.load(run / "gallery")
+    cams = [c["name"] for c in doc["cameras"]]
+    gids = index.metadata.pids.astype(np.int64)
+    spans, lengths = [], []
+    for gid in gids.tolist():
+        (entries,) = doc["identities"][str(gid)]["cameras"].values()
+        (entry,) = entries
+        spans.append((entry["start"], entry["end"]))
+        lengths.append(entry["boxes"])
+    spans = np.asarray(spans)
+    tracklets = TrackletSet.from_arrays(index.features, index.metadata.camids, spans[:, 0], spans[:, 1], lengths)
+    tables = {c: read_mot(run / c / "tracks.txt") for c in cams}
+    return tracklets, gids, tables
+
+
+def tracklet_truth(gids: np.ndarray, tables: dict[str, MotTable], video: Path) -> np.ndarray:
+    """Majority ground-truth id of each tracklet's boxes (IoU >= 0.5, best match per box); a tracklet matching
+    nobody gets a unique negative id (a false track)."""
+    votes: dict[int, dict[int, int]] = {}
+    for camera, pred in tables.items():
+        gt = read_gt(video / camera / "gt" / "gt.txt")
+        gt_rows = gt.by_frame()
+        for frame, rows in pred.by_frame().items():
+            g = gt_rows.get(frame)
+            if g is None:
+                continue
+            iou = box_iou(pred.xyxy[rows], gt.xyxy[g])
+            best = iou.argmax(axis=1)
+            for r, b in zip(rows, best):
+                if iou[list(rows).index(r), b] >= 0.5:
+                    per = votes.setdefault(int(pred.ids[r]), {})
+                    per[int(gt.ids[g[b]])] = per.get(int(gt.ids[g[b]]), 0) + 1
+    return np.array([max(votes[g], key=votes[g].get) if g in votes else -g for g in gids.tolist()])
+
+
+def score(labels: np.ndarray, gids: np.ndarray, tables: dict[str, MotTable], video: Path) -> dict:
+    mapping = dict(zip(gids.tolist(), labels.tolist()))
+    pred = {}
+    for camera, table in tables.items():
+        t = table.select(np.ones(len(table), bool))
+        t.ids = np.array([mapping[int(i)] for i in table.ids], np.int64)
+        pred[camera] = t
+    gt = {camera: read_gt(video / camera / "gt" / "gt.txt") for camera in tables}
+    result = evaluate_multicamera(gt, pred)
+    combined = result["combined"]
+    return {"cross_camera_IDF1": round(result["cross_camera"]["IDF1"], 1), "IDF1": round(combined["IDF1"], 1),
+            "HOTA": round(combined["HOTA"], 1), "MOTA": round(combined["MOTA"], 1),
+            "identities": int(len(np.unique(labels))), "true_identities": combined.get("gt_ids")}
+
+
+def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path) -> list[dict]:
+    tag = f"{'osnet' if model.suffix == '.xml' else 'emb'}_{boxes}"
+    timings = {}
+    data = {}
+    for name, video in videos.items():
+        timings[name] = track_unassociated(video, model, boxes, work / "runs" / f"{name}_{tag}")
+        data[name] = run_tracklets(work / "runs" / f"{name}_{tag}")
+    cal_tracklets, cal_gids, cal_tables = data["calibration"]
+    cal_truth = tracklet_truth(cal_gids, cal_tables, videos["calibration"])
+    ev_tracklets, ev_gids, ev_tables = data["evaluation"]
+    rows = [{"model": model_name, "boxes": boxes, "association": "none (one id per tracklet)", "threshold": None,
+             **score(np.arange(1, len(ev_gids) + 1), ev_gids, ev_tables, videos["evaluation"])}]
+    for rerank in (False, True):
+        cfg = AssociationConfig(rerank=rerank, **(RERANK if rerank else {}))
+        threshold, curve = calibrate_threshold(cal_tracklets, cal_truth, cfg)
+        labels = associate(ev_tracklets, AssociationConfig(threshold=threshold, rerank=rerank,
+                                                           **(RERANK if rerank else {})))
+        rows.append({"model": model_name, "boxes": boxes,
+                     "association": "k-reciprocal + cannot-link" if rerank else "cosine + cannot-link",
+                     "threshold": round(threshold, 4),
+                     "calibration_tracklet_IDF1": round(max(v for _, v in curve), 1),
+                     **score(labels, ev_gids, ev_tables, videos["evaluation"])})
+    for row in rows:
+        row["tracklets"] = len(ev_gids)
+        row["track_seconds"] = timings["evaluation"].get("wall_seconds")
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["| model | boxes | association | threshold | cross-camera IDF1 | per-camera IDF1 | HOTA | MOTA | ids "
+             "(true) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {'ground truth' if r['boxes'] == 'gt' else 'adas-0002 detector'} | "
+                     f"{r['association']} | {r['threshold'] if r['threshold'] is not None else '-'} | "
+                     f"**{r['cross_camera_IDF1']}** | {r['IDF1']} | {r['HOTA']} | {r['MOTA']} | "
+                     f"{r['identities']} ({r['true_identities']}) |")
+    return "\n".join(lines) + f"\n\n{meta['videos']}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "video_multicam")
+    parser.add_argument("--people", type=int, default=60)
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--boxes", nargs="+", default=["gt", "detector"], choices=["gt", "detector"])
+    parser.add_argument("--models", nargs="+", default=list(range(len(MODELS))), type=int)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stage", choices=["videos", "all"], default="all")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    videos = make_videos(args.work, args.people, args.seconds)
+    if "detector" in args.boxes:
+        for video in videos.values():
+            detect_once(video)
+    if args.stage == "videos":
+        return
+    load = os.getloadavg()[0]
+    rows = []
+    names = list(MODELS)
+    for m in args.models:
+        for boxes in args.boxes:
+            rows += evaluate_model(videos, names[m], MODELS[names[m]], boxes, args.work)
+    meta = {"videos": f"Evaluation video: {args.people} validation identities, 3 cameras x {args.seconds:g} s at "
+                      "10 fps (640x360); calibration video: 40 other validation identities, 3 x 90 s.",
+            "load_avg_1min_at_start": round(load, 2)}
+    data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
+    data["multicamera"] = {"rows": rows, **meta}
+    atomic_write_json(data, OUT_JSON)
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
