@@ -26,6 +26,7 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
 
 from selenium.webdriver import Chrome, ChromeOptions  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -64,7 +65,14 @@ def tiny_site(tmp_path: Path, tiny_market: Path, model: Path) -> dict:
     query = sorted((tiny_market / "query").glob("*.jpg"))[0]
     pid, cam = query.name.split("_")[:2]  # verify: the query and the same person seen by the other camera
     other = next(p for p in gallery if p.name.startswith(pid + "_") and p.name.split("_")[1] != cam)
+    from PIL import Image
+
+    scene = Image.new("RGB", (200, 120), (128, 128, 128))  # a "frame" holding the query crop at a known place
+    scene.paste(Image.open(query).convert("RGB"), (80, 30))
+    scene.save(tmp_path / "frame.png")
+    crop_w, crop_h = Image.open(query).size
     return {"index": tmp_path / "index", "run": tmp_path / "run", "query": query, "pair": (query, other),
+            "frame": tmp_path / "frame.png", "frame_box": (80, 30, 80 + crop_w, 30 + crop_h),
             "cluster_paths": gallery, "cluster_labels": [i % 4 for i in range(len(gallery))]}
 
 
@@ -79,7 +87,12 @@ def real_run_site(run: Path) -> dict:
         by_gid.setdefault(gid, []).append((cam, run / t["crop"]))
     seen_twice = [v for v in by_gid.values() if len({cam for cam, _ in v}) > 1] or list(by_gid.values())
     pair = (seen_twice[0][0][1], seen_twice[0][-1][1])
-    return {"index": run / "gallery", "run": run, "query": pair[0], "pair": pair,
+    sources = json.loads((run / "run.json").read_text())["sources"]  # frame folders (MOTChallenge SEQ/img1/)
+    gid, cam, t = max(((g, c, t) for g, c, t in tracklets if t.get("best_frame_file")),
+                      key=lambda gct: gct[2].get("best_score") or 0.0)  # the clearest view: a box inside the frame
+    frame = Path(sources[[Path(s).name for s in sources].index(cam)]) / "img1" / t["best_frame_file"]
+    return {"index": run / "gallery", "run": run, "query": pair[0], "pair": pair, "frame": frame.resolve(),
+            "frame_box": tuple(round(v) for v in t["best_box"]),
             "cluster_paths": [run / t["crop"] for _, _, t in tracklets],
             "cluster_labels": [gid for gid, _, _ in tracklets]}
 
@@ -126,7 +139,7 @@ def browser(monkeypatch):
     options = ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1200,820", "--disable-extensions", "--no-first-run"):
+                 "--window-size=1200,1000", "--disable-extensions", "--no-first-run"):
         options.add_argument(flag)
     driver = Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -166,6 +179,29 @@ def test_search_timeline_verify_clusters_in_chromium(server, browser, tmp_path):
     distances = [float(h.text.split("d=")[1].split()[0]) for h in hits]
     assert distances == sorted(distances)
     browser.save_screenshot(str(shots / "web_search.png"))
+
+    # a frame: draw a box around the person with the mouse -> that crop, at the frame's resolution, is the query
+    searches = int(browser.find_element(By.ID, "hits").get_attribute("data-searches"))
+    browser.find_element(By.ID, "frame-file").send_keys(str(server["frame"]))
+    canvas = browser.find_element(By.ID, "frame-canvas")
+    wait_until(browser, lambda d: canvas.is_displayed() and int(canvas.get_attribute("width")) > 0)
+    from PIL import Image
+
+    frame_w = Image.open(server["frame"]).size[0]
+    scale = int(canvas.get_attribute("width")) / frame_w
+    x1, y1, x2, y2 = (v * scale for v in server["frame_box"])
+    cw, ch = int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))
+    ActionChains(browser).move_to_element_with_offset(canvas, int(x1 - cw / 2), int(y1 - ch / 2)).click_and_hold() \
+        .move_by_offset(int(x2 - x1), int(y2 - y1)).release().perform()
+    box_w, box_h = server["frame_box"][2] - server["frame_box"][0], server["frame_box"][3] - server["frame_box"][1]
+    hits_box = browser.find_element(By.ID, "hits")
+    wait_until(browser, lambda d: int(hits_box.get_attribute("data-searches")) > searches)
+    assert hits_box.get_attribute("data-query") == "box.png"
+    title = browser.find_element(By.ID, "hits-title").text
+    got_w, got_h = (int(v) for v in title.split("for a ")[1].split(" crop")[0].split("x"))
+    assert abs(got_w - box_w) <= 3 / scale and abs(got_h - box_h) <= 3 / scale, (title, box_w, box_h)
+    wait_until(browser, lambda d: images_loaded(d, "#hits .hit img"))
+    browser.save_screenshot(str(shots / "web_frame_box.png"))
 
     # a gallery item as the query: it comes back first, framed as the same identity
     pick = browser.find_elements(By.CSS_SELECTOR, "#gallery-pick .pick")[1]
