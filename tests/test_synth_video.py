@@ -129,3 +129,16 @@ def test_real_crops_come_from_the_mapped_source_camera(tmp_path):
         for camera, source_cam in (("cam1", "c1"), ("cam2", "c2"), ("cam3", "c1")):  # ((k - 1) % 2) + 1
             names = [Path(p).name for p in info["crops"][camera]]
             assert names and all(n.startswith(f"{info['source_pid']:04d}_{source_cam}_") for n in names)
+
+
+@pytest.mark.shared
+def test_val_ids_uses_the_validation_identities_of_the_seed_0_carve():
+    crops = SHARED / "datasets" / "cuhk03np-detected" / "bounding_box_train"
+    if not crops.is_dir():
+        pytest.skip("../shared CUHK03-NP not present")
+    from reidkit.data import load_dataset
+    from reidkit.data.split import carve_validation_records
+
+    held_out = {r.pid for r in carve_validation_records(load_dataset(crops).train, 150, seed=0).query}
+    video = SyntheticVideo(SynthVideoConfig(cameras=3, people=40, seconds=10.0, crops=str(crops), val_ids=150))
+    assert set(video.cast.source_pid.values()) <= held_out and len(set(video.cast.source_pid.values())) == 40

@@ -115,3 +115,37 @@ def test_default_detector_finds_the_market_query_where_it_was_cut():
     assert best[0] > 0.5, f"template matching found no clear location (score {best[0]:.2f})"
     boxes = build_detector("default", threads=1, threshold=0.3).detect([frame])[0]
     assert box_iou(np.array([best[1]]), boxes[:, :4]).max() >= 0.5
+
+
+def _constant_onnx(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    """An ONNX graph with a 1x3x32x32 image input whose outputs are constants (a stand-in detector)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+             for name, value in outputs.items()]
+    # The image feeds an Identity so the input is part of the graph.
+    nodes.append(helper.make_node("Identity", ["data"], ["echo"]))
+    infos = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+             for n, v in outputs.items()]
+    infos.append(helper.make_tensor_value_info("echo", TensorProto.FLOAT, [1, 3, 32, 32]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              infos)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
+def test_onnx_ssd_detection_output_rows_become_pixel_boxes(tmp_path):
+    rows = np.array([[[[0, 1, 0.9, 0.1, 0.2, 0.5, 0.8],      # kept: normalised -> pixels of a 200x100 image
+                       [0, 1, 0.3, 0.0, 0.0, 0.2, 0.2],      # below the 0.5 threshold
+                       [-1, 0, 0, 0, 0, 0, 0]]]], np.float32)  # padding row
+    _constant_onnx(tmp_path / "ssd.onnx", {"detection_out": rows})
+    out = build_detector(tmp_path / "ssd.onnx").detect([np.zeros((100, 200, 3), np.uint8)])[0]
+    assert out.tolist() == [[20, 20, 100, 80, pytest.approx(0.9)]]
+
+
+def test_onnx_boxes_scores_outputs(tmp_path):
+    boxes = np.array([[10, 10, 50, 90], [12, 10, 52, 90], [0, 0, 5, 5]], np.float32)  # pixels
+    scores = np.array([0.8, 0.7, 0.9], np.float32)
+    _constant_onnx(tmp_path / "det.onnx", {"boxes": boxes, "scores": scores})
+    out = build_detector(tmp_path / "det.onnx", min_height=10).detect([np.zeros((100, 200, 3), np.uint8)])[0]
+    assert out.tolist() == [[10, 10, 50, 90, pytest.approx(0.8)]]  # second suppressed by NMS, third too small

@@ -47,11 +47,12 @@ def synth_video_command(args: argparse.Namespace) -> None:
     from ..data.synth_video import SynthVideoConfig, generate_synth_video
 
     pids = _read_pids(args)
-    if pids is not None and args.crops is None:
-        raise ConfigError("--ids/--pids choose identities of --crops; give --crops too")
+    if (pids is not None or args.val_ids is not None) and args.crops is None:
+        raise ConfigError("--ids/--pids/--val-ids choose identities of --crops; give --crops too")
     cfg = SynthVideoConfig(cameras=args.cameras, people=args.people, seconds=args.seconds, fps=args.fps,
                            width=args.size[0], height=args.size[1], seed=args.seed,
-                           crops=None if args.crops is None else str(args.crops), pids=pids, mp4=args.mp4)
+                           crops=None if args.crops is None else str(args.crops), pids=pids,
+                           val_ids=args.val_ids, mp4=args.mp4)
     root = generate_synth_video(args.out, cfg, overwrite=args.overwrite, show_progress=not args.quiet)
     print(f"wrote {cfg.cameras} camera(s) x {cfg.num_frames} frames ({cfg.seconds:g} s at {cfg.fps:g} fps) with "
           f"{cfg.people} people to {root}")
@@ -75,6 +76,9 @@ def add_synth_video_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. a `reidkit split` carve: its query + gallery identities)")
     p.add_argument("--ids", type=Path, help="file of source identities to use from --crops (one per line or JSON list)")
     p.add_argument("--pids", help="comma-separated source identities to use from --crops")
+    p.add_argument("--val-ids", type=positive_int,
+                   help="use only the N validation identities of the seed-0 carve of --crops (what `reidkit split "
+                        "--val-ids N` holds out; e.g. 150 for the CUHK03-NP runs)")
     p.add_argument("--mp4", action="store_true", help="also write OUT/videos/<camera>.mp4 (H.264)")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same videos)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")

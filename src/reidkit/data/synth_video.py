@@ -12,7 +12,10 @@ Appearance:
   camera's colour cast; each camera's background is its synthetic scene.
 - `crops=`: a Market-layout folder of real person crops (e.g. CUHK03-NP); camera k (1-based) shows an identity's
   crops from source camera ((k - 1) % number_of_source_cameras) + 1, so matching across cameras faces real
-  appearance change. A crop is pasted as a rectangle with a softened 2-pixel border.
+  appearance change. A crop is pasted as a rectangle with a softened 2-pixel border. A Market root (e.g. a
+  `reidkit split` output) contributes its query + gallery identities; `val_ids=N` takes the N validation identities
+  of the seed-0 carve of `crops` (the identities the validation-carved training runs never saw); `pids` restricts
+  further. The people are drawn from those identities by the seed.
 
 Ground truth is exact: each row's box is the pasted sprite's extent (its alpha > 0) clipped to the frame, and the
 visibility column is the fraction of the sprite's coverage that is in the frame and not hidden by people in front.
@@ -67,6 +70,7 @@ class SynthVideoConfig:
     seed: int = 0
     crops: str | None = None  # Market-layout folder of real crops (None: synthetic pedestrians)
     pids: list[int] | None = None  # restrict the source identities of `crops`
+    val_ids: int | None = None  # use only the validation identities of the seed-0 carve of `crops` (`reidkit split`)
     mp4: bool = False  # also write OUT/videos/<camera>.mp4
     jpeg_quality: int = 90
 
@@ -79,6 +83,10 @@ class SynthVideoConfig:
             raise ConfigError(f"seconds and fps must be positive, got {self.seconds} s at {self.fps} fps")
         if self.width < 64 or self.height < 64:
             raise ConfigError(f"frame size must be at least 64x64, got {self.width}x{self.height}")
+        if self.val_ids is not None and (self.crops is None or self.val_ids < 1):
+            raise ConfigError(f"val_ids={self.val_ids}: needs crops and a positive number of identities")
+        if self.pids is not None and self.crops is None:
+            raise ConfigError("pids choose identities of crops; give crops too")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
 
@@ -202,6 +210,10 @@ def _load_cast(cfg: SynthVideoConfig) -> Cast:
     from . import load_dataset
 
     dataset = load_dataset(cfg.crops)
+    if cfg.val_ids is not None:  # the carve `reidkit split --val-ids N` makes (seed 0), without writing it
+        from .split import carve_validation_records
+
+        dataset = carve_validation_records(dataset.train + dataset.query + dataset.gallery, cfg.val_ids, seed=0)
     # A Market root (e.g. a `reidkit split` carve): its query + gallery identities, never its training ones.
     records = (dataset.query + dataset.gallery) or dataset.train
     records = [r for r in records if r.pid > 0]
