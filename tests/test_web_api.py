@@ -140,6 +140,33 @@ def test_items_page_lists_the_gallery(client, site):
     assert [i["id"] for i in page["items"]] == [str(p) for p in site["gallery"][2:7]]
 
 
+def test_failures_match_a_naive_leave_one_out(client, site):
+    """Each labelled item queries the others, Market-style; reference: a plain loop over files and names."""
+    body = client.get("/api/failures", params={"limit": 200}).json()
+    paths = [str(p) for p in site["gallery"]]
+    feats = site["extractor"].embed(paths).astype(np.float64)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    pid = [int(Path(p).name.split("_")[0]) for p in paths]
+    cam = [int(Path(p).name.split("_")[1][1]) for p in paths]
+    failing, correct = {}, 0
+    queries = [i for i in range(len(paths)) if pid[i] != 0]  # Market: 0000 = distractor, never a query
+    assert 0 < len(queries) < len(paths)
+    for i in queries:
+        ranked = sorted((1.0 - float(feats[i] @ feats[j]), j) for j in range(len(paths))
+                        if j != i and not (pid[j] == pid[i] and cam[j] == cam[i]))[:10]
+        if pid[ranked[0][1]] == pid[i]:
+            correct += 1
+        else:
+            failing[paths[i]] = [paths[j] for _, j in ranked]
+    assert body["queries"] == len(queries)
+    assert abs(body["rank1"] - correct / len(queries)) < 1e-9 and failing
+    assert {row["query"]["id"]: [h["id"] for h in row["hits"]] for row in body["rows"]} == failing
+    for row in body["rows"]:
+        flags = [h["correct"] for h in row["hits"]]
+        assert flags[0] is False
+        assert row["first_correct_rank"] == (flags.index(True) + 1 if True in flags else None)
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("case", ["too_large", "not_an_image", "gif", "truncated", "bomb", "empty", "no_query",

@@ -243,6 +243,17 @@ def test_search_timeline_verify_clusters_in_chromium(server, browser, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#cluster-members img")) == labels.count(largest)
     browser.save_screenshot(str(shots / "web_clusters.png"))
 
+    # failures: the worst leave-one-out queries, each with its ranked hits framed green / red
+    browser.find_element(By.ID, "tab-failures").click()
+    wait_until(browser, lambda d: "rank-1" in d.find_element(By.ID, "failure-summary").text)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#failure-rows .failure")
+    expected_rows = min(20, int(browser.find_element(By.ID, "failure-summary").text.split(" failures")[0].split()[-1]))
+    assert len(rows) == expected_rows
+    if rows:  # a failure's first hit is by definition another identity
+        assert "bad" in rows[0].find_elements(By.CSS_SELECTOR, ".grid .card")[0].get_attribute("class")
+        wait_until(browser, lambda d: images_loaded(d, "#failure-rows img"))
+    browser.save_screenshot(str(shots / "web_failures.png"))
+
     # bad input in the page: a text file as the query -> the API's 415 message is shown
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")

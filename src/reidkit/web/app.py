@@ -4,6 +4,7 @@
     POST /api/search                  multipart `image` (a crop) or `item` (an index item id), optional `top_k`
     POST /api/verify                  multipart `a`, `b` (crops) or `a_item`, `b_item` (index item ids)
     GET  /api/items                   a page of gallery items, to pick a query from
+    GET  /api/failures                leave-one-out ranking failures of the index's labelled items
     GET  /api/thumb/{item_id}         an index item's stored image
     GET  /api/identities[/{gid}]      a track run's global identities; one identity's timeline across cameras
     GET  /api/run/{path}              an image of the track run folder (crops, timeline.png, contact_sheet.png)
@@ -45,6 +46,7 @@ from .sources import (
     best_tracklet,
     decode_upload,
     image_file,
+    ranking_failures,
 )
 
 TOKEN_COOKIE = "reidkit_token"
@@ -300,6 +302,25 @@ def _add_search(app: FastAPI, state: WebState) -> None:
                  **describe_item(h)} for h in results.hits(row)[:top_k]]
         return {"version": results.version, "count": len(results.metadata), "method": results.method,
                 "query": query, "hits": hits}
+
+    @app.get("/api/failures")
+    def failures(limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                 max_queries: Annotated[int, Query(ge=1, le=20000)] = 2000) -> dict[str, Any]:
+        """Evaluation failures of a labelled index: every item with a known identity (up to `max_queries`) queries
+        the others, Market-style (itself and its identity's same-camera items not counted); the queries whose
+        first hit is another identity, worst first, with their top-10 hits marked correct or not."""
+        features, meta, manifest = state.live_index().snapshot()
+        found = ranking_failures(features, meta, max_queries=max_queries)
+
+        def item(row: int, query_pid: int | None = None) -> dict[str, Any]:
+            described = describe_item(meta.row(row))
+            return described if query_pid is None else {**described, "correct": described["pid"] == query_pid}
+
+        return {"version": manifest.get("version"), "queries": found.queries, "rank1": found.rank1,
+                "failures": len(found.rows),
+                "rows": [{"query": item(q), "first_correct_rank": first,
+                          "hits": [item(h, int(meta.pids[q])) for h in hits]} for q, hits, first in
+                         found.rows[:limit]]}
 
     @app.get("/api/thumb/{item_id:path}")
     def thumb(item_id: str) -> FileResponse:

@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..data.images import IMAGE_EXTENSIONS, read_image
 from ..errors import DataError, ReIDError
+from ..search import knn
 from ..search.index import GalleryIndex
 from ..video.outputs import IDENTITIES_FORMAT
 
@@ -206,3 +207,46 @@ class Clusters:
 
     def members(self, cluster: int) -> list[int]:
         return np.flatnonzero(self.labels == cluster).tolist()
+
+
+# ------------------------------------------------------------------------------------------------ failures
+
+@dataclass
+class Failures:
+    """Leave-one-out ranking of an index's labelled items: each item with a known identity queries the rest,
+    Market-style (the item itself and its identity's items from the same camera are not counted; distractors,
+    pid 0, stay in the gallery but never query). `rank1` is the
+    fraction of queries whose first counted hit is the same identity; `rows` are the failing queries (query row,
+    counted hit rows in order), worst first: the first correct match furthest down, or absent from the top."""
+
+    queries: int
+    rank1: float | None  # None without labelled items
+    rows: list[tuple[int, list[int], int | None]]  # (query row, hit rows, rank of the first correct hit or None)
+
+
+def ranking_failures(features: np.ndarray, meta: Any, max_queries: int = 2000, top: int = 10) -> Failures:
+    """One batched exact search for up to `max_queries` labelled items (the first ones in index order), over the
+    features and metadata of one committed index version."""
+    from ..search.index import UNKNOWN
+
+    queries = np.flatnonzero((meta.pids != UNKNOWN) & (meta.pids != 0))[:max_queries]  # pid 0: distractors
+    if len(queries) == 0:
+        return Failures(0, None, [])
+    # enough candidates that `top` remain after dropping the query's own camera's matches and itself
+    _, group = np.unique(np.stack([meta.pids, meta.camids]), axis=1, return_counts=True)
+    k = min(len(meta), top + int(group.max()) + 1)
+    hits = knn.exact_search(features[queries], features, k)[1]
+    q_pid, q_cam = meta.pids[queries][:, None], meta.camids[queries][:, None]
+    same_pid = meta.pids[hits] == q_pid
+    dropped = (hits == queries[:, None]) | (same_pid & (meta.camids[hits] == q_cam) & (q_cam != UNKNOWN)) | (hits < 0)
+    counted = ~dropped & (np.cumsum(~dropped, axis=1) <= top)
+    first = np.argmax(counted, axis=1)
+    has_hit = counted.any(axis=1)
+    correct_first = has_hit & same_pid[np.arange(len(queries)), first]
+    rows = []
+    for r in np.flatnonzero(has_hit & ~correct_first):
+        kept = hits[r][counted[r]]
+        good = np.flatnonzero(meta.pids[kept] == meta.pids[queries[r]])
+        rows.append((int(queries[r]), kept.tolist(), int(good[0]) + 1 if len(good) else None))
+    rows.sort(key=lambda row: (row[2] is not None, -(row[2] or 0)))
+    return Failures(len(queries), float(correct_first.mean()), rows)
