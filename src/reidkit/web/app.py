@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import importlib.metadata
 import importlib.resources
+import importlib.util
 import ipaddress
 import math
 import os
@@ -80,6 +81,7 @@ class WebState:
         self.clusters = Clusters.load(config.clusters) if config.clusters is not None else None
         self._extractor: Any = None
         self._batcher: SearchBatcher | None = None
+        self.failures: dict[tuple, Any] = {}  # the last /api/failures answer, by index version
         self._lock, self._batcher_lock = threading.Lock(), threading.Lock()
 
     def extractor(self) -> Any:
@@ -264,7 +266,8 @@ def _add_search(app: FastAPI, state: WebState) -> None:
             index = {"count": live.count, "dim": live.dim, "version": live.version,
                      "model": live.extractor_info.get("name")}
         return {"status": "ok", "version": __version__, "index": index, "tracks": state.run is not None,
-                "clusters": state.clusters is not None, "verify": config.model is not None,
+                "clusters": state.clusters is not None,
+                "verify": config.model is not None and importlib.util.find_spec("reidkit.analysis.verify") is not None,
                 "auth": bool(config.token), "max_upload_bytes": config.max_upload_bytes, "top_k": config.top_k,
                 "search_batches": state.batch_counts()}
 
@@ -310,7 +313,11 @@ def _add_search(app: FastAPI, state: WebState) -> None:
         the others, Market-style (itself and its identity's same-camera items not counted); the queries whose
         first hit is another identity, worst first, with their top-10 hits marked correct or not."""
         features, meta, manifest = state.live_index().snapshot()
-        found = ranking_failures(features, meta, max_queries=max_queries)
+        key = (manifest.get("version"), len(meta), max_queries)
+        found = state.failures.get(key)
+        if found is None:  # one batched search per index version (a 20k gallery takes seconds), then cached
+            found = ranking_failures(features, meta, max_queries=max_queries)
+            state.failures = {key: found}
 
         def item(row: int, query_pid: int | None = None) -> dict[str, Any]:
             described = describe_item(meta.row(row))
