@@ -50,19 +50,19 @@ INF_COST = 1e6
 class TrackerConfig:
     """Tracker settings; frames are counted in the source's frame indices (detecting every N-th frame: a gap of N)."""
 
-    high_score: float = 0.5        # detections at or above: first-stage association, may start tracks
-    low_score: float = 0.1         # detections in [low_score, high_score): second stage, IoU only; below: ignored
-    new_track_score: float = 0.6   # a track starts only from a detection this confident
+    high_score: float = 0.8        # detections at or above: first-stage association, may start tracks
+    low_score: float = 0.5         # detections in [low_score, high_score): second stage, IoU only; below: ignored
+    new_track_score: float = 0.9   # a track starts only from a detection this confident
     match_iou: float = 0.2         # first stage: minimum IoU between the predicted box and a detection
     low_match_iou: float = 0.5     # second stage (low-score detections): minimum IoU
     tentative_match_iou: float = 0.3  # tentative tracks: minimum IoU
     appearance_weight: float = 0.5  # cost = (1 - w) (1 - IoU) + w cosine distance, when both sides have features
     max_appearance_distance: float = 0.5  # first stage: pairs farther apart in appearance are not matched
     max_cost: float = 0.8          # first stage: pairs costing more are not matched
-    reid_distance: float = 0.3     # re-identifying a lost / remembered track: maximum cosine distance
+    reid_distance: float = 0.2     # re-identifying a lost / remembered track: maximum cosine distance
     feature_ema: float = 0.9       # track feature = ema x feature + (1 - ema) x new clean detection's feature
     min_visibility: float = 0.6    # a detection updates the track's appearance only if this much of it is unoccluded
-    min_hits: int = 2              # consecutive detections before a track is confirmed (gets an id, is output)
+    min_hits: int = 3              # consecutive detections before a track is confirmed (gets an id, is output)
     max_age: int = 30              # frames a lost track keeps its motion model and can be matched by IoU
     memory_seconds: float = 10.0   # after max_age: seconds a track can still be re-found by appearance
     fps: float = 25.0              # frames per second of the source (converts memory_seconds to frames)
