@@ -316,12 +316,19 @@ def test_token_is_required_on_every_request(site):
     assert not is_loopback("0.0.0.0") and is_loopback("127.0.0.1") and is_loopback("::1")
 
 
-def test_non_loopback_without_token_is_refused(site):
+def test_serve_refuses_unsafe_or_broken_settings(site, tmp_path, capsys):
     from reidkit.cli.main import main
 
-    code = main(["serve", "--index", str(site["config"].index), "--model", str(site["config"].model),
-                 "--host", "0.0.0.0", "--port", "1"])
-    assert code == 2
+    base = ["serve", "--index", str(site["config"].index), "--model", str(site["config"].model), "--port", "1"]
+    empty = tmp_path / "token"
+    empty.write_text("\n")
+    cases = [(["--host", "0.0.0.0"], "needs a token"), (["--host", "192.168.1.5"], "needs a token"),
+             (["--token-file", str(empty)], "empty"), (["--token-file", str(tmp_path / "missing")], "No such file"),
+             (["--tracks", str(tmp_path)], "no identities.json"), (["--clusters", str(tmp_path)], "no clusters.csv"),
+             (["--max-upload-mb", "0"], "must be > 0")]
+    for extra, words in cases:
+        assert main(base + extra) == 2, extra
+        assert words in capsys.readouterr().err, extra
 
 
 # ------------------------------------------------------------------------------------------------ concurrency

@@ -79,6 +79,9 @@ class WebState:
         self.index = LiveIndex(config.index) if config.index is not None else None
         self.run = RunFolder(config.tracks) if config.tracks is not None else None
         self.clusters = Clusters.load(config.clusters) if config.clusters is not None else None
+        # a hit's identity is a global id of the run only when the index is the run's own tracklet gallery
+        self.hits_are_identities = bool(self.run and config.index and
+                                        Path(config.index).resolve() == self.run.root / "gallery")
         self._extractor: Any = None
         self._batcher: SearchBatcher | None = None
         self.failures: dict[tuple, Any] = {}  # the last /api/failures answer, by index version
@@ -266,7 +269,7 @@ def _add_search(app: FastAPI, state: WebState) -> None:
             index = {"count": live.count, "dim": live.dim, "version": live.version,
                      "model": live.extractor_info.get("name")}
         return {"status": "ok", "version": __version__, "index": index, "tracks": state.run is not None,
-                "clusters": state.clusters is not None,
+                "clusters": state.clusters is not None, "hits_are_identities": state.hits_are_identities,
                 "verify": config.model is not None and importlib.util.find_spec("reidkit.analysis.verify") is not None,
                 "auth": bool(config.token), "max_upload_bytes": config.max_upload_bytes, "top_k": config.top_k,
                 "search_batches": state.batch_counts()}
