@@ -320,12 +320,22 @@ def test_serve_refuses_unsafe_or_broken_settings(site, tmp_path, capsys):
     from reidkit.cli.main import main
 
     base = ["serve", "--index", str(site["config"].index), "--model", str(site["config"].model), "--port", "1"]
+    import torch
+
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.models import build_model
+
+    cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (64, 32),
+           "backbone_options": {"width": 16}}  # 128-d features; the index holds 64-d ones
+    wider = tmp_path / "wider.pt"
+    torch.manual_seed(0)
+    save_checkpoint(wider, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg, epoch=0)
     empty = tmp_path / "token"
     empty.write_text("\n")
     cases = [(["--host", "0.0.0.0"], "needs a token"), (["--host", "192.168.1.5"], "needs a token"),
              (["--token-file", str(empty)], "empty"), (["--token-file", str(tmp_path / "missing")], "No such file"),
              (["--tracks", str(tmp_path)], "no identities.json"), (["--clusters", str(tmp_path)], "no clusters.csv"),
-             (["--max-upload-mb", "0"], "must be > 0")]
+             (["--max-upload-mb", "0"], "must be > 0"), (["--model", str(wider)], "dimension mismatch")]
     for extra, words in cases:
         assert main(base + extra) == 2, extra
         assert words in capsys.readouterr().err, extra

@@ -71,8 +71,8 @@ class WebConfig:
 
 
 class WebState:
-    """The served sources, opened once at start (bad folders fail then, naming the option), and the model,
-    loaded on first use."""
+    """The served sources and the model, opened once at start: bad folders, and a model whose features do not fit
+    the index, fail then (naming the option), not at the first request."""
 
     def __init__(self, config: WebConfig):
         self.config = config
@@ -86,6 +86,9 @@ class WebState:
         self._batcher: SearchBatcher | None = None
         self.failures: dict[tuple, Any] = {}  # the last /api/failures answer, by index version
         self._lock, self._batcher_lock = threading.Lock(), threading.Lock()
+        self.notes: list[str] = []  # e.g. the model is not the one that built the index (an export of it?)
+        if config.model is not None and self.index is not None:  # a model that cannot search the index fails now
+            self.notes = self.index.index.check_extractor(self.extractor(), allow_other_model=True)
 
     def extractor(self) -> Any:
         if self.config.model is None:
@@ -272,7 +275,7 @@ def _add_search(app: FastAPI, state: WebState) -> None:
                 "clusters": state.clusters is not None, "hits_are_identities": state.hits_are_identities,
                 "verify": config.model is not None and importlib.util.find_spec("reidkit.analysis.verify") is not None,
                 "auth": bool(config.token), "max_upload_bytes": config.max_upload_bytes, "top_k": config.top_k,
-                "search_batches": state.batch_counts()}
+                "search_batches": state.batch_counts(), "notes": state.notes}
 
     @app.get("/api/items")
     def items(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 24,
