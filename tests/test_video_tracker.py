@@ -224,6 +224,13 @@ def test_bad_input_names_the_argument(boxes, feats, match):
         Tracker().update(0, np.asarray(boxes, float), None if feats is None else np.asarray(feats))
 
 
+def test_empty_frames_accept_empty_feature_arrays():
+    tracker = Tracker()
+    assert tracker.update(0, np.zeros((0, 5)), np.zeros((0, 128))).shape == (0, 5)
+    assert tracker.update(1, [], []).shape == (0, 5)
+    assert tracker.predict(2).shape == (0, 5)
+
+
 def test_bad_frame_order_and_config():
     tracker = Tracker()
     tracker.update(5, np.zeros((0, 5)))

@@ -166,7 +166,9 @@ def assign(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray, n
     (matched rows, matched columns, unmatched rows) as index arrays."""
     rows, cols = (linear_sum_assignment(cost) if cost.size else (np.zeros(0, int), np.zeros(0, int)))
     keep = cost[rows, cols] <= max_cost
-    return rows[keep], cols[keep], np.setdiff1d(np.arange(cost.shape[0]), rows[keep])
+    unmatched = np.ones(cost.shape[0], bool)
+    unmatched[rows[keep]] = False
+    return rows[keep], cols[keep], np.flatnonzero(unmatched)
 
 
 class Tracker:
@@ -407,6 +409,8 @@ class Tracker:
         if features is None:
             return index, boxes, None
         features = np.asarray(features, dtype=np.float64)
+        if len(boxes) == 0 and features.size == 0:  # no detections: any empty array (or list) means no features
+            return index, boxes, None
         if features.ndim != 2 or features.shape[0] != len(boxes):
             raise DataError(f"features: expected one row per box, ({len(boxes)}, D), got shape {features.shape} "
                             f"at frame {index}")
