@@ -286,6 +286,7 @@ def end_to_end(embedder: str) -> dict:
     """`reidkit track` (default detector, this embedder, cross-camera association on) on TUD-Campus, scored like
     the rows above: the tracker inside the real pipeline."""
     import shutil
+
     from reidkit.video.mot import read_mot
     out = CACHE / "e2e_tud"
     shutil.rmtree(out, ignore_errors=True)
