@@ -220,18 +220,22 @@ def configs(kind: str) -> dict:
     """Tracker settings per detection source. The defaults (TrackerConfig()) are for the default detector;
     det.txt scores (ACF / FRCNN divided by the file's maximum) need lower thresholds on TUD-Campus."""
     from reidkit.video.tracker import TrackerConfig
-    base = TrackerConfig() if kind == "adas" else TrackerConfig(**PUBLIC)
+    base = TrackerConfig() if kind == "adas" else TrackerConfig.for_public_detections()
     return {"no appearance (ByteTrack-style)": replace(base, appearance_weight=0.0, memory_seconds=0.0),
             "appearance": base}
 
 
-PUBLIC = {"high_score": 0.2, "new_track_score": 0.3, "low_score": 0.1, "min_hits": 2}  # tuned on TUD-Campus det.txt
+def public_settings() -> dict:
+    """TrackerConfig.for_public_detections()'s thresholds (tuned on TUD-Campus's det.txt)."""
+    from reidkit.video.tracker import TrackerConfig
+    cfg = TrackerConfig.for_public_detections()
+    return {k: getattr(cfg, k) for k in ("high_score", "new_track_score", "low_score", "min_hits")}
 
 
 def greedy_score(kind: str) -> float:
     """The baseline's detection threshold: 0.5 for adas-0002 (the reference measurement), the tuned high_score
     for det.txt (its rescaled ACF scores are mostly below 0.5)."""
-    return 0.5 if kind == "adas" else PUBLIC["high_score"]
+    return 0.5 if kind == "adas" else public_settings()["high_score"]
 
 
 def bench_sequence(seq: dict, embedders: list[str], repeat: int = 3) -> list[dict]:
@@ -321,7 +325,7 @@ def main() -> None:
     result["environment"] = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                              "load_average_before": round(load_before, 2),
                              "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-                             "tracker_defaults": asdict(TrackerConfig()), "public_config": PUBLIC,
+                             "tracker_defaults": asdict(TrackerConfig()), "public_config": public_settings(),
                              "embedders": {e: str(EMBEDDERS[e].relative_to(REPO.parent)) for e in embedders}}
     OUT.mkdir(parents=True, exist_ok=True)
     from reidkit.utils import atomic_write_json, atomic_write_text
@@ -395,7 +399,8 @@ def markdown(result: dict) -> str:
                   for r in result["mot17_mini"]]
     lines += ["", "Detections: `adas` = the default detector (vendored OpenVINO pedestrian-detection-adas-0002, "
               f"boxes above {MIN_DET_SCORE} passed to the tracker); `public` = det/det.txt (TUD-Campus: ACF, scores "
-              f"divided by the file's maximum; tracker thresholds {PUBLIC}). Appearance: "
+              f"divided by the file's maximum; TrackerConfig.for_public_detections(): {public_settings()}). "
+              "Appearance: "
               + ", ".join(f"`{k}` = {v}" for k, v in env["embedders"].items()) + ".",
               "A maintained ByteTrack could not be compared: supervision 0.31 (installed) no longer ships "
               "`sv.ByteTrack` and Roboflow's `trackers` package is not installed; the `no appearance` rows are this "

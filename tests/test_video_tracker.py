@@ -259,7 +259,7 @@ def test_tud_campus_public_detections_idf1_by_motmetrics():
 
     detector = build_detector(TUD)  # det.txt, scores divided by the file's maximum
     image = np.zeros((480, 640, 3), np.uint8)
-    tracker = Tracker(TrackerConfig(**PUBLIC))
+    tracker = Tracker(TrackerConfig.for_public_detections())
     for f in range(71):
         tracker.update(f, detector.detect([image], frame_indices=[f])[0])
     gt = read_gt(TUD / "gt" / "gt.txt")
@@ -292,8 +292,6 @@ def iou_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-# det.txt's ACF scores / their maximum: most true people score below 0.5 (bench/video_tracking.py's PUBLIC settings)
-PUBLIC = {"high_score": 0.2, "new_track_score": 0.3, "low_score": 0.1, "min_hits": 2}
 # IoU-only tracklets on det.txt measured 0.444 IDF1 / 0.435 MOTA by motmetrics (2026-12-06); floors leave a margin
 TUD_PUBLIC_IDF1_FLOOR = 0.40
 TUD_PUBLIC_MOTA_FLOOR = 0.38
