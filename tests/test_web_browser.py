@@ -25,6 +25,7 @@ if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
     pytest.skip(f"{CHROMIUM} / {CHROMEDRIVER} absent (Debian: apt-get install chromium chromium-driver; "
                 "`scripts/setup.sh dev` does it)", allow_module_level=True)
 
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver import Chrome, ChromeOptions  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -151,7 +152,9 @@ def browser(monkeypatch):
 
 
 def wait_until(driver, condition, timeout: float = 30.0):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+    """Poll `condition`; an element the page re-rendered between finding and reading it just means 'not yet'."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: condition(d))
 
 
 def images_loaded(driver, css: str) -> bool:
