@@ -43,7 +43,7 @@ def test_ground_truth_box_is_exactly_where_the_person_is_pasted():
 
 
 def test_occlusion_lowers_visibility_and_front_person_is_drawn_over():
-    video = SyntheticVideo(SynthVideoConfig(**(SMALL | {"people": 20, "seconds": 40.0})))
+    video = SyntheticVideo(SynthVideoConfig(**(SMALL | {"people": 20, "seconds": 30.0})))
     vis = np.concatenate([gt.visibility for camera in range(3) for _, _, gt in video.frames(camera)])
     assert (vis == 1.0).mean() > 0.5 and (vis < 0.9).any()  # mostly fully visible, some occluded or cut off
 

@@ -301,3 +301,19 @@ def test_live_stream_that_goes_silent_times_out(transport_stream, monkeypatch):
     finally:
         release.set()
         server.shutdown()
+
+
+def test_synthetic_source_streams_what_synth_video_writes(tmp_path):
+    from reidkit.data.synth_video import SynthVideoConfig, generate_synth_video
+    from reidkit.video.sources import SyntheticSource
+
+    cfg = SynthVideoConfig(cameras=2, people=4, seconds=5.0, fps=2.0, width=96, height=64, jpeg_quality=100)
+    source = SyntheticSource(cfg, camera=1, keep_ground_truth=True)
+    assert (source.camera, source.num_frames, source.size, source.fps) == ("cam2", 10, (96, 64), 2.0)
+    frames = list(source)
+    written = generate_synth_video(tmp_path / "site", cfg, show_progress=False)
+    on_disk = list(open_source(written / "cam2"))
+    assert [f.index for f in frames] == [f.index for f in on_disk] == list(range(10))
+    assert all(np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 2 for a, b in zip(frames, on_disk))
+    rows = sum(len(t) for t in source.ground_truth)
+    assert rows == len(read_gt(written / "cam2" / "gt" / "gt.txt"))

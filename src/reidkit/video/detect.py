@@ -61,7 +61,7 @@ def postprocess(dets: np.ndarray, size: tuple[int, int], *, threshold: float, nm
                 min_height: float) -> np.ndarray:
     """Clip (N, 5) detections to the (w, h) image, drop scores below `threshold` and boxes lower than `min_height`
     pixels, then suppress overlaps above `nms_iou` (None: no NMS). Sorted by score, float32."""
-    dets = np.asarray(dets, np.float64).reshape(-1, 5)
+    dets = np.array(dets, np.float64).reshape(-1, 5)  # a copy: clipping must not touch the caller's array
     w, h = size
     dets[:, [0, 2]] = np.clip(dets[:, [0, 2]], 0, w)
     dets[:, [1, 3]] = np.clip(dets[:, [1, 3]], 0, h)

@@ -6,7 +6,8 @@ Interface (stable; the tracker and pipeline are written against it):
   `.num_frames` (None when unknown, e.g. live), `.close()`; a context manager.
 
 Extensions: `open_source(spec, camera=None, fps=None)` (override the name / frame rate), `FrameSource.spec` (what
-was opened, for messages), `.is_live`, `.frames_read`; `interleave(sources)` reads several cameras in time order.
+was opened, for messages), `.is_live`, `.frames_read`; `interleave(sources)` reads several cameras in time order;
+`SyntheticSource(SynthVideoConfig, camera)` renders a synthetic camera on the fly (long streams without files).
 
 Every source is a stream: frames are decoded one at a time as the iterator advances and nothing keeps earlier
 frames, so memory stays flat however long the video (or live stream) is. Decoding uses PyAV (FFmpeg: mp4, mkv,
@@ -36,7 +37,8 @@ from ..data.mot import SeqInfo, read_seqinfo, write_seqinfo
 from ..errors import DataError
 
 __all__ = ["DEFAULT_FPS", "FolderSource", "Frame", "FrameSource", "OpenCVSource", "PyAVSource", "SeqInfo",
-           "SourceWarning", "interleave", "is_live_spec", "open_source", "read_seqinfo", "write_seqinfo"]
+           "SourceWarning", "SyntheticSource", "interleave", "is_live_spec", "open_source", "read_seqinfo",
+           "write_seqinfo"]
 
 DEFAULT_FPS = 25.0  # frame folders without seqinfo.ini and streams that do not declare a rate
 LIVE_TIMEOUT = 10.0  # seconds a live source may stay silent before it counts as gone
@@ -302,6 +304,27 @@ def _folder_source(path: Path, camera: str | None, fps: float | None) -> FrameSo
         images = path / info.im_dir
     name = camera or seq_dir.name
     return FolderSource(images, name, float(fps or (info.fps if info else DEFAULT_FPS)), str(path))
+
+
+class SyntheticSource(FrameSource):
+    """One camera of `reidkit.data.synth_video` rendered on the fly, nothing written to disk: a stream of any length
+    (e.g. 30 minutes) for memory and speed measurements. `.ground_truth` collects the MOT rows of the frames read
+    when `keep_ground_truth` is set (off by default, so memory stays flat)."""
+
+    def __init__(self, cfg, camera: int = 0, name: str | None = None, keep_ground_truth: bool = False) -> None:
+        from ..data.synth_video import SyntheticVideo
+
+        self._video = SyntheticVideo(cfg)
+        self._camera_index, self._keep = camera, keep_ground_truth
+        self.ground_truth: list = []
+        super().__init__(f"synthetic camera {camera + 1} (seed {cfg.seed})", name or cfg.camera_names[camera],
+                         float(cfg.fps), (cfg.width, cfg.height), cfg.num_frames)
+
+    def _frames(self) -> Iterator[Frame]:
+        for index, image, table in self._video.frames(self._camera_index):
+            if self._keep:
+                self.ground_truth.append(table)
+            yield Frame(index, index / self.fps, image)
 
 
 # ------------------------------------------------------------------------------------------------------------
