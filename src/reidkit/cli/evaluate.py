@@ -42,6 +42,9 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     _check_local_weight(args)
     if args.metric == "l2":  # the old name of the true L2 distance
         args.metric = "euclidean"
+    if args.tracklets:
+        return tracklet_evaluate_command(args)
+    _refuse_tracklet_options(args)
     reranker = reranker_from_args(args, show_progress=not args.quiet)
     source, inputs = _load_inputs(args)
     if reranker is not None:
@@ -56,6 +59,55 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     print(_table(result, report))
     if getattr(args, "out", None) is not None:
         _write_outputs(Path(args.out), report, result, inputs)
+    return report
+
+
+TRACKLET_OPTIONS = ("pooling", "set_distance", "tracklet_protocol", "split_seed")
+
+
+def _refuse_tracklet_options(args: argparse.Namespace) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in TRACKLET_OPTIONS if getattr(args, name, None) is not None]
+    if given:
+        raise ReIDError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to tracklet evaluation: add "
+                        "--tracklets")
+
+
+def tracklet_evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    """`evaluate --tracklets`: query tracklets against gallery tracklets (MARS protocol), same report keys."""
+    from ..data.tracklets import load_tracklets
+    from ..training.tasks.tracklet import check_evaluation_options, evaluate_tracklets, frame_embedder
+
+    refused = [name for name, given in (("--distmat", args.distmat), ("--features", args.features),
+                                        ("--rerank", args.rerank not in (None, "none")),
+                                        ("--local-weight", args.local_weight > 0),
+                                        ("--protocol cuhk03", args.protocol == "cuhk03"),
+                                        ("--ap market-official", args.ap != "torchreid")) if given]
+    if refused:
+        raise ReIDError(f"--tracklets: {', '.join(refused)} do(es) not apply; tracklet evaluation embeds the frames "
+                        "with --model and ranks with the MARS protocol")
+    if args.model is None or args.data is None:
+        raise ReIDError("--tracklets needs --model (the frame embedding model) and --data (a tracklet layout: MARS, "
+                        "iLIDS-VID, PRID-2011, `reidkit track` run, manifest or Market layout)")
+    pooling, set_distance = args.pooling or "avg", args.set_distance or "mean"
+    check_evaluation_options(pooling, set_distance, True, str(args.model))  # before any work; the head is checked
+    dataset = load_tracklets(args.data, args.tracklet_protocol or "split", args.split_seed or 0)
+    if not args.quiet:
+        print(dataset.summary())
+    embedder = frame_embedder(args.model, device=args.device, flip=args.flip, batch_size=args.batch_size)
+    try:
+        result, arrays = evaluate_tracklets(embedder, dataset, pooling, set_distance, args.metric, args.top,
+                                            show_progress=not args.quiet)
+    except MetricInputError as exc:
+        raise DataError(f"{args.data}: {exc}") from exc
+    source = f"{args.model} on tracklets of {args.data}" + (" (flip)" if args.flip else "")
+    report = _report(result, source, args, None)
+    frames = sorted({len(t) for t in dataset.query + dataset.gallery})
+    report.update(tracklets=True, pooling=pooling, set_distance=set_distance, tracklet_protocol=dataset.protocol,
+                  num_gallery=len(dataset.gallery), min_frames=frames[0], max_frames=frames[-1],
+                  notes=list(dataset.notes))
+    print(_table(result, report))
+    if getattr(args, "out", None) is not None:
+        _write_outputs(Path(args.out), report, result, arrays)
     return report
 
 
@@ -240,4 +292,19 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     add_batch_size(p, default=128)
     add_quiet(p)
     add_rerank_options(p)
+    t = p.add_argument_group("tracklets (video re-ID, docs/tracklets.md)")
+    t.add_argument("--tracklets", action="store_true",
+                   help="evaluate tracklets of --data (MARS, iLIDS-VID, PRID-2011, `reidkit track` run, tracklet "
+                        "manifest, or a Market layout grouped by identity and camera) with --model")
+    t.add_argument("--pooling", choices=("avg", "attention", "consensus"),
+                   help="tracklet feature: avg of the frame embeddings, attention (the learned head of a temporal "
+                        "checkpoint) or consensus (frames weighted by agreement with their tracklet) (default: avg)")
+    t.add_argument("--set-distance", choices=("mean", "min"),
+                   help="tracklet distance: mean = between pooled features, min = the closest pair of frames "
+                        "(default: mean)")
+    t.add_argument("--tracklet-protocol", choices=("split", "pooled"),
+                   help="Market layouts: split = query/ and bounding_box_test/ grouped separately; pooled = both "
+                        "grouped together, every tracklet against the others (default: split)")
+    t.add_argument("--split-seed", type=int,
+                   help="iLIDS-VID / PRID-2011: seed of the random 50/50 identity split (default: 0)")
     p.set_defaults(func=evaluate_command)

@@ -113,9 +113,13 @@ _SEQUENCE_RE = re.compile(r"^[-\d]+_c\d+s(\d+)_")  # Market-1501: 0002_c1s1_0004
 
 def group_records(records: Sequence[Record], by_sequence: bool = True) -> list[Tracklet]:
     """Tracklets from image records grouped by (pid, camera[, Market sequence sN]); frames ordered by frame
-    number when known, else by file name. Order: by (pid, camera, key)."""
+    number when known, else by file name. Order: by (pid, camera, key). Distractor images (pid 0) are different
+    people: each is a one-frame tracklet of its own."""
     groups: dict[tuple[int, int, str | None], list[Record]] = {}
     for r in records:
+        if r.pid == 0:  # distractors are different people: one one-frame tracklet each
+            groups[(0, r.camid, os.path.basename(r.path))] = [r]
+            continue
         match = _SEQUENCE_RE.match(os.path.basename(r.path)) if by_sequence else None
         groups.setdefault((r.pid, r.camid, f"s{match.group(1)}" if match else None), []).append(r)
     out = []
@@ -131,14 +135,22 @@ def tracklets_from_images(dataset: ReIDDataset, protocol: str = "split", by_sequ
     train = group_records(dataset.train, by_sequence)
     notes = list(dataset.notes)
     if protocol == "pooled":
-        pooled = group_records(dataset.query + dataset.gallery, by_sequence)
-        return TrackletDataset(train, pooled, pooled, dataset.name, "pooled", notes)
+        return pooled_dataset(train, group_records(dataset.query + dataset.gallery, by_sequence), dataset.name,
+                              notes)
     query, gallery = group_records(dataset.query, by_sequence), group_records(dataset.gallery, by_sequence)
     singles = sum(len(t) == 1 for t in query)
     if query and singles == len(query):
         notes.append(f"every query tracklet has one frame ({len(query)} of {len(query)}): query/ holds one image "
                      "per identity and camera; the pooled protocol groups query/ and bounding_box_test/ together")
     return TrackletDataset(train, query, gallery, dataset.name, "split", notes)
+
+
+def pooled_dataset(train: list[Tracklet], pooled: list[Tracklet], name: str, notes: list[str]) -> TrackletDataset:
+    """Every tracklet queries all the others; distractor tracklets (pid 0) stay in the gallery only."""
+    query = [t for t in pooled if t.pid != 0]
+    if len(query) < len(pooled):
+        notes.append(f"{len(pooled) - len(query)} distractor tracklet(s) (pid 0) are gallery only")
+    return TrackletDataset(train, query if len(query) < len(pooled) else pooled, pooled, name, "pooled", notes)
 
 
 def load_market_tracklets(root: str | os.PathLike, protocol: str = "split", by_sequence: bool = True
@@ -339,7 +351,7 @@ def load_track_run(run: str | os.PathLike) -> TrackletDataset:
                  for (gid, cam, track), frames in sorted(groups.items())]
     notes = [f"{crops}: ignored {len(ignored)} entr(y/ies) not named like a crop: {', '.join(ignored[:5])}"] \
         if ignored else []
-    return TrackletDataset([], tracklets, tracklets, run.name, "pooled", notes)
+    return pooled_dataset([], tracklets, run.name, notes)
 
 
 # ------------------------------------------------------------------------------------------------ manifests
@@ -382,7 +394,8 @@ def load_tracklet_manifest(path: str | os.PathLike, protocol: str = "split") -> 
         dataset.notes.append(f"manifest {path}: dropped {junk} junk row(s) (pid -1)")
     check_frames_exist(dataset.train + dataset.query + dataset.gallery, f"manifest {path}")
     if protocol == "pooled":
-        dataset.query = dataset.gallery = sorted(dataset.query + dataset.gallery, key=lambda t: (t.pid, t.camid))
+        pooled = sorted(dataset.query + dataset.gallery, key=lambda t: (t.pid, t.camid))
+        return pooled_dataset(dataset.train, pooled, dataset.name, dataset.notes)
     return dataset
 
 
@@ -413,7 +426,7 @@ def load_tracklets(path: str | os.PathLike, protocol: str = "split", seed: int =
     if not tracklets:
         raise DataError(f"{path}: no tracklet layout recognised (MARS, iLIDS-VID, PRID-2011, `reidkit track` "
                         "crops, manifest, Market layout) and no Market-named images")
-    return TrackletDataset([], tracklets, tracklets, path.name, "pooled", scan.notes())
+    return pooled_dataset([], tracklets, path.name, scan.notes())
 
 
 # ------------------------------------------------------------------------------------------ clip sampling
@@ -433,8 +446,3 @@ def restricted_random_sample(lengths: np.ndarray | Sequence[int], clip_len: int,
     start, size = bounds[:, :-1], np.diff(bounds, axis=1)
     offset = np.floor(rng.random(start.shape) * np.maximum(size, 1)).astype(np.int64)
     return np.minimum(start + offset, lengths[:, None] - 1)
-
-
-def frame_indices(tracklets: Sequence[Tracklet]) -> np.ndarray:
-    """Frame-array index of each tracklet's first frame (the `offsets[:-1]` of `tracklet_arrays`)."""
-    return tracklet_arrays(tracklets)[3][:-1]
