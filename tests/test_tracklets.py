@@ -399,3 +399,13 @@ def test_group_records_orders_frames_and_splits_sequences():
         (0, "s1", ["000150"]), (0, "s2", ["000100", "000200"]), (1, "s1", ["000100"])]
     assert [len(t) for t in group_records(recs, by_sequence=False)] == [3, 1]
     assert math.isclose(sum(len(t) for t in out), len(recs))
+
+
+def test_synthetic_tracklets_group_identity_and_camera(tmp_path):
+    from reidkit.data.synth import SynthConfig
+    from reidkit.data.tracklets import synthetic_tracklets
+
+    cfg = SynthConfig(num_train_ids=3, num_test_ids=2, num_cameras=2, images_per_camera=3, distractor_fraction=0.0)
+    ds = synthetic_tracklets(tmp_path / "s", cfg)
+    assert [(t.pid, t.camid, len(t)) for t in ds.query] == [(4, 0, 3), (4, 1, 3), (5, 0, 3), (5, 1, 3)]
+    assert [len(t) for t in ds.train] == [3] * 6

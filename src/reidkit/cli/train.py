@@ -13,7 +13,7 @@ from ..config import load_config
 from ..data import load_dataset
 from ..data.images import load_image_tensor
 from ..data.records import split_arrays
-from ..errors import ConfigError
+from ..errors import ConfigError, ReIDError
 from ..inference.extractor import Extractor
 from ..training.config import TrainConfig
 from ..utils import atomic_path
@@ -103,10 +103,12 @@ def _train_command(args: argparse.Namespace) -> None:
 def _require_pretrained_weights(config: Path | None, overrides: list[str]) -> None:
     """A missing ImageNet weight package fails here, before the run folder or any data loading."""
     from ..models.backbones.pretrained import require_imagenet_weights
+    from ..training.tasks import task_for_model
 
-    try:
-        cfg = load_config(TrainConfig, config, overrides)
-    except ConfigError:  # a pair network's config (or a typo, which run_train reports in full)
+    try:  # the config class of the model's task (embedding, tracklet, ...)
+        cls = task_for_model(_model_name(config, overrides)).config_class
+        cfg = load_config(cls if issubclass(cls, TrainConfig) else TrainConfig, config, overrides)
+    except ReIDError:  # a pair network's config (or a typo, which run_train reports in full)
         return
     if cfg.model.pretrained:
         require_imagenet_weights(cfg.model.backbone)

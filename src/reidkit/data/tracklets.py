@@ -446,3 +446,15 @@ def restricted_random_sample(lengths: np.ndarray | Sequence[int], clip_len: int,
     start, size = bounds[:, :-1], np.diff(bounds, axis=1)
     offset = np.floor(rng.random(start.shape) * np.maximum(size, 1)).astype(np.int64)
     return np.minimum(start + offset, lengths[:, None] - 1)
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+def synthetic_tracklets(out: str | os.PathLike, cfg=None, protocol: str = "pooled",
+                        show_progress: bool = False) -> TrackletDataset:
+    """Synthetic tracklets for tests and demos: `reidkit.data.synth` pedestrians written to `out` (Market layout,
+    cached by config) and grouped by identity and camera; each (identity, camera) holds `images_per_camera`
+    renderings of that person in that camera."""
+    from .synth import SynthConfig, generate_market_dataset
+
+    root = generate_market_dataset(out, cfg or SynthConfig(), show_progress=show_progress)
+    return load_market_tracklets(root, protocol)

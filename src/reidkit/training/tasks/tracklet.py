@@ -101,14 +101,13 @@ def frame_embedder(spec: str | Path, device: str = "auto", flip: bool = False, b
 
         ext = build_extractor(path, device=device, batch_size=batch_size, flip=flip)
         return FrameEmbedder(None, ext, tuple(ext.input_size), ext.resize, flip=flip, batch_size=batch_size)
-    dev = resolve_device(device)
-    payload = load_checkpoint(path)
-    if payload["model_name"] not in ("embedding", "temporal") and not hasattr(payload, "embedding_dim"):
-        from ...models.registry import model_spec
+    from ...models.registry import model_spec
 
-        if model_spec(payload["model_name"]).task == "pair":
-            raise ModelError(f"checkpoint {path}: model {payload['model_name']!r} is a pair network; tracklets "
-                             "need a model that embeds frames")
+    dev = resolve_device(device)
+    name = load_checkpoint(path)["model_name"]
+    if model_spec(name).task == "pair":
+        raise ModelError(f"checkpoint {path}: model {name!r} is a pair network; tracklets need a model that embeds "
+                         "frames (an embedding or temporal checkpoint)")
     model, payload = model_from_checkpoint(path, map_location=dev)
     model.to(dev).eval()
     resize = payload.get("config", {}).get("data", {}).get("resize", "stretch")
