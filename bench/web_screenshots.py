@@ -11,6 +11,11 @@ The run in docs/web.md was made with:
     reidkit synth-video --out runs/h5/video --cameras 2 --people 8 --seconds 30 --fps 5 \
         --crops ../shared/datasets/cuhk03np-detected/bounding_box_train
     reidkit track runs/h5/video/cam1 runs/h5/video/cam2 --out runs/h5/run --model runs/emb_val/best.pt --no-video
+    .venv/bin/python bench/web_screenshots.py --run runs/h5/run
+
+(`--clusters DIR` serves a real `reidkit cluster` output instead of the run's crops grouped by global id; on these
+19 crops `reidkit cluster runs/h5/run/crops --model runs/emb_val/best.pt` put all of them in one cluster at
+thresholds 0.3 to 0.55, so the documentation shows the grouping by global id.)
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=next((p for p in CANDIDATES if p.is_file()), None))
     parser.add_argument("--run", type=Path, help="a `reidkit track` output folder to serve")
+    parser.add_argument("--clusters", type=Path, help="a `reidkit cluster` output folder to serve")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     args = parser.parse_args()
     base = ROOT / "bench" / "out" / "web_browser"
@@ -39,6 +45,8 @@ def main() -> None:
         env["REIDKIT_WEB_TEST_MODEL"] = str(args.model.resolve())
     if args.run is not None:
         env["REIDKIT_WEB_TEST_RUN"] = str(args.run.resolve())
+    if args.clusters is not None:
+        env["REIDKIT_WEB_TEST_CLUSTERS"] = str(args.clusters.resolve())
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_web_browser.py",
                     f"--basetemp={base}"], cwd=ROOT, env=env, check=True)
     shots = sorted({p.resolve() for p in base.glob("*/screenshots/web_*.png")})  # pytest links *current

@@ -282,6 +282,22 @@ def test_clusters_browse(client, site):
     assert client.get(members[0]["thumb"]).content == site["gallery"][expected_rows[0]].read_bytes()
 
 
+def test_cluster_paths_relative_to_the_current_folder_or_the_cluster_folder(site, tmp_path, monkeypatch):
+    """`reidkit cluster` writes paths as it was given them: relative ones resolve from the current folder first."""
+    crops, folder = tmp_path / "crops", tmp_path / "out"
+    (folder / "inner").mkdir(parents=True)
+    crops.mkdir()
+    shutil.copy(site["gallery"][0], crops / "a.jpg")
+    shutil.copy(site["gallery"][1], folder / "inner" / "b.jpg")
+    (folder / "clusters.csv").write_text("path,cluster\ncrops/a.jpg,0\ninner/b.jpg,0\nnowhere/c.jpg,1\n")
+    monkeypatch.chdir(tmp_path)
+    site["config"].clusters = folder
+    client = TestClient(create_app(site["config"]))
+    assert client.get("/api/cluster_thumb/0").content == site["gallery"][0].read_bytes()
+    assert client.get("/api/cluster_thumb/1").content == site["gallery"][1].read_bytes()
+    assert client.get("/api/cluster_thumb/2").status_code == 404
+
+
 # ------------------------------------------------------------------------------------------------ verify
 
 def test_verify_two_crops(client, site):

@@ -6,6 +6,7 @@ into docs/images/)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -103,22 +104,28 @@ def real_run_site(run: Path) -> dict:
 def server(tmp_path, tiny_market, small_checkpoint):
     """`reidkit serve` over an index, a track run and clusters: by default the tiny synthetic gallery, a fabricated
     run and the untrained tiny CNN. bench/web_screenshots.py sets REIDKIT_WEB_TEST_MODEL (a trained model) and
-    REIDKIT_WEB_TEST_RUN (a real `reidkit track` run) so the documentation's screenshots show real results; the
-    assertions read what to expect from the served files either way."""
+    REIDKIT_WEB_TEST_RUN (a real `reidkit track` run) and REIDKIT_WEB_TEST_CLUSTERS (a real `reidkit cluster`
+    output) so the documentation's screenshots show real results; the assertions read what to expect from the
+    served files either way."""
     from reidkit.search.index import GalleryIndex
 
     model = Path(os.environ.get("REIDKIT_WEB_TEST_MODEL") or small_checkpoint)
     real_run = os.environ.get("REIDKIT_WEB_TEST_RUN")
     site = real_run_site(Path(real_run)) if real_run else tiny_site(tmp_path, tiny_market, model)
-    (tmp_path / "clusters").mkdir()
-    rows = "".join(f"{p},{c}\n" for p, c in zip(site["cluster_paths"], site["cluster_labels"]))
-    (tmp_path / "clusters" / "clusters.csv").write_text("path,cluster\n" + rows)
+    clusters = Path(os.environ.get("REIDKIT_WEB_TEST_CLUSTERS") or tmp_path / "clusters")
+    if "REIDKIT_WEB_TEST_CLUSTERS" in os.environ:  # a real `reidkit cluster` output folder
+        with open(clusters / "clusters.csv", newline="") as fh:
+            site["cluster_labels"] = [int(row["cluster"]) for row in csv.DictReader(fh)]
+    else:
+        clusters.mkdir()
+        rows = "".join(f"{p},{c}\n" for p, c in zip(site["cluster_paths"], site["cluster_labels"]))
+        (clusters / "clusters.csv").write_text("path,cluster\n" + rows)
     site["ids"] = set(GalleryIndex.load(site["index"], with_features=False).metadata.ids.tolist())
     site["identities"] = json.loads((site["run"] / "identities.json").read_text())["identities"]
     port = free_port()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "reidkit.cli", "serve", "--index", str(site["index"]),
-                             "--tracks", str(site["run"]), "--clusters", str(tmp_path / "clusters"),
+                             "--tracks", str(site["run"]), "--clusters", str(clusters),
                              "--model", str(model), "--device", "cpu", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     site["url"] = f"http://127.0.0.1:{port}"

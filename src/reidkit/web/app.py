@@ -452,10 +452,7 @@ def _add_clusters(app: FastAPI, state: WebState) -> None:
 
     @app.get("/api/cluster_thumb/{row}")
     def cluster_thumb(row: int) -> FileResponse:
-        paths = clusters().paths
-        if not 0 <= row < len(paths):
-            raise HTTPException(404, f"clusters.csv row {row}: no such row")
-        return _file(image_file(paths[row]), f"clusters.csv row {row} image")
+        return _file(clusters().file(row), f"clusters.csv row {row} image")
 
 
 # ------------------------------------------------------------------------------------------------ serving

@@ -175,8 +175,8 @@ def best_tracklet(cameras: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[s
 
 @dataclass
 class Clusters:
-    """DIR/clusters.csv of `reidkit cluster` (columns path, cluster; -1 = unassigned). Relative paths are taken
-    relative to DIR."""
+    """DIR/clusters.csv of `reidkit cluster` (columns path, cluster; -1 = unassigned). Paths are as `cluster` was
+    given them: a relative one is looked up from the current folder, then from DIR."""
 
     root: Path
     paths: list[str]
@@ -190,7 +190,7 @@ class Clusters:
         try:
             with open(path, newline="") as fh:
                 rows = list(csv.DictReader(fh))
-            paths = [os.fspath(folder / r["path"]) if not os.path.isabs(r["path"]) else r["path"] for r in rows]
+            paths = [r["path"] for r in rows]
             labels = np.array([int(r["cluster"]) for r in rows], dtype=np.int64)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise ReIDError(f"{path}: unreadable (expected columns path,cluster; {exc.__class__.__name__}: "
@@ -204,6 +204,13 @@ class Clusters:
         order = sorted(range(len(ids)), key=lambda i: (ids[i] < 0, -counts[i], ids[i]))
         return [{"cluster": int(ids[i]), "size": int(counts[i]),
                  "samples": by_label[starts[i]:starts[i] + min(6, counts[i])].tolist()} for i in order]
+
+    def file(self, row: int) -> Path | None:
+        """The image of clusters.csv row `row` (a path from the file, never from a request), if it exists."""
+        if not 0 <= row < len(self.paths):
+            return None
+        path = self.paths[row]
+        return image_file(path) or (None if os.path.isabs(path) else image_file(os.fspath(self.root / path)))
 
     def members(self, cluster: int) -> list[int]:
         return np.flatnonzero(self.labels == cluster).tolist()
