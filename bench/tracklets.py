@@ -82,6 +82,24 @@ def measure(model_path: str, data: Path, flip: bool) -> dict:
                 float(frames.mean()), 2), int(frames.max())], "results": results}
 
 
+def from_training_log(run: Path) -> dict:
+    """The last validation row of a tracklet training run (same carve, protocols and flip TTA as `measure`):
+    val_image -> image/split, val_avg -> tracklet/pooled/avg, val -> tracklet/pooled/<the model's pooling>."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    row = next(r for r in reversed(rows) if "val" in r)
+    config = json.loads((run / "config.json").read_text())
+    pooling = config["model"]["temporal_pooling"]
+    results = {"image/split": row["val_image"], f"tracklet/pooled/{pooling}": row["val"]}
+    if "val_avg" in row:
+        results["tracklet/pooled/avg"] = row["val_avg"]
+    results = {k: {m: round(v, 2) if isinstance(v, float) else v for m, v in r.items()} | {"num_valid_queries": 300}
+               for k, r in results.items()}
+    return {"model": str(run / "best.pt"), "flip": bool(config.get("flip_tta")), "from_training_log": True,
+            "epoch": row["epoch"], "train_minutes": round(sum(r["epoch_seconds"] for r in rows) / 60, 1),
+            "overrides": {k: config[k] for k in ("init_from",) if k in config},
+            "clip_len": config["data"]["clip_len"], "results": dict(sorted(results.items()))}
+
+
 def markdown(report: dict) -> str:
     lines = ["# Tracklet vs image re-ID on the CUHK03-NP validation carve", "",
              f"Data: {report['data']} (150 validation identities, split seed 0; never seen in training). "
@@ -95,6 +113,8 @@ def markdown(report: dict) -> str:
     lines += ["", "Gain of tracklet (pooled, avg) over image (split) mAP:", ""]
     for name, entry in report["models"].items():
         r = entry["results"]
+        if "tracklet/pooled/avg" not in r:
+            continue
         gain = r["tracklet/pooled/avg"]["mAP"] - r["image/split"]["mAP"]
         lines.append(f"- {name}: {r['image/split']['mAP']:.1f} -> {r['tracklet/pooled/avg']['mAP']:.1f} "
                      f"({gain:+.1f} points)")
@@ -104,7 +124,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the validation carve (reidkit split --out)")
-    p.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeatable)")
+    p.add_argument("--model", action="append", default=[], help="NAME=CHECKPOINT (repeatable)")
+    p.add_argument("--log", action="append", default=[],
+                   help="NAME=RUN: take a tracklet training run's last validation (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output stem: OUT.json and OUT.md")
     p.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -120,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         report["models"][name] = measure(path, args.data, not args.no_flip)
         print(name, json.dumps({k: (v["rank1"], v["mAP"]) for k, v in report["models"][name]["results"].items()}),
               flush=True)
+    for item in args.log:
+        name, _, run = item.partition("=")
+        report["models"][name] = from_training_log(Path(run))
     atomic_write_json(report, args.out.with_suffix(".json"))
     atomic_write_text(markdown(report), args.out.with_suffix(".md"))
 
