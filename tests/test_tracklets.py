@@ -204,8 +204,8 @@ def test_track_run_crops_grouped_by_gid_camera_track_in_frame_order(tmp_path):
     (crops / "notes.txt").write_text("x")
     ds = load_track_run(tmp_path / "run")
     assert [(t.pid, t.camid, t.key, [Path(p).name[-11:-4] for p in t.paths]) for t in ds.gallery] == [
-        (1, 1, "t00003", ["f000010", "f000012"]), (1, 1, "t00009", ["f000030"]), (1, 2, "t00001", ["f000011"]),
-        (2, 1, "t00004", ["f000010"])]
+        (1, 0, "t00003", ["f000010", "f000012"]), (1, 0, "t00009", ["f000030"]), (1, 1, "t00001", ["f000011"]),
+        (2, 0, "t00004", ["f000010"])]
     assert ds.protocol == "pooled" and ds.query == ds.gallery
     assert any("notes.txt" in n for n in ds.notes)
     assert load_tracklets(tmp_path / "run").gallery == ds.gallery

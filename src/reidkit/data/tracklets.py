@@ -332,8 +332,10 @@ _CROP_RE = re.compile(r"^(\d+)_c(\d+)_t(\d+)_f(\d+)\.(jpe?g|png)$", re.IGNORECAS
 
 
 def load_track_run(run: str | os.PathLike) -> TrackletDataset:
-    """Crops written by `reidkit track` (RUN/crops/{gid:04d}_c{camera}_t{track:05d}_f{frame:06d}.jpg), grouped
-    by (global id, camera, track) in frame order; camid is the camera number as written. Pooled protocol."""
+    """Crops written by `reidkit track` (RUN/crops/{gid:04d}_c{camera}_t{track:05d}_f{frame:06d}.jpg, camera
+    1-based), grouped by (global id, camera, track) in frame order; camid = camera - 1 (as `parse_market_name`).
+    Pooled protocol; global id 0 (not associated) is gallery only. `reidkit track` currently writes the best crop
+    of each tracklet, so its tracklets have one frame unless more crops of a track are present."""
     run = Path(run)
     crops = run / "crops" if (run / "crops").is_dir() else run
     groups: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
@@ -344,7 +346,9 @@ def load_track_run(run: str | os.PathLike) -> TrackletDataset:
             ignored.append(entry.name)
             continue
         gid, cam, track, frame = (int(match.group(i)) for i in range(1, 5))
-        groups.setdefault((gid, cam, track), []).append((frame, entry.path))
+        if cam < 1:
+            raise DataError(f"{entry.path}: camera numbers in crop names start at 1, got c{cam}")
+        groups.setdefault((gid, cam - 1, track), []).append((frame, entry.path))
     if not groups:
         raise DataError(f"{crops}: no crops named GID_cCAM_tTRACK_fFRAME.jpg (the output of `reidkit track`)")
     tracklets = [Tracklet(gid, cam, tuple(p for _, p in sorted(frames)), f"t{track:05d}")
