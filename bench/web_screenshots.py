@@ -6,16 +6,17 @@ The test writes its screenshots into its tmp_path; this script runs it with a fi
 REIDKIT_WEB_TEST_MODEL set to a trained model (default: the first of runs/recipe60, runs/emb_val) and, with --run,
 REIDKIT_WEB_TEST_RUN set to a real `reidkit track` output folder (served with its tracklet gallery as the index),
 so the pictures show real results; then stores them as small palette PNGs in docs/images/web_*.png.
-The run in docs/web.md was made with:
+The run in docs/web.md was made with (runs/h5/emb_cal.pt: a copy of runs/h3/emb.pt, the runs/emb_val embedding
+with the calibration `reidkit calibrate` fitted on the 150 CUHK03-NP validation identities):
 
     reidkit synth-video --out runs/h5/video --cameras 2 --people 8 --seconds 30 --fps 5 \
         --crops ../shared/datasets/cuhk03np-detected/bounding_box_train
-    reidkit track runs/h5/video/cam1 runs/h5/video/cam2 --out runs/h5/run --model runs/emb_val/best.pt --no-video
-    .venv/bin/python bench/web_screenshots.py --run runs/h5/run
+    reidkit track runs/h5/video/cam1 runs/h5/video/cam2 --out runs/h5/run_cal --model runs/h5/emb_cal.pt --no-video
+    .venv/bin/python bench/web_screenshots.py --model runs/h5/emb_cal.pt --run runs/h5/run_cal
 
 (`--clusters DIR` serves a real `reidkit cluster` output instead of the run's crops grouped by global id; on these
-19 crops `reidkit cluster runs/h5/run/crops --model runs/emb_val/best.pt` put all of them in one cluster at
-thresholds 0.3 to 0.55, so the documentation shows the grouping by global id.)
+crops `reidkit cluster runs/h5/run/crops --model runs/emb_val/best.pt` put all 19 in one cluster at thresholds
+0.3 to 0.55, so the documentation shows the grouping by global id.)
 """
 
 from __future__ import annotations
