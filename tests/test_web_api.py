@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import shutil
 import struct
 import threading
@@ -313,6 +314,20 @@ def test_verify_two_crops(client, site):
     assert same["same"] and any("identical" in note for note in same["notes"])
     bad = client.post("/api/verify", files={"a": ("a.jpg", b"nope"), "b": (b.name, b.read_bytes())})
     assert bad.status_code == 415 and bad.json()["detail"].startswith("a:")
+
+
+def test_the_api_docs_page_works_offline(client):
+    """/docs loads Swagger UI from this server (the swagger-ui-bundle files), never from a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    page = client.get("/docs")
+    assert page.status_code == 200
+    scripts = re.findall(r'<script src="([^"]+)"', page.text) + re.findall(r'<link [^>]*href="([^"]+)"', page.text)
+    assert scripts and all(url.startswith("/docs-assets/") for url in scripts), scripts
+    served = client.get("/docs-assets/swagger-ui-bundle.js")
+    assert served.status_code == 200
+    assert served.content == (Path(swagger_ui_path) / "swagger-ui-bundle.js").read_bytes()
+    assert client.get("/docs-assets/../app.py").status_code == 404
 
 
 # ------------------------------------------------------------------------------------------------ token

@@ -34,7 +34,9 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from ..errors import ReIDError
 from .batching import SearchBatcher
@@ -218,7 +220,7 @@ def _add_token_check(app: FastAPI, token: str) -> None:
 def create_app(config: WebConfig) -> FastAPI:
     """The app for `config`; `reidkit serve` runs it with uvicorn, tests with FastAPI's TestClient."""
     state = WebState(config)
-    app = FastAPI(title="reidkit", version=__version__,
+    app = FastAPI(title="reidkit", version=__version__, docs_url=None,  # /docs is served offline: _add_api_docs
                   description="Person re-identification: search a gallery by a crop, follow an identity across "
                               "cameras, verify two crops, browse clusters.")
     app.state.reidkit = state
@@ -236,6 +238,7 @@ def create_app(config: WebConfig) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     _add_pages(app)
+    _add_api_docs(app)
     _add_search(app, state)
     _add_verify(app, state)
     _add_run(app, state)
@@ -252,6 +255,27 @@ def _add_pages(app: FastAPI) -> None:
             "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
                                        "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+
+
+def _add_api_docs(app: FastAPI) -> None:
+    """The OpenAPI page at /docs with Swagger UI's files from the swagger-ui-bundle package, so the page works on a
+    machine without internet (FastAPI's default loads them from a CDN)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # not installed: FastAPI's CDN page, which needs internet in the browser
+        swagger_ui_path = None
+    assets = "/docs-assets"
+    if swagger_ui_path is not None:
+        app.mount(assets, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> HTMLResponse:
+        if swagger_ui_path is None:
+            return get_swagger_ui_html(openapi_url=app.openapi_url, title="reidkit API")
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="reidkit API",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon-32x32.png")
 
 
 def _file(path: Path | None, what: str) -> FileResponse:
