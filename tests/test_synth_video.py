@@ -110,7 +110,7 @@ def test_cli_refuses_an_existing_output_and_overwrites_on_request(tmp_path, caps
             "--size", "128x96", "--quiet"]
     assert main(args) == 2 and "exists" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["cam1", "cam2", "identities.json", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cam1", "cam2", "identities.json", "manifest.json", "preview.png"]
     assert main(["synth-video", "--out", str(tmp_path / "x"), "--pids", "1,2"]) == 2  # --pids needs --crops
 
 

@@ -24,7 +24,8 @@ person has the same id in every camera's gt.txt.
 
 Output (`generate_synth_video`): OUT/<camera>/img1/000001.jpg..., OUT/<camera>/seqinfo.ini, OUT/<camera>/gt/gt.txt
 (MOT17 columns: frame,id,x,y,w,h,1,1,visibility), optionally OUT/videos/<camera>.mp4, OUT/identities.json (global
-id -> visits: camera, time span, frames) and OUT/manifest.json (configuration and the source crops used). Everything
+id -> visits: camera, time span, frames), OUT/manifest.json (configuration and the source crops used) and
+OUT/preview.png (each camera's busiest frame with its ground-truth boxes and ids). Everything
 is written in a hidden sibling folder renamed onto OUT at the end; an existing OUT is refused unless overwrite=True.
 Randomness is keyed by the seed: the same configuration gives the same videos.
 """
@@ -422,6 +423,7 @@ def generate_synth_video(out: str | os.PathLike, cfg: SynthVideoConfig, *, overw
                            "cameras": cfg.camera_names, "fps": cfg.fps, "size": [cfg.width, cfg.height],
                            "identities": video.identities(gt)}, tmp / "identities.json")
         atomic_write_json(_manifest(video), tmp / "manifest.json")
+        _write_preview(tmp, cfg, gt)
         _swap_in(tmp, root)
     except OSError as exc:  # name the output, not the hidden temporary folder
         if exc.filename is not None and not str(exc.filename).startswith(str(tmp)):
@@ -458,6 +460,33 @@ def _write_cameras(video: SyntheticVideo, tmp: Path, show_progress: bool) -> dic
     finally:
         bar.close()
     return gt
+
+
+def _write_preview(root: Path, cfg: SynthVideoConfig, gt: dict[str, MotTable]) -> None:
+    """preview.png: each camera's busiest frame with its ground-truth boxes and global ids, cameras side by side
+    (two per row), so the output can be checked at a glance."""
+    import cv2
+
+    tiles = []
+    for name in cfg.camera_names:
+        table = gt[name]
+        frame = int(np.bincount(table.frames).argmax()) if len(table) else 1
+        image = cv2.imread(str(root / name / "img1" / f"{frame:06d}.jpg"))
+        for gid, (x, y, w, h), vis in zip(table.ids[table.frames == frame], table.boxes[table.frames == frame],
+                                          table.visibility[table.frames == frame]):
+            colour = tuple(int(c) for c in _rng(0, int(gid)).integers(64, 256, 3))
+            cv2.rectangle(image, (int(x), int(y)), (int(x + w) - 1, int(y + h) - 1), colour, 2)
+            cv2.putText(image, f"{gid} v{vis:.1f}", (int(x) + 2, int(y) + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
+                        1, cv2.LINE_AA)
+        cv2.putText(image, f"{name} frame {frame}", (6, cfg.height - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    (255, 255, 255), 2, cv2.LINE_AA)
+        tiles.append(image)
+    if len(tiles) % 2 and len(tiles) > 1:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.concatenate(tiles[k:k + 2], axis=1) for k in range(0, len(tiles), 2)]
+    ok, png = cv2.imencode(".png", np.concatenate(rows, axis=0))
+    if ok:
+        (root / "preview.png").write_bytes(png.tobytes())
 
 
 def _concat(tables: list[MotTable]) -> MotTable:
