@@ -176,3 +176,66 @@ def test_evaluate_tracks_cli_one_sequence_and_a_run_folder(tmp_path, capsys):
     assert saved["cross_camera"]["IDTP"] == 4 and saved["cross_camera"]["IDF1"] == pytest.approx(100 * 8 / 14)
     assert main(["evaluate-tracks", "--gt", str(tmp_path / "nope.txt"), "--pred", str(out)]) == 2
     assert "nope.txt" in capsys.readouterr().err
+
+
+def _official_trackeval(root, gt_lines: str, pred_lines: str, frames: int) -> dict:
+    """TrackEval's own MOTChallenge evaluator (files in its folder layout): the reference for the preprocessing."""
+    import trackeval
+
+    seq = root / "gt" / "MOT17-train" / "SEQ"
+    (seq / "gt").mkdir(parents=True)
+    (seq / "gt" / "gt.txt").write_text(gt_lines)
+    (seq / "seqinfo.ini").write_text(f"[Sequence]\nname=SEQ\nimDir=img1\nframeRate=10\nseqLength={frames}\n"
+                                     "imWidth=640\nimHeight=480\nimExt=.jpg\n")
+    (root / "seqmaps").mkdir()
+    (root / "seqmaps" / "MOT17-train.txt").write_text("name\nSEQ\n")
+    (root / "trackers" / "MOT17-train" / "t" / "data").mkdir(parents=True)
+    (root / "trackers" / "MOT17-train" / "t" / "data" / "SEQ.txt").write_text(pred_lines)
+    config = trackeval.datasets.MotChallenge2DBox.get_default_dataset_config()
+    config.update(GT_FOLDER=str(root / "gt"), TRACKERS_FOLDER=str(root / "trackers"),
+                  SEQMAP_FOLDER=str(root / "seqmaps"), BENCHMARK="MOT17", SPLIT_TO_EVAL="train",
+                  TRACKERS_TO_EVAL=["t"], PRINT_CONFIG=False)
+    evaluator = trackeval.Evaluator({"USE_PARALLEL": False, "PRINT_RESULTS": False, "PRINT_CONFIG": False,
+                                     "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False, "PLOT_CURVES": False,
+                                     "TIME_PROGRESS": False, "DISPLAY_LESS_PROGRESS": True})
+    metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(), trackeval.metrics.Identity()]
+    results, _ = evaluator.evaluate([trackeval.datasets.MotChallenge2DBox(config)], metrics)
+    return results["MotChallenge2DBox"]["t"]["SEQ"]["pedestrian"]
+
+
+def test_mot17_file_evaluation_matches_trackevals_official_evaluator(tmp_path, capsys):
+    """Pedestrians, a static person (class 7, a distractor), a reflection (12), a pedestrian not to be considered and
+    a car (3); the tracker follows all of them with jitter, misses and a switch. The official evaluator removes
+    tracker boxes on distractors; `reidkit evaluate-tracks` must give the same numbers."""
+    import json
+
+    from reidkit.cli.main import main
+
+    rng = np.random.default_rng(7)
+    kinds = [(1, 1), (1, 1), (1, 1), (1, 7), (1, 12), (0, 1), (0, 3)]  # (consider, class) of objects 1..7
+    gt_lines, pred_lines = [], []
+    for t in range(1, 21):
+        for obj, (consider, cls) in enumerate(kinds, start=1):
+            x, y = 40 + 80 * obj + 2 * t, 100 + 5 * obj
+            gt_lines.append(f"{t},{obj},{x},{y},40,100,{consider},{cls},1.0")
+            if rng.random() < 0.15:
+                continue
+            track = obj + (10 if obj == 2 and t > 12 else 0)  # object 2 switches id at frame 13
+            dx, dy = rng.normal(0, 3, 2)
+            pred_lines.append(f"{t},{track},{x + dx:.2f},{y + dy:.2f},40,100,1,-1,-1,-1")
+        if rng.random() < 0.3:
+            pred_lines.append(f"{t},99,{rng.uniform(0, 600):.2f},300,40,100,1,-1,-1,-1")  # a false box
+    gt_text, pred_text = "\n".join(gt_lines) + "\n", "\n".join(pred_lines) + "\n"
+    ref = _official_trackeval(tmp_path / "official", gt_text, pred_text, 20)
+    capsys.readouterr()  # TrackEval prints its progress
+    (tmp_path / "gt.txt").write_text(gt_text)
+    (tmp_path / "tracks.txt").write_text(pred_text)
+    assert main(["evaluate-tracks", "--gt", str(tmp_path / "gt.txt"), "--pred", str(tmp_path / "tracks.txt"),
+                 "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)["metrics"]
+    assert ours["HOTA"] == pytest.approx(100 * np.mean(ref["HOTA"]["HOTA"]), abs=1e-9)
+    assert ours["MOTA"] == pytest.approx(100 * ref["CLEAR"]["MOTA"], abs=1e-9)
+    assert ours["IDF1"] == pytest.approx(100 * ref["Identity"]["IDF1"], abs=1e-9)
+    assert (ours["FP"], ours["FN"], ours["IDSW"]) == (ref["CLEAR"]["CLR_FP"], ref["CLEAR"]["CLR_FN"],
+                                                      ref["CLEAR"]["IDSW"])
+    assert ours["FP"] < sum(1 for line in pred_lines if int(line.split(",")[1]) in (4, 5, 6, 7, 99))  # some dropped

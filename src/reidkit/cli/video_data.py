@@ -91,20 +91,23 @@ def add_synth_video_arguments(p: argparse.ArgumentParser) -> None:
 def evaluate_tracks_command(args: argparse.Namespace) -> None:
     from ..metrics.tracking import evaluate_multicamera, evaluate_tracks, format_tracking_table
     from ..utils import atomic_write_json
-    from ..video.mot import ground_truth_file, read_gt, read_gt_dir, read_mot, read_run
+    from ..video.mot import evaluation_pair, ground_truth_file, read_gt_dir, read_mot, read_run
 
     if (args.gt is None) == (args.gt_dir is None):
         raise ConfigError("evaluate-tracks: give either --gt (one sequence) or --gt-dir (a multi-camera folder)")
     if args.gt is not None:
         gt_path = ground_truth_file(args.gt)
         pred_path = args.pred / "tracks.txt" if args.pred.is_dir() else args.pred
-        metrics = evaluate_tracks(read_gt(gt_path), read_mot(pred_path), threshold=args.iou,
+        gt, pred = evaluation_pair(gt_path, read_mot(pred_path))
+        metrics = evaluate_tracks(gt, pred, threshold=args.iou,
                                   names=(str(gt_path), str(pred_path)))
         name = gt_path.parent.parent.name if gt_path.parent.name == "gt" else gt_path.stem
         report = {"gt": str(gt_path), "pred": str(pred_path), "iou": args.iou, "metrics": metrics}
         table = format_tracking_table({name: metrics})
     else:
         gt, pred = read_gt_dir(args.gt_dir), read_run(args.pred)
+        for camera in sorted(set(gt) & set(pred)):  # MOT16/17 ground truth: drop tracks on distractors
+            gt[camera], pred[camera] = evaluation_pair(Path(args.gt_dir) / camera / "gt" / "gt.txt", pred[camera])
         for camera in sorted(set(pred) - set(gt)):
             print(f"warning: camera {camera} of {args.pred} has no ground truth in {args.gt_dir}: all its boxes count "
                   "as false positives", file=sys.stderr)
@@ -127,7 +130,9 @@ def evaluate_tracks_command(args: argparse.Namespace) -> None:
 
 def add_evaluate_tracks_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Tracking metrics with TrackEval: HOTA, DetA, AssA, IDF1, IDP, IDR, MOTA, MOTP, IDSW, FP, FN "
-                     "(ratios in percent). One sequence: --gt SEQ/gt/gt.txt --pred RUN/SEQ/tracks.txt. Several "
+                     "(ratios in percent), MOTChallenge's way: MOT16/17 ground truth keeps considered pedestrians and "
+                     "tracker boxes on distractors (static people, reflections, ...) are not counted. One sequence: "
+                     "--gt SEQ/gt/gt.txt --pred RUN/SEQ/tracks.txt. Several "
                      "cameras with global ids: --gt-dir DIR (DIR/<camera>/gt/gt.txt, e.g. a synth-video output) "
                      "--pred RUN (RUN/<camera>/tracks.txt): one row per camera, all cameras combined, and the "
                      "cross-camera IDF1 (Ristani et al. 2016) over every (camera, frame) with global ids.")

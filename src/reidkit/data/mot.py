@@ -142,6 +142,23 @@ def read_gt(path: str | os.PathLike, *, people_only: bool = True) -> MotTable:
     return table.select(keep).sorted()
 
 
+DISTRACTOR_CLASSES = (2, 7, 8, 12)  # MOT16/17: person on vehicle, static person, distractor, reflection
+
+
+def read_gt_distractors(path: str | os.PathLike) -> tuple[MotTable, np.ndarray] | None:
+    """Every ground-truth row of a MOT16/17 file (9 columns) and whether its class is a distractor class, for the
+    MOTChallenge preprocessing (a tracker box matched to a distractor is not counted; see
+    `reidkit.metrics.tracking.drop_distractor_matches`). None for files without a class column (MOT15, synth-video
+    output has class 1 only and gets the same result either way)."""
+    path = Path(path)
+    data, width, _ = _parse(path)
+    if width != 9:
+        return None
+    table = MotTable(data[:, 0], data[:, 1], data[:, 2:6], np.ones(len(data)), np.clip(data[:, 8], 0.0, 1.0))
+    order = np.lexsort((table.ids, table.frames))
+    return table.select(order), np.isin(data[order, 7].astype(int), DISTRACTOR_CLASSES)
+
+
 def format_rows(table: MotTable, *, gt: bool = False) -> str:
     """Lines of `table`: `frame,id,x,y,w,h,conf,-1,-1,-1`, or with `gt` the MOT17 `frame,id,x,y,w,h,1,1,vis`."""
     if not len(table):

@@ -154,6 +154,29 @@ def evaluate_tracks(gt: TrackTable, pred: TrackTable, *, threshold: float = 0.5,
     return _evaluate_data(data, threshold)[0]
 
 
+def drop_distractor_matches(pred: TrackTable, gt_all: TrackTable, distractor: np.ndarray,
+                            threshold: float = 0.5) -> np.ndarray:
+    """Boolean mask of the `pred` rows to keep under MOTChallenge's preprocessing (MOT16/17, as TrackEval's
+    MotChallenge2DBox does it): per frame, tracker boxes are matched one-to-one (Hungarian on IoU, pairs below
+    `threshold` not allowed) to EVERY ground-truth row `gt_all` (any class, considered or not); a tracker box matched
+    to a row whose `distractor` flag is set (static person, reflection, person on a vehicle, distractor) is dropped
+    rather than counted as a false positive."""
+    from scipy.optimize import linear_sum_assignment
+
+    p_frames, _, p_boxes = _columns(pred, "tracks")
+    g_frames, _, g_boxes = _columns(gt_all, "ground truth")
+    distractor = np.asarray(distractor, bool).reshape(-1)
+    keep = np.ones(len(p_frames), bool)
+    for frame in np.intersect1d(p_frames, g_frames[distractor]):
+        p_rows, g_rows = np.flatnonzero(p_frames == frame), np.flatnonzero(g_frames == frame)
+        iou = box_iou(_xyxy(g_boxes[g_rows]), _xyxy(p_boxes[p_rows]))
+        iou[iou < threshold - np.finfo(float).eps] = 0.0
+        rows, cols = linear_sum_assignment(-iou)
+        matched = iou[rows, cols] > np.finfo(float).eps
+        keep[p_rows[cols[matched]][distractor[g_rows[rows[matched]]]]] = False
+    return keep
+
+
 def evaluate_multicamera(gt: Mapping[str, TrackTable], pred: Mapping[str, TrackTable], *, threshold: float = 0.5,
                          num_frames: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Per-camera metrics, their combination over cameras, and the cross-camera identity measures.
