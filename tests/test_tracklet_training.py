@@ -52,9 +52,13 @@ def test_clips_come_from_the_sampled_tracklets(synth):
     from reidkit.training.config import TrackletTrainConfig
     from reidkit.training.tasks.tracklet import TrackletTask
 
-    cfg = load_config(TrackletTrainConfig, CONFIG, SMALL + ["data.validation=none"])
+    cfg = load_config(TrackletTrainConfig, CONFIG, SMALL + ["data.validation=none", "attention_lr_mult=10"])
     task = TrackletTask(cfg, synth / "bounding_box_train", show_progress=False)
     task.setup()
+    groups = task.optimizer(task.members[0]).param_groups
+    head = {id(p) for p in task.models[0].attention.parameters()}
+    assert [g["lr"] for g in groups] == [pytest.approx(cfg.optim.lr), pytest.approx(10 * cfg.optim.lr)]
+    assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
     idx = next(iter(task.sampler.batches(0)))
     frames = task._clip_batch(idx, np.random.default_rng(0)).reshape(len(idx), cfg.data.clip_len)
     owner = np.searchsorted(task.offsets, frames, side="right") - 1  # tracklet of each frame, independently

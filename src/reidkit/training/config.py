@@ -137,6 +137,9 @@ class TrackletTrainConfig(TrainConfig):
     # An image (or temporal) checkpoint whose frame-encoder weights start training (the classifier only when it
     # has the same identities); empty: the backbone's ImageNet weights (model.pretrained).
     init_from: str = ""
+    # Learning rate of the attention head as a multiple of optim.lr: its last layer starts at zero and Adam moves it
+    # by about lr per step, so at a fine-tuning lr it stays near uniform for a long time (docs/tracklets.md).
+    attention_lr_mult: float = 1.0
 
 
 # ------------------------------------------------------------------------------------------------ pair networks
@@ -291,7 +294,7 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "model.dropout": _MIN, "model.local_dim": _MIN, "loss.margin": _MIN, "loss.label_smooth": _MIN,
     "sampling.ids_per_batch": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.max_rank": _AT_LEAST_1,
     "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
-    "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1,
+    "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1, "attention_lr_mult": _POSITIVE,
 }
 UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
 

@@ -46,7 +46,7 @@ from ...models.temporal import POOLINGS, TemporalModel, pool_ragged
 from ...utils import progress
 from ..config import TEMPORAL_POOLINGS, TRACKLET_PROTOCOLS, TrackletTrainConfig
 from ..splits import describe_split, prepare_splits
-from .base import Optimise, check_finite, register_task
+from .base import Member, Optimise, check_finite, register_task
 from .embedding import EmbeddingTask
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -246,6 +246,19 @@ class TrackletTask(EmbeddingTask):
                                                  gallery=group_records(splits.gallery, cfg.data.by_sequence))
         print(f"validation tracklets ({cfg.data.val_protocol}): {len(self.val_tracklets.query)} query, "
               f"{len(self.val_tracklets.gallery)} gallery", flush=True)
+
+    def optimizer(self, member: Member) -> torch.optim.Optimizer:
+        """The embedding task's optimiser; the attention head in its own group at attention_lr_mult x lr."""
+        optimizer = super().optimizer(member)
+        head = member.model.attention
+        if head is None or self.cfg.attention_lr_mult == 1.0:
+            return optimizer
+        ids = {id(p) for p in head.parameters()}
+        group = optimizer.param_groups[0]
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group({"params": list(head.parameters()),
+                                   "lr": group["lr"] * self.cfg.attention_lr_mult})
+        return optimizer
 
     # --------------------------------------------------------------- training
     def _clip_batch(self, idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
