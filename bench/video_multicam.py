@@ -4,14 +4,16 @@
 
 1. The 150 validation identities of the seed-0 carve of ../shared/datasets/cuhk03np-detected/bounding_box_train
    (`reidkit split --val-ids 150`; the embedding runs/emb_val/best.pt never saw them) are shuffled (seed 7) and
-   split: 50 for a CALIBRATION video, the other 100 for the EVALUATION video (`--people` of them appear).
+   split: 50 for a CALIBRATION video (40 of them appear), the other 100 for the EVALUATION video (`--people` of
+   them appear).
    Both are `reidkit synth-video --crops` videos (3 cameras, camera k shows the identity's CUHK03 camera-k crops,
    so matching across cameras faces real appearance change), 10 fps, 640x360.
-2. Detections: the default detector (vendored adas-0002) is run once per video and stored as det/det.txt, so each
-   model reuses them; "GT boxes" rows feed the ground-truth boxes instead (tracking and association only).
+2. Detections: the default detector (vendored adas-0002) is run once on the evaluation video (every
+   `--detect-every` frames; the tracker predicts in between) and stored as det/det.txt, so each model reuses them;
+   "ground truth" rows feed the ground-truth boxes instead (tracking and association only).
 3. Each (model, boxes) pair is tracked once with association switched off (threshold 0: one id per tracklet);
    association is then applied to the tracklets -- cosine or k-reciprocal re-ranked distances, with cannot-link --
-   with the threshold calibrated on the calibration video (the same model and boxes; tracklets get their
+   with the threshold calibrated on the calibration video (the same model, ground-truth boxes; tracklets get their
    majority ground-truth id by IoU >= 0.5), and scored on the evaluation video with TrackEval
    (`metrics.tracking.evaluate_multicamera`: cross-camera IDF1 of Ristani et al. over all cameras, and per-camera
    HOTA / IDF1 / MOTA combined). "no association" = every tracklet its own identity.
@@ -74,8 +76,8 @@ def cameras_of(video: Path) -> list[Path]:
     return sorted(p for p in video.iterdir() if (p / "img1").is_dir())
 
 
-def detect_once(video: Path, batch: int = 8) -> None:
-    """det/det.txt per camera with the default detector (skipped when present)."""
+def detect_once(video: Path, every: int, batch: int = 8) -> None:
+    """det/det.txt per camera with the default detector on every `every`-th frame (skipped when present)."""
     from reidkit.video.detect import build_detector
     from reidkit.video.sources import open_source
 
@@ -88,6 +90,8 @@ def detect_once(video: Path, batch: int = 8) -> None:
         with open_source(seq) as source:
             frames = []
             for frame in source:
+                if frame.index % every:
+                    continue
                 frames.append(frame)
                 if len(frames) == batch:
                     rows += _detections(detector, frames)
@@ -125,7 +129,7 @@ class GroundTruthBoxes:
         return out
 
 
-def track_unassociated(video: Path, model: Path, boxes: str, out: Path) -> dict:
+def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: int = 1) -> dict:
     """One id per tracklet (threshold 0); returns timings."""
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -133,7 +137,9 @@ def track_unassociated(video: Path, model: Path, boxes: str, out: Path) -> dict:
     detector = [GroundTruthBoxes(s) for s in seqs] if boxes == "gt" else "public"
     started = time.perf_counter()
     result = track([str(s) for s in seqs], out, model=str(model), detector=detector, overwrite=True,
-                   options=TrackOptions(association=AssociationConfig(threshold=0.0), video=False, crops=False),
+                   detect_every=every,
+                   options=TrackOptions(association=AssociationConfig(threshold=0.0), video=False, crops=False,
+                                        detect_every=every),
                    show_progress=False)
     summary = result.to_json()
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -142,24 +148,33 @@ def track_unassociated(video: Path, model: Path, boxes: str, out: Path) -> dict:
 
 
 def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTable]]:
-    """Tracklets of an unassociated run (each its own id): features from the gallery, spans from identities.json;
-    also each camera's tracks."""
+    """Tracklets of an unassociated run: features from the gallery, spans from identities.json, and each camera's
+    tracks with every row's id replaced by its tracklet number (1..T). Threshold 0 nearly always gives one id per
+    tracklet, but two tracklets with identical features (the same crop pasted twice) could share one: rows are
+    told apart by camera and frame range (tracklets of one id never overlap in one camera: cannot-link)."""
     from reidkit.search.index import GalleryIndex
 
     doc = json.loads((run / "identities.json").read_text())
     index = GalleryIndex.load(run / "gallery")
-    cams = [c["name"] for c in doc["cameras"]]
-    gids = index.metadata.pids.astype(np.int64)
-    spans, lengths = [], []
-    for gid in gids.tolist():
-        (entries,) = doc["identities"][str(gid)]["cameras"].values()
-        (entry,) = entries
-        spans.append((entry["start"], entry["end"]))
-        lengths.append(entry["boxes"])
-    spans = np.asarray(spans)
+    entries = {(camera, int(t["track"])): (int(gid), t) for gid, e in doc["identities"].items()
+               for camera, ts in e["cameras"].items() for t in ts}
+    keys = list(zip(index.metadata.sources.tolist(), index.metadata.tracks.tolist()))
+    spans = np.array([(entries[k][1]["start"], entries[k][1]["end"]) for k in keys])
+    lengths = [entries[k][1]["boxes"] for k in keys]
     tracklets = TrackletSet.from_arrays(index.features, index.metadata.camids, spans[:, 0], spans[:, 1], lengths)
-    tables = {c: read_mot(run / c / "tracks.txt") for c in cams}
-    return tracklets, gids, tables
+    tables = {}
+    for camera in (c["name"] for c in doc["cameras"]):
+        table = read_mot(run / camera / "tracks.txt")
+        numbers = np.zeros(len(table), np.int64)
+        for n, key in enumerate(keys, 1):
+            if key[0] != camera:
+                continue
+            gid, entry = entries[key]
+            numbers[(table.ids == gid) & (table.frames >= entry["first_frame"])
+                    & (table.frames <= entry["last_frame"])] = n
+        table.ids = numbers
+        tables[camera] = table.select(numbers > 0)
+    return tracklets, np.arange(1, len(keys) + 1), tables
 
 
 def tracklet_truth(gids: np.ndarray, tables: dict[str, MotTable], video: Path) -> np.ndarray:
@@ -197,31 +212,35 @@ def score(labels: np.ndarray, gids: np.ndarray, tables: dict[str, MotTable], vid
             "identities": int(len(np.unique(labels))), "true_identities": combined.get("gt_ids")}
 
 
-def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path) -> list[dict]:
-    tag = f"{'osnet' if model.suffix == '.xml' else 'emb'}_{boxes}"
-    timings = {}
-    data = {}
-    for name, video in videos.items():
-        timings[name] = track_unassociated(video, model, boxes, work / "runs" / f"{name}_{tag}")
-        data[name] = run_tracklets(work / "runs" / f"{name}_{tag}")
-    cal_tracklets, cal_gids, cal_tables = data["calibration"]
+def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path,
+                   every: int) -> list[dict]:
+    """Thresholds come from the calibration video with ground-truth boxes (detector rows too: detecting on the
+    calibration video as well did not fit the session's CPU budget)."""
+    tag = f"{'osnet' if model.suffix == '.xml' else 'emb'}"
+    cal_run = work / "runs" / f"calibration_{tag}_gt"
+    track_unassociated(videos["calibration"], model, "gt", cal_run)
+    cal_tracklets, cal_gids, cal_tables = run_tracklets(cal_run)
     cal_truth = tracklet_truth(cal_gids, cal_tables, videos["calibration"])
-    ev_tracklets, ev_gids, ev_tables = data["evaluation"]
-    rows = [{"model": model_name, "boxes": boxes, "association": "none (one id per tracklet)", "threshold": None,
+    ev_every = every if boxes == "detector" else 1
+    ev_run = work / "runs" / (f"evaluation_{tag}_{boxes}" + ("" if ev_every == 1 else f"_every{ev_every}"))
+    timing = track_unassociated(videos["evaluation"], model, boxes, ev_run, ev_every)
+    ev_tracklets, ev_gids, ev_tables = run_tracklets(ev_run)
+    label = "ground truth" if boxes == "gt" else f"adas-0002 every {ev_every} frames" if ev_every > 1 else "adas-0002"
+    rows = [{"model": model_name, "boxes": label, "association": "none (one id per tracklet)", "threshold": None,
              **score(np.arange(1, len(ev_gids) + 1), ev_gids, ev_tables, videos["evaluation"])}]
     for rerank in (False, True):
         cfg = AssociationConfig(rerank=rerank, **(RERANK if rerank else {}))
         threshold, curve = calibrate_threshold(cal_tracklets, cal_truth, cfg)
         labels = associate(ev_tracklets, AssociationConfig(threshold=threshold, rerank=rerank,
                                                            **(RERANK if rerank else {})))
-        rows.append({"model": model_name, "boxes": boxes,
+        rows.append({"model": model_name, "boxes": label,
                      "association": "k-reciprocal + cannot-link" if rerank else "cosine + cannot-link",
                      "threshold": round(threshold, 4),
                      "calibration_tracklet_IDF1": round(max(v for _, v in curve), 1),
                      **score(labels, ev_gids, ev_tables, videos["evaluation"])})
     for row in rows:
         row["tracklets"] = len(ev_gids)
-        row["track_seconds"] = timings["evaluation"].get("wall_seconds")
+        row["track_seconds"] = timing.get("wall_seconds")
         print(json.dumps(row), flush=True)
     return rows
 
@@ -230,11 +249,57 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["| model | boxes | association | threshold | cross-camera IDF1 | per-camera IDF1 | HOTA | MOTA | ids "
              "(true) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {'ground truth' if r['boxes'] == 'gt' else 'adas-0002 detector'} | "
+        lines.append(f"| {r['model']} | {r['boxes']} | "
                      f"{r['association']} | {r['threshold'] if r['threshold'] is not None else '-'} | "
                      f"**{r['cross_camera_IDF1']}** | {r['IDF1']} | {r['HOTA']} | {r['MOTA']} | "
                      f"{r['identities']} ({r['true_identities']}) |")
     return "\n".join(lines) + f"\n\n{meta['videos']}\n"
+
+
+def report() -> str:
+    """docs/benchmarks/video.md from every section of docs/benchmarks/video.json."""
+    data = json.loads(OUT_JSON.read_text())
+    parts = ["# Video benchmarks (`reidkit track`)", "",
+             "Generated by `bench/video_multicam.py --report` from `video.json` (written by `bench/video_multicam.py` "
+             "and `bench/video_speed.py`). 2 CPU cores shared with other jobs: the load average is recorded with "
+             "each section.", ""]
+    mc = data.get("multicamera")
+    if mc:
+        parts += ["## Multi-camera: cross-camera IDF1 on validation identities", "",
+                  "CUHK03-NP crops of the 150 validation identities (seed-0 carve; the reidkit model never saw them) "
+                  "composited into synchronised camera videos by `reidkit synth-video --crops`. Thresholds are "
+                  "calibrated on a separate video of 40 other validation identities (same model and boxes), then "
+                  "applied to the evaluation video. TrackEval: cross-camera IDF1 (Ristani et al.) over all cameras "
+                  "at once; per-camera IDF1 / HOTA / MOTA combined over the cameras.", "",
+                  markdown(mc["rows"], mc), f"Load average at start: {mc.get('load_avg_1min_at_start')}.", ""]
+    speed = data.get("speed")
+    if speed:
+        parts += ["## Speed (2 threads)", "",
+                  "frames/s end to end = frames / wall time of `track` (outputs included, annotated video excluded); "
+                  "ms per frame by stage.", "",
+                  "| source | re-id model | detect every | frames/s | decode | detect | embed | track | associate "
+                  "| write | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in speed["rows"]:
+            ms = r["ms_per_frame"]
+            tag = " (with annotated.mp4)" if r.get("with_annotated_video") else ""
+            parts.append(f"| {r['source']}{tag} | {r['model']} | {r['detect_every']} | **{r['fps_end_to_end']}** | "
+                         + " | ".join(f"{ms[k]:.1f}" for k in ("decode", "detect", "embed", "track", "associate",
+                                                                 "write")) + f" | {r['load_avg_1min']} |")
+        parts.append("")
+    mem = data.get("memory")
+    if mem:
+        parts += ["## Memory over a long stream", "",
+                  f"Synthetic live-like stream (one camera, 320x180, 10 fps, frames rendered on the fly), online "
+                  f"association, detection every {mem['detect_every']} frames, OSNet 0288: {mem['frames']} frames "
+                  f"({mem['stream_minutes']:g} min of stream time), {mem['tracklets']} tracklets, "
+                  f"{mem['identities']} identities. Load average {mem['load_avg_1min']}.", "",
+                  "| stream time (min) | RSS (MB) | peak RSS (MB) | wall (s) |", "|---|---|---|---|"]
+        for smp in mem["samples"]:
+            tag = " (after final outputs)" if smp.get("after_outputs") else ""
+            parts.append(f"| {smp['stream_minutes']}{tag} | {smp['rss_mb']} | {smp['peak_rss_mb']} | "
+                         f"{smp['wall_s']} |")
+        parts.append("")
+    return "\n".join(parts)
 
 
 def main() -> None:
@@ -245,13 +310,19 @@ def main() -> None:
     parser.add_argument("--boxes", nargs="+", default=["gt", "detector"], choices=["gt", "detector"])
     parser.add_argument("--models", nargs="+", default=list(range(len(MODELS))), type=int)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--detect-every", type=int, default=3, help="detector rows: detect every N-th frame")
     parser.add_argument("--stage", choices=["videos", "all"], default="all")
+    parser.add_argument("--report", action="store_true", help="only write docs/benchmarks/video.md from video.json")
     args = parser.parse_args()
+    if args.report:
+        from reidkit.utils import atomic_write_text
+
+        atomic_write_text(report() + "\n", OUT_JSON.with_suffix(".md"))
+        return
     torch.set_num_threads(args.threads)
     videos = make_videos(args.work, args.people, args.seconds)
     if "detector" in args.boxes:
-        for video in videos.values():
-            detect_once(video)
+        detect_once(videos["evaluation"], args.detect_every)
     if args.stage == "videos":
         return
     load = os.getloadavg()[0]
@@ -259,7 +330,7 @@ def main() -> None:
     names = list(MODELS)
     for m in args.models:
         for boxes in args.boxes:
-            rows += evaluate_model(videos, names[m], MODELS[names[m]], boxes, args.work)
+            rows += evaluate_model(videos, names[m], MODELS[names[m]], boxes, args.work, args.detect_every)
     meta = {"videos": f"Evaluation video: {args.people} validation identities, 3 cameras x {args.seconds:g} s at "
                       "10 fps (640x360); calibration video: 40 other validation identities, 3 x 90 s.",
             "load_avg_1min_at_start": round(load, 2)}

@@ -62,7 +62,7 @@ class GroundTruthDetector:
         for index in frame_indices:
             r = self.rows[self.rows[:, 0] == index + 1]
             out.append(np.column_stack([r[:, 2], r[:, 3], r[:, 2] + r[:, 4], r[:, 3] + r[:, 5],
-                                        np.full(len(r), 0.9)]).astype(np.float32))
+                                        np.full(len(r), 0.95)]).astype(np.float32))
         return out
 
 
@@ -85,7 +85,7 @@ class ColourExtractor:
 def two_cameras(tmp_path) -> list[Path]:
     # camera a (10 fps): people 1, 2 and 3 walking right; camera b (5 fps): 2 and 3 walking left, 1 enters later
     a = make_camera(tmp_path / "seqs", "cam_a", [(1, 4, 10, 3, 0), (2, 4, 70, 2, 0), (3, 60, 40, 2, 5)], 30, 10.0)
-    b = make_camera(tmp_path / "seqs", "cam_b", [(2, 140, 10, 3, 0), (3, 130, 70, 2, 0), (1, 140, 40, 4, 8)], 20, 5.0)
+    b = make_camera(tmp_path / "seqs", "cam_b", [(2, 140, 10, -3, 0), (3, 130, 70, -2, 0), (1, 140, 40, -4, 8)], 20, 5.0)
     return [a, b]
 
 
@@ -254,3 +254,18 @@ def test_ctrl_c_leaves_valid_outputs(two_cameras, tmp_path):
     doc = json.loads((out / "identities.json").read_text())
     assert doc["complete"] is False and doc["num_identities"] == 3
     assert not list(out.rglob("*.partial*")) and not list(out.rglob(".tracks.local.txt"))
+
+
+def test_split_cameras_by_prefix(tmp_path):
+    from reidkit.errors import DataError
+    from reidkit.video.pipeline import split_by_camera_prefix
+
+    for name in ("c1s1_000101.jpg", "c1s1_000051.jpg", "c3s1_000026.jpg"):
+        Image.fromarray(np.zeros((8, 6, 3), np.uint8)).save(tmp_path / name)
+    sources = split_by_camera_prefix(tmp_path)
+    assert [s.camera for s in sources] == ["c1", "c3"]
+    frames = list(sources[0])
+    assert [f.index for f in frames] == [50, 100] and [f.time for f in frames] == [50 / 25.0, 100 / 25.0]
+    (tmp_path / "other.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="other.jpg"):
+        split_by_camera_prefix(tmp_path)

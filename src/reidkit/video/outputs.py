@@ -186,16 +186,22 @@ def contact_sheet(out: Path, records: Sequence[TrackletRecord], cameras: Sequenc
     gids = sorted(boxes, key=lambda g: (-boxes[g], g))[:max_identities]
     ch, cw = cell
     label_w, head_h, pad = 56, 20, 4
-    sheet = Image.new("RGB", (label_w + len(cameras) * (cw + pad) + pad, head_h + len(gids) * (ch + pad) + pad),
-                      (255, 255, 255))
+    per_column = 8  # identities per column of blocks: a long list wraps into several columns
+    block_w = label_w + len(cameras) * (cw + pad) + pad
+    blocks = (len(gids) + per_column - 1) // per_column
+    rows = min(len(gids), per_column)
+    sheet = Image.new("RGB", (blocks * (block_w + 2 * pad), head_h + rows * (ch + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for c, name in enumerate(cameras):
-        draw.text((label_w + c * (cw + pad) + pad, 4), name[:10], fill=(0, 0, 0))
-    for r, gid in enumerate(gids):
-        y = head_h + r * (ch + pad) + pad
-        draw.text((4, y + ch // 2 - 6), f"id {gid}", fill=identity_colour(gid))
+    for b in range(blocks):
+        for c, name in enumerate(cameras):
+            draw.text((b * (block_w + 2 * pad) + label_w + c * (cw + pad) + pad, 4), name[:10], fill=(0, 0, 0))
+    for n, gid in enumerate(gids):
+        x0 = (n // per_column) * (block_w + 2 * pad)
+        y = head_h + (n % per_column) * (ch + pad) + pad
+        draw.rectangle([x0 + 4, y + ch // 2 - 16, x0 + 14, y + ch // 2 - 6], fill=identity_colour(gid))
+        draw.text((x0 + 4, y + ch // 2 - 4), f"id {gid}", fill=(0, 0, 0))
         for c in range(len(cameras)):
-            x = label_w + c * (cw + pad) + pad
+            x = x0 + label_w + c * (cw + pad) + pad
             rec = best.get((gid, c))
             if rec is None:
                 draw.rectangle([x, y, x + cw - 1, y + ch - 1], fill=(225, 225, 225))
@@ -286,15 +292,20 @@ class AnnotatedVideoWriter:
             trail = self._trails.setdefault(int(gid), deque(maxlen=self._trail))
             trail.append((self._frame_no, int(x + w / 2), int(y + h)))
         thick = max(1, round(self.height / 360))
+        present = {int(g) for g in ids}
         for gid, trail in list(self._trails.items()):
+            if gid not in present:  # trails only behind people in this frame
+                if trail[-1][0] < self._frame_no - self._trail:
+                    del self._trails[gid]
+                continue
             recent = np.array([p for p in trail if p[0] >= self._frame_no - self._trail], np.int32).reshape(-1, 3)
             if not len(recent):
                 del self._trails[gid]
                 continue
             # a person who left and came back (same global id) gets a new trail, not a line across the frame
             pieces = np.split(recent[:, 1:], np.flatnonzero(np.diff(recent[:, 0]) > 3) + 1)
-            cv2.polylines(canvas, [p.reshape(-1, 1, 2) for p in pieces if len(p) > 1], False, identity_colour(gid),
-                          thick)
+            lines = [np.ascontiguousarray(p).reshape(-1, 1, 2) for p in pieces if len(p) > 1]
+            cv2.polylines(canvas, lines, False, identity_colour(gid), thick)
         for (x, y, w, h), gid in zip(boxes, ids):
             colour = identity_colour(int(gid))
             p1, p2 = (int(x), int(y)), (int(x + w), int(y + h))

@@ -60,7 +60,7 @@ class TrackOptions:
     online: bool | None = None       # None: online for live sources, offline clustering otherwise
     video: bool = True               # write annotated.mp4 per (non-live) camera
     crops: bool = True               # save each tracklet's best crop
-    trail: int = 25                  # frames of trail drawn behind each person
+    trail_seconds: float = 1.5       # length of the trail drawn behind each person
     checkpoint_seconds: float = 30.0  # online mode: identities.json / gallery rewritten this often (wall time)
     tracker: Any = None              # a video.tracker.TrackerConfig (None: its defaults)
 
@@ -505,7 +505,7 @@ class TrackRun:
                 self.notes.append(f"camera {cam.name}: no annotated.mp4, the source cannot be read again ({exc})")
                 continue
             writer = AnnotatedVideoWriter(cam.dir / "annotated.mp4", cam.summary.fps, cam.summary.size,
-                                          self.options.trail)
+                                          max(2, round(self.options.trail_seconds * cam.summary.fps)))
             ok = False
             try:
                 with source:
@@ -667,6 +667,11 @@ def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detecto
     options = options or TrackOptions()
     if detect_every != options.detect_every:
         options = TrackOptions(**{**options.__dict__, "detect_every": detect_every})
+    if options.tracker is None and isinstance(detector, (str, os.PathLike)) and (
+            str(detector) == PUBLIC_DETECTIONS or str(detector).endswith(".txt")):
+        from .tracker import TrackerConfig  # det.txt scores are rescaled by their maximum: lower thresholds
+
+        options = TrackOptions(**{**options.__dict__, "tracker": TrackerConfig.for_public_detections()})
     if not sources:
         raise ReIDError("no sources given")
     out = Path(out)
