@@ -85,7 +85,8 @@ class ColourExtractor:
 def two_cameras(tmp_path) -> list[Path]:
     # camera a (10 fps): people 1, 2 and 3 walking right; camera b (5 fps): 2 and 3 walking left, 1 enters later
     a = make_camera(tmp_path / "seqs", "cam_a", [(1, 4, 10, 3, 0), (2, 4, 70, 2, 0), (3, 60, 40, 2, 5)], 30, 10.0)
-    b = make_camera(tmp_path / "seqs", "cam_b", [(2, 140, 10, -3, 0), (3, 130, 70, -2, 0), (1, 140, 40, -4, 8)], 20, 5.0)
+    b = make_camera(tmp_path / "seqs", "cam_b", [(2, 140, 10, -3, 0), (3, 130, 70, -2, 0), (1, 140, 40, -4, 8)],
+                    20, 5.0)
     return [a, b]
 
 
