@@ -9,7 +9,8 @@
    Both are `reidkit synth-video --crops` videos (3 cameras, camera k shows the identity's CUHK03 camera-k crops,
    so matching across cameras faces real appearance change), 10 fps, 640x360.
 2. Detections: the default detector (vendored adas-0002) is run once on the evaluation video (every
-   `--detect-every` frames; the tracker predicts in between) and stored as det/det.txt, so each model reuses them;
+   `--detect-every` frames; the tracker predicts in between) and stored as det/det.txt, so each model reuses them
+   (tracked with the tracker settings of the live detector, not those for rescaled public-detection scores);
    "ground truth" rows feed the ground-truth boxes instead (tracking and association only).
 3. Each (model, boxes) pair is tracked once with association switched off (threshold 0: one id per tracklet);
    association is then applied to the tracklets -- cosine or k-reciprocal re-ranked distances, with cannot-link --
@@ -38,6 +39,7 @@ from reidkit.metrics.tracking import box_iou, evaluate_multicamera
 from reidkit.utils import atomic_write_json
 from reidkit.video.association import AssociationConfig, TrackletSet, associate, calibrate_threshold
 from reidkit.video.pipeline import TrackOptions, track
+from reidkit.video.tracker import TrackerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -139,7 +141,7 @@ def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: i
     result = track([str(s) for s in seqs], out, model=str(model), detector=detector, overwrite=True,
                    detect_every=every,
                    options=TrackOptions(association=AssociationConfig(threshold=0.0), video=False, crops=False,
-                                        detect_every=every),
+                                        detect_every=every, tracker=TrackerConfig()),
                    show_progress=False)
     summary = result.to_json()
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)

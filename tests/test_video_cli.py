@@ -85,3 +85,29 @@ def test_market_frames_find_the_query_in_its_frame(tmp_path, capsys):
                  "--json"]) == 0
     sightings = json.loads(capsys.readouterr().out)["sightings"]
     assert sightings[0]["frame_file"] == "c1s1_001051.jpg" and sightings[0]["camera"] == "c1"
+
+
+@pytest.mark.slow
+def test_demo_multicamera_section(tiny_market, small_checkpoint, tmp_path):
+    """The demo's multi-camera section on a tiny video: its pictures exist and the cross-camera IDF1 it reports is
+    TrackEval's on the files it wrote (recomputed here with motmetrics' IDF1 over all cameras at once)."""
+    import motmetrics as mm
+
+    from reidkit.cli.demo import multicamera_demo
+    from test_video_pipeline import _iou_distance
+
+    report = multicamera_demo(tmp_path, tiny_market, small_checkpoint, show_progress=False,
+                              video=dict(cameras=2, people=3, seconds=6.0, fps=5.0, width=160, height=96))
+    assert (tmp_path / "multicamera_frames.png").is_file() and (tmp_path / "multicamera_contact_sheet.png").is_file()
+    acc = mm.MOTAccumulator(auto_id=True)
+    run, cams = Path(report["run"]), tmp_path / "video" / "cameras"
+    for cam in ("cam1", "cam2"):
+        gt = np.loadtxt(cams / cam / "gt" / "gt.txt", delimiter=",", ndmin=2)
+        pred = np.loadtxt(run / cam / "tracks.txt", delimiter=",", ndmin=2) \
+            if (run / cam / "tracks.txt").stat().st_size else np.zeros((0, 10))
+        for frame in np.unique(np.concatenate([gt[:, 0], pred[:, 0]])):
+            g, p = gt[gt[:, 0] == frame], pred[pred[:, 0] == frame]
+            acc.update(g[:, 1].astype(int).tolist(), p[:, 1].astype(int).tolist(),
+                       _iou_distance(g[:, 2:6], p[:, 2:6]))
+    idf1 = mm.metrics.create().compute(acc, metrics=["idf1"], name="all").iloc[0]["idf1"]
+    assert report["cross_camera_IDF1"] == pytest.approx(100 * idf1, abs=0.1)

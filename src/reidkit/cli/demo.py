@@ -90,7 +90,7 @@ DEMO_THRESHOLD = 0.3  # cosine; the demo model's tracklets of one person sit wel
 
 
 def multicamera_demo(out: Path, data_root: Path, checkpoint: Path, seed: int = 0, device: str = "auto",
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, video: dict | None = None) -> dict:
     """synth-video from the test crops -> `track` (default detector) -> cross-camera IDF1 (TrackEval) and pictures:
     out/multicamera_frames.png (annotated frames of each camera) and out/multicamera_contact_sheet.png."""
     import shutil
@@ -102,7 +102,7 @@ def multicamera_demo(out: Path, data_root: Path, checkpoint: Path, seed: int = 0
     from ..video.pipeline import TrackOptions, track
 
     started = time.perf_counter()
-    cfg = SynthVideoConfig(**DEMO_VIDEO, crops=str(data_root), seed=seed)
+    cfg = SynthVideoConfig(**(video or DEMO_VIDEO), crops=str(data_root), seed=seed)
     videos = generate_synth_video(out / "video" / "cameras", cfg, overwrite=True, show_progress=show_progress)
     cameras = sorted(p for p in videos.iterdir() if (p / "img1").is_dir())
     for cam in cameras:  # public detections = the generator's exact boxes (see DEMO_VIDEO)
