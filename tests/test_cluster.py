@@ -4,6 +4,7 @@ recovery of well-separated synthetic identities, and the `cluster` verb on good 
 from __future__ import annotations
 
 import csv
+import importlib
 import itertools
 import shutil
 from pathlib import Path
@@ -17,13 +18,15 @@ from reidkit.analysis.cluster import (
     camera_centred,
     choose_cluster_params,
     cluster_features,
-    clustering_scores,
     jaccard_graph,
+    neighbourhood_sizes,
 )
 from reidkit.checkpoint import save_checkpoint
 from reidkit.cli.main import main
 from reidkit.data import load_dataset
+from reidkit.metrics.clustering import bcubed_f, clustering_scores
 from reidkit.rerank import re_ranking_features
+from reidkit.rerank.methods import k_reciprocal_neighbours
 
 
 def _naive_scores(true: list[int], pred: list[int]) -> dict[str, float]:
@@ -62,6 +65,23 @@ def test_scores_match_naive_loops_and_sklearn():
     assert got["nmi"] == pytest.approx(normalized_mutual_info_score(true, singletons))
     assert got["ari"] == pytest.approx(adjusted_rand_score(true, singletons))
     assert got["num_unassigned"] == int(np.sum(pred < 0)) and got["num_true"] == 8
+    assert bcubed_f(true, pred) == pytest.approx(got["bcubed_f"])
+    # the first version's import path still works (the scores moved to reidkit.metrics.clustering)
+    cluster_module = importlib.import_module("reidkit.analysis.cluster")  # the package exports a function `cluster`
+    assert cluster_module.clustering_scores is clustering_scores and cluster_module.bcubed_f is bcubed_f
+
+
+def test_public_k_reciprocal_neighbours_give_the_dense_re_ranking_jaccard():
+    x, _ = _blobs(ids=6, per=5, dim=16)
+    ranks, encoding = k_reciprocal_neighbours(x, k1=6, k2=3)
+    m = 12  # queries = the first 12 items, gallery = the rest: stacked they are exactly x
+    dense = re_ranking_features(x[:m], x[m:], k1=6, k2=3, lambda_value=0.0)  # the public function's numbers
+    v = encoding.toarray()
+    shared = np.minimum(v[:m, None, :], v[None, m:, :]).sum(axis=2)  # naive min-sum over the query x gallery pairs
+    np.testing.assert_allclose(1.0 - shared / (2.0 - shared), dense, atol=1e-5)
+    sq = ((x[:, None] - x[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(ranks[:, 0], np.arange(len(x)))  # each item is its own nearest
+    assert np.all(np.diff(np.take_along_axis(sq, ranks, axis=1), axis=1) >= -1e-6)
 
 
 def _blobs(ids: int = 12, per: int = 6, dim: int = 32, spread: float = 0.15, seed: int = 0):
@@ -97,6 +117,22 @@ def test_recovers_well_separated_identities():
     scores = clustering_scores(labels, predicted)
     assert scores["ari"] == pytest.approx(1.0) and scores["num_clusters"] == 15
     assert np.bincount(predicted).max() == 6  # clusters are numbered by size, each holding one identity
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_folder_of_few_crops_per_person_comes_out_right(seed):
+    # 6 people x 3 crops (a small track folder): with k1 = 20 >= n every crop was every other's reciprocal
+    # neighbour and ONE cluster came out at every radius; with a validated min_samples of 4 all would be noise.
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(6), 3)
+    x = rng.normal(size=(6, 64))[labels] + 0.3 * rng.normal(size=(18, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    assert neighbourhood_sizes(18, 20, 6) == (3, 1) and neighbourhood_sizes(5000, 20, 6) == (20, 6)
+    from sklearn.metrics import adjusted_rand_score
+
+    for eps in (0.3, 0.45, 0.55, 0.65):
+        for stored in (ClusterParams(eps, 2, 20, 6, False), ClusterParams(eps, 4, 10, 6, True)):
+            assert adjusted_rand_score(labels, cluster_features(x, stored)) == 1.0, (eps, stored)
 
 
 def test_camera_centring_removes_each_cameras_mean():

@@ -32,8 +32,11 @@ import torch
 from ..data.images import image_array, is_image_name
 from ..errors import ConfigError, DataError, ModelError
 
+# The scores live in reidkit.metrics.clustering; re-exported here for code written against the first version.
+from ..metrics.clustering import bcubed_f, clustering_scores  # noqa: F401
+
 # The k-reciprocal machinery of reidkit.rerank, reused rather than copied (one implementation per idea).
-from ..rerank.methods import _exact_squared_distances, _FeatureDistances, _k_reciprocal_encoding, _stable_prefix
+from ..rerank.methods import FeatureDistances, exact_squared_distances, k_reciprocal_neighbours, stable_prefix
 from ..utils import atomic_path, atomic_write_text, progress
 
 logger = logging.getLogger(__name__)
@@ -95,6 +98,24 @@ class JaccardGraph:
         return sp.csr_array((np.r_[d, d], (rows, cols)), shape=(self.num_items, self.num_items))
 
 
+SMALL_SET_RATIO = 6  # k1 <= n // 6 (see neighbourhood_sizes)
+
+
+def neighbourhood_sizes(n: int, k1: int, k2: int) -> tuple[int, int]:
+    """k1, k2 shrunk for small sets: k1 <= cap = max(2, n // 6), k2 <= max(1, cap // 3).
+
+    The k-reciprocal encoding presumes an identity holds about as many crops as k1: with k1 = 20 in a folder of
+    19 crops every crop is in every other's reciprocal set, all Jaccard distances collapse and one cluster comes
+    out at any radius; and the k2 query expansion averages each encoding with its k2 nearest crops, which for
+    2-3 crops per person reaches into other people (measured: 6 people x 3 crops merged pairwise with k2 = 6 at
+    k1 = 4, recovered exactly with k2 <= 2). n // 6 keeps the neighbourhood to a sixth of the set (19 crops ->
+    k1 = 3, k2 = 1; CUHK03-NP's ~720-crop halves and anything larger keep the chosen values) and k2's cap keeps
+    the paper's k1 : k2 ratio (20 : 6). Identities much smaller than k1 in a LARGE set remain a limit of the method
+    (docs/verify_cluster.md)."""
+    cap = max(2, n // SMALL_SET_RATIO)
+    return max(1, min(k1, n - 1, cap)), max(1, min(k2, n, max(1, cap // 3)))
+
+
 def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress: bool = False,
                   tile: int = 4096, exact_limit: int = EXACT_LIMIT) -> JaccardGraph:
     """k-reciprocal Jaccard distances (Zhong et al. 2017, lambda = 0) on the edges of the k1-nearest-neighbour graph.
@@ -107,13 +128,12 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress
     n = len(features)
     if n < 2:
         raise DataError(f"clustering needs at least 2 crops, got {n}")
-    k1 = min(k1, n - 1)
+    k1, k2 = neighbourhood_sizes(n, k1, k2)
     feats = np.ascontiguousarray(features, dtype=np.float32)
     with torch.no_grad():
         large = n > exact_limit and feats.shape[1] > REDUCED_DIM
-        distances = (_ReducedDistances if large else _FeatureDistances)(feats, tile, show_progress)
-        ranks = distances.scan(max(k1 + 1, k2), np.empty((0, n), dtype=np.float32))
-        encoding = _k_reciprocal_encoding(ranks, distances.normalised_pairs, k1, min(k2, n))
+        source = (_ReducedDistances if large else FeatureDistances)(feats, tile, show_progress)
+        ranks, encoding = k_reciprocal_neighbours(feats, k1, k2, source=source)
     rows = np.repeat(np.arange(n), k1 + 1)
     cols = ranks[:, :k1 + 1].ravel()
     keep = rows != cols
@@ -124,7 +144,7 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress
 
 
 class _ReducedDistances:
-    """The interface of rerank's `_FeatureDistances` (scan -> sorted neighbour ranks; normalised_pairs) for large
+    """The interface of rerank's `FeatureDistances` (scan -> sorted neighbour ranks; normalised_pairs) for large
     n: candidates from the exact tile scan on a PCA projection to `REDUCED_DIM` dimensions (n^2 work, but
     dim / REDUCED_DIM times less of it), re-sorted on the exact full-dimension distances. The normalisation by each
     item's largest squared distance (the public k-reciprocal code's column maximum) is estimated on a random
@@ -154,8 +174,8 @@ class _ReducedDistances:
         for start in range(0, n, self.tile):
             block = candidates[start:start + self.tile]
             rows = np.repeat(np.arange(start, start + len(block)), block.shape[1])
-            exact = _exact_squared_distances(self.features, rows, block.ravel()).reshape(block.shape)
-            ranks[start:start + len(block)] = _stable_prefix(block, exact, width)
+            exact = exact_squared_distances(self.features, rows, block.ravel()).reshape(block.shape)
+            ranks[start:start + len(block)] = stable_prefix(block, exact, width)
         return ranks
 
     def _candidates(self, reduced: np.ndarray, width: int) -> np.ndarray:
@@ -164,7 +184,7 @@ class _ReducedDistances:
         try:
             import faiss
         except ImportError:  # optional ([deploy] extra)
-            return _FeatureDistances(reduced, self.tile, self.show_progress).scan(width, np.empty((0, len(reduced)),
+            return FeatureDistances(reduced, self.tile, self.show_progress).scan(width, np.empty((0, len(reduced)),
                                                                                                  np.float32))
         n, dim = reduced.shape
         lists = int(4 * np.sqrt(n))
@@ -180,7 +200,7 @@ class _ReducedDistances:
         return out
 
     def normalised_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        return _exact_squared_distances(self.features, rows, cols) / self.column_max[rows]
+        return exact_squared_distances(self.features, rows, cols) / self.column_max[rows]
 
 
 def _edge_jaccard(encoding: sp.csr_array, first: np.ndarray, second: np.ndarray,
@@ -208,7 +228,10 @@ def cluster_features(features: np.ndarray, params: ClusterParams = DEFAULT_PARAM
     """Cluster labels (0..C-1, -1 unassigned) of L2-normalised features; clusters numbered by size, largest 0."""
     feats = camera_centred(features, camids) if params.camera_aware else features
     graph = jaccard_graph(feats, params.k1, params.k2, show_progress)
-    return relabel_by_size(dbscan_labels(graph, params.eps, params.min_samples))
+    # DBSCAN's core size shrinks with k1 too: a validated min_samples of 4 would leave every person with 2-3
+    # crops of a small folder unassigned.
+    k1 = neighbourhood_sizes(len(feats), params.k1, params.k2)[0]
+    return relabel_by_size(dbscan_labels(graph, params.eps, min(params.min_samples, max(2, k1 // 2))))
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -219,64 +242,6 @@ def relabel_by_size(labels: np.ndarray) -> np.ndarray:
     mapping[order] = np.arange(order.size)
     out[labels >= 0] = mapping[labels[labels >= 0]]
     return out
-
-
-# ------------------------------------------------------------------------------------------------ scores
-
-def _singletons(labels: np.ndarray) -> np.ndarray:
-    """-1 (unassigned) becomes a cluster of its own per crop, as evaluations of clusterings count it."""
-    labels = np.asarray(labels, dtype=np.int64).copy()
-    noise = labels < 0
-    labels[noise] = labels.max(initial=0) + 1 + np.arange(noise.sum())
-    return labels
-
-
-def clustering_scores(true_labels, predicted) -> dict[str, float]:
-    """Pairwise precision/recall/F, B-cubed precision/recall/F (Bagga & Baldwin 1998), NMI and ARI
-    (scikit-learn), cluster counts. Unassigned crops (-1) count as singleton clusters."""
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    t = np.asarray(true_labels)
-    p = _singletons(predicted)
-    _, t_idx = np.unique(t, return_inverse=True)
-    _, p_idx = np.unique(p, return_inverse=True)
-    joint = sp.coo_array((np.ones(t.size), (t_idx, p_idx))).tocsr()
-    joint.sum_duplicates()
-    n_ij = joint.data
-    a = np.bincount(t_idx).astype(np.float64)  # true cluster sizes
-    b = np.bincount(p_idx).astype(np.float64)  # predicted cluster sizes
-    rows = np.repeat(np.arange(joint.shape[0]), np.diff(joint.indptr))
-    cols = joint.indices
-    same_both = float(np.sum(n_ij * (n_ij - 1)) / 2)
-    same_pred = float(np.sum(b * (b - 1)) / 2)
-    same_true = float(np.sum(a * (a - 1)) / 2)
-    pw_p = same_both / same_pred if same_pred else 1.0
-    pw_r = same_both / same_true if same_true else 1.0
-    bc_p = float(np.sum(n_ij ** 2 / b[cols]) / t.size)
-    bc_r = float(np.sum(n_ij ** 2 / a[rows]) / t.size)
-    raw = np.asarray(predicted)
-    return {"pairwise_precision": pw_p, "pairwise_recall": pw_r, "pairwise_f": _f(pw_p, pw_r),
-            "bcubed_precision": bc_p, "bcubed_recall": bc_r, "bcubed_f": _f(bc_p, bc_r),
-            "nmi": float(normalized_mutual_info_score(t, p)), "ari": float(adjusted_rand_score(t, p)),
-            "num_clusters": int(np.unique(raw[raw >= 0]).size), "num_unassigned": int(np.sum(raw < 0)),
-            "num_true": int(a.size)}
-
-
-def bcubed_f(true_labels, predicted) -> float:
-    """B-cubed F alone (what parameter choice needs; `clustering_scores` gives every score)."""
-    t, p = np.unique(np.asarray(true_labels), return_inverse=True)[1], _singletons(predicted)
-    p = np.unique(p, return_inverse=True)[1]
-    joint = sp.csr_array((np.ones(t.size), (t, p)))
-    joint.sum_duplicates()
-    rows = np.repeat(np.arange(joint.shape[0]), np.diff(joint.indptr))
-    n_ij, a, b = joint.data, np.bincount(t), np.bincount(p)
-    precision = float(np.sum(n_ij ** 2 / b[joint.indices]) / t.size)
-    recall = float(np.sum(n_ij ** 2 / a[rows]) / t.size)
-    return _f(precision, recall)
-
-
-def _f(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ tuning

@@ -4,7 +4,9 @@
   - `re_ranking` takes the three distance matrices and returns the same numbers as the authors' public
     Python function (python-version/re_ranking_ranklist.py, also torchreid's `utils/rerank.py`), vectorised;
   - `re_ranking_features` computes the same result from features without ever holding an (n, n) matrix
-    (n = queries + gallery), so it scales to MSMT17-size problems.
+    (n = queries + gallery), so it scales to MSMT17-size problems;
+  - `k_reciprocal_neighbours` gives the neighbour ranks and the sparse encodings themselves (for graph methods
+    such as `reidkit.analysis.cluster`), from the exact tile scan or any `NeighbourSource`.
 * alpha-weighted average query expansion and database-side augmentation (`query_expansion`).
 * SSM: diffusion on a kNN affinity graph with the tensor-product update (`ssm_diffusion`, `ssm_rerank`).
 * the registered re-rankers `k_reciprocal`, `aqe` and `ssm` (rerank.base) wrap them with validated parameters.
@@ -32,6 +34,7 @@ import operator
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -474,6 +477,55 @@ def re_ranking_features(query_features: ArrayLike, gallery_features: ArrayLike, 
         del ranks
         return _combine_blocks(encoding, final, final, lambda_value, _jaccard_rows_per_block(len(gallery)),
                                show_progress)
+
+
+class NeighbourSource(Protocol):
+    """What `k_reciprocal_neighbours` needs from a distance source: `scan(width, query_gallery)` -> (n, width)
+    neighbour indices sorted by distance (the item itself first), and `normalised_pairs(rows, cols)` -> the
+    squared distances divided by each row item's largest squared distance (the public code's normalisation)."""
+
+    def scan(self, width: int, query_gallery: np.ndarray) -> np.ndarray: ...
+
+    def normalised_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray: ...
+
+
+def k_reciprocal_neighbours(features: ArrayLike, k1: int = 20, k2: int = 6, *, chunk_size: int | None = None,
+                            source: NeighbourSource | None = None,
+                            show_progress: bool = False) -> tuple[np.ndarray, sp.csr_array]:
+    """The k-reciprocal neighbourhoods of a set of features, for graph methods (clustering) that need the
+    encodings rather than a query x gallery distance matrix.
+
+    Args:
+        features: (n, D) features, n >= 2; k1 <= n - 1 (the reciprocal set), k2 <= n (the query expansion).
+        chunk_size: side of the square distance tiles (default 4096), as in `re_ranking_features`.
+        source: where the neighbours and distances come from; default: the exact tile scan of
+            `re_ranking_features` (`FeatureDistances`). An approximate source (e.g. on a projection) fits here.
+        show_progress: tqdm progress bars.
+
+    Returns:
+        (ranks, encoding): ranks (n, max(k1 + 1, k2)) sorted nearest items of each item (itself first);
+        encoding (n, n) sparse CSR, row i = V_i after the local query expansion (Zhong et al. eqs. 6-7 and
+        sec. 3.4). The Jaccard distance of items i, j is 1 - s / (2 - s), s = sum_k min(V[i, k], V[j, k]):
+        the numbers `re_ranking_features(x, x, k1, k2, lambda_value=0)` gives.
+    """
+    k1, k2, _ = _check_k_reciprocal_params(k1, k2, 0.0)
+    feats = _check_matrix(features, "features")
+    if len(feats) < 2:
+        raise DataError(f"k_reciprocal_neighbours: needs at least 2 features, got {len(feats)}")
+    if k1 > len(feats) - 1 or k2 > len(feats):
+        raise ConfigError(f"k_reciprocal_neighbours: k1={k1} must be <= n - 1 and k2={k2} <= n (n = {len(feats)})")
+    with torch.no_grad():
+        if source is None:
+            tile = _DEFAULT_TILE if chunk_size is None else _check_int(chunk_size, "chunk_size", 1)
+            source = FeatureDistances(feats, tile, show_progress)
+        ranks = source.scan(max(k1 + 1, k2), np.empty((0, len(feats)), dtype=np.float32))
+        return ranks, _k_reciprocal_encoding(ranks, source.normalised_pairs, k1, k2)
+
+
+# Public names of the pieces other modules build on (documented where they are defined).
+FeatureDistances = _FeatureDistances
+exact_squared_distances = _exact_squared_distances
+stable_prefix = _stable_prefix
 
 
 # ----------------------------------------------------------------------------------------------------------
