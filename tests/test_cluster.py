@@ -220,3 +220,22 @@ def test_cluster_refuses_a_pair_network_clearly(crops, tmp_path, capsys):
     assert main(["cluster", str(crops), "--model", str(path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "pair network cannot cluster" in err and "pair.pt" in err and "embedding model" in err
+
+
+def test_camera_penalty_and_lambda_edges_match_naive_formulas():
+    from reidkit.analysis.cluster import _CameraPenalised
+    from reidkit.rerank.methods import FeatureDistances
+
+    x, _ = _blobs(ids=8, per=5, dim=16)
+    cams = np.arange(len(x)) % 2
+    sq = ((x[:, None].astype(np.float64) - x[None]) ** 2).sum(axis=2)
+    penalised = sq + 0.5 * (cams[:, None] == cams[None, :])
+    np.fill_diagonal(penalised, -1.0)  # the item itself first
+    source = _CameraPenalised(FeatureDistances(x, 4096, False), cams, 0.5)
+    ranks = source.scan(6, np.empty((0, len(x)), dtype=np.float32))
+    np.testing.assert_array_equal(ranks, np.argsort(penalised, axis=1, kind="stable")[:, :6])
+    graph = jaccard_graph(x, k1=6, k2=2, camids=cams, same_camera_penalty=0.5)
+    original = (sq / sq.max(axis=1, keepdims=True))[graph.first, graph.second]  # re-ranking's original term
+    mixed = graph.matrix(0.3)[graph.first, graph.second]
+    np.testing.assert_allclose(mixed, 0.7 * graph.jaccard + 0.3 * (original + 0.5 * (
+        cams[graph.first] == cams[graph.second]) / sq.max(axis=1)[graph.first]), atol=1e-6)

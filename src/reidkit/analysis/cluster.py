@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import logging
 import os
 import re
@@ -55,14 +56,19 @@ _MAX_SAMPLE = 2048  # items on which the large-n path estimates each item's larg
 
 @dataclass
 class ClusterParams:
-    """eps: DBSCAN radius on the Jaccard distance; min_samples: DBSCAN core size (the crop included); k1, k2:
-    k-reciprocal neighbourhood and query-expansion sizes; camera_aware: remove each camera's mean embedding."""
+    """eps: DBSCAN radius on the edge distance; min_samples: DBSCAN core size (the crop included); k1, k2:
+    k-reciprocal neighbourhood and query-expansion sizes; camera_aware: remove each camera's mean embedding;
+    lambda_value: weight of the original (normalised squared) distance in the edge distance, as in re-ranking's
+    final distance (0 = Jaccard only); same_camera_penalty: added to the squared distance of two crops of the same
+    camera before the k-reciprocal sets are formed (camera-aware neighbours; 0 = off, needs known cameras)."""
 
     eps: float = 0.55
     min_samples: int = 2
     k1: int = 20
     k2: int = 6
     camera_aware: bool = True
+    lambda_value: float = 0.0
+    same_camera_penalty: float = 0.0
 
 
 DEFAULT_PARAMS = ClusterParams()  # used only without a stored calibration (a warning says so)
@@ -84,16 +90,21 @@ def camera_centred(features: np.ndarray, camids: np.ndarray | None) -> np.ndarra
 
 @dataclass
 class JaccardGraph:
-    """Unordered kNN edges (first < second) with their k-reciprocal Jaccard distance."""
+    """Unordered kNN edges (first < second) with their k-reciprocal Jaccard distance and their original distance
+    (squared, normalised by the first item's largest one: re-ranking's original term)."""
 
     num_items: int
     first: np.ndarray
     second: np.ndarray
     jaccard: np.ndarray
+    original: np.ndarray | None = None
 
-    def matrix(self) -> sp.csr_array:
-        """Symmetric sparse distances; stored values get +1e-9 so a distance 0 is not an absent entry."""
+    def matrix(self, lambda_value: float = 0.0) -> sp.csr_array:
+        """Symmetric sparse distances (1 - lambda) * jaccard + lambda * original; stored values get +1e-9 so a
+        distance 0 is not an absent entry."""
         d = self.jaccard + 1e-9
+        if lambda_value:
+            d = (1.0 - lambda_value) * self.jaccard + lambda_value * self.original + 1e-9
         rows, cols = np.r_[self.first, self.second], np.r_[self.second, self.first]
         return sp.csr_array((np.r_[d, d], (rows, cols)), shape=(self.num_items, self.num_items))
 
@@ -117,13 +128,16 @@ def neighbourhood_sizes(n: int, k1: int, k2: int) -> tuple[int, int]:
 
 
 def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress: bool = False,
-                  tile: int = 4096, exact_limit: int = EXACT_LIMIT) -> JaccardGraph:
+                  tile: int = 4096, exact_limit: int = EXACT_LIMIT, camids: np.ndarray | None = None,
+                  same_camera_penalty: float = 0.0) -> JaccardGraph:
     """k-reciprocal Jaccard distances (Zhong et al. 2017, lambda = 0) on the edges of the k1-nearest-neighbour graph.
 
     Neighbours, their euclidean distances and the sparse encodings come from `reidkit.rerank`'s feature-based
     k-reciprocal code (the same numbers as `re_ranking_features`), so no n x n matrix is held: memory is
     O(n * (k1 * k2 + dim)) plus one tile x tile block. Above `exact_limit` crops the neighbour candidates
-    come from a PCA projection (`_ReducedDistances`), re-sorted on exact distances.
+    come from a PCA projection (`_ReducedDistances`), re-sorted on exact distances. With cameras and a
+    `same_camera_penalty`, same-camera squared distances are inflated before the k-reciprocal sets are formed
+    (`_CameraPenalised`).
     """
     n = len(features)
     if n < 2:
@@ -133,6 +147,8 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress
     with torch.no_grad():
         large = n > exact_limit and feats.shape[1] > REDUCED_DIM
         source = (_ReducedDistances if large else FeatureDistances)(feats, tile, show_progress)
+        if same_camera_penalty and camids is not None and np.unique(camids).size > 1:
+            source = _CameraPenalised(source, np.asarray(camids), same_camera_penalty)
         ranks, encoding = k_reciprocal_neighbours(feats, k1, k2, source=source)
     rows = np.repeat(np.arange(n), k1 + 1)
     cols = ranks[:, :k1 + 1].ravel()
@@ -140,7 +156,29 @@ def jaccard_graph(features: np.ndarray, k1: int = 20, k2: int = 6, show_progress
     low, high = np.minimum(rows, cols)[keep], np.maximum(rows, cols)[keep]
     keys = np.unique(low * n + high)
     first, second = keys // n, keys % n
-    return JaccardGraph(n, first, second, _edge_jaccard(encoding, first, second, show_progress))
+    return JaccardGraph(n, first, second, _edge_jaccard(encoding, first, second, show_progress),
+                        source.normalised_pairs(first, second))
+
+
+class _CameraPenalised:
+    """Camera-aware neighbours: a `NeighbourSource` whose squared distances get `penalty` added for two crops of
+    the same camera (so a person's cross-camera crops enter its k-reciprocal set instead of look-alike crops of
+    the same camera). Candidates are the base source's 3 x width nearest, re-sorted on the penalised distances;
+    the normalisation keeps the base source's per-item maxima."""
+
+    def __init__(self, base: FeatureDistances | _ReducedDistances, camids: np.ndarray, penalty: float) -> None:
+        self.base, self.camids, self.penalty = base, camids, float(penalty)
+
+    def scan(self, width: int, query_gallery: np.ndarray) -> np.ndarray:
+        candidates = self.base.scan(min(len(self.camids), 3 * width), query_gallery)
+        rows = np.repeat(np.arange(len(candidates)), candidates.shape[1])
+        values = self.normalised_pairs(rows, candidates.ravel()).reshape(candidates.shape)
+        values[candidates == np.arange(len(candidates))[:, None]] = -1.0  # each item stays its own nearest
+        return stable_prefix(candidates, values, width)
+
+    def normalised_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        same = (self.camids[rows] == self.camids[cols]) & (rows != cols)
+        return self.base.normalised_pairs(rows, cols) + self.penalty * same / self.base.column_max[rows]
 
 
 class _ReducedDistances:
@@ -216,22 +254,26 @@ def _edge_jaccard(encoding: sp.csr_array, first: np.ndarray, second: np.ndarray,
     return out
 
 
-def dbscan_labels(graph: JaccardGraph, eps: float, min_samples: int) -> np.ndarray:
-    """scikit-learn DBSCAN on the sparse precomputed distances; -1 = unassigned (noise)."""
+def dbscan_labels(graph: JaccardGraph, eps: float, min_samples: int, lambda_value: float = 0.0) -> np.ndarray:
+    """scikit-learn DBSCAN on the sparse precomputed distances; -1 = unassigned (noise). min_samples = 1 is
+    single linkage cut at eps (every crop is a core)."""
     from sklearn.cluster import DBSCAN
 
-    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(graph.matrix()).labels_
+    matrix = graph.matrix(lambda_value)
+    return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(matrix).labels_
 
 
 def cluster_features(features: np.ndarray, params: ClusterParams = DEFAULT_PARAMS,
                      camids: np.ndarray | None = None, show_progress: bool = False) -> np.ndarray:
     """Cluster labels (0..C-1, -1 unassigned) of L2-normalised features; clusters numbered by size, largest 0."""
     feats = camera_centred(features, camids) if params.camera_aware else features
-    graph = jaccard_graph(feats, params.k1, params.k2, show_progress)
+    graph = jaccard_graph(feats, params.k1, params.k2, show_progress, camids=camids,
+                          same_camera_penalty=params.same_camera_penalty)
     # DBSCAN's core size shrinks with k1 too: a validated min_samples of 4 would leave every person with 2-3
     # crops of a small folder unassigned.
     k1 = neighbourhood_sizes(len(feats), params.k1, params.k2)[0]
-    return relabel_by_size(dbscan_labels(graph, params.eps, min(params.min_samples, max(2, k1 // 2))))
+    return relabel_by_size(dbscan_labels(graph, params.eps, min(params.min_samples, max(2, k1 // 2)),
+                                         params.lambda_value))
 
 
 def relabel_by_size(labels: np.ndarray) -> np.ndarray:
@@ -250,27 +292,31 @@ EPS_GRID = tuple(np.round(np.arange(0.30, 0.951, 0.025), 3))
 
 
 def choose_cluster_params(features: np.ndarray, pids: np.ndarray, camids: np.ndarray | None,
-                          eps_grid: Sequence[float] = EPS_GRID, min_samples_grid: Sequence[int] = (2, 3, 4),
+                          eps_grid: Sequence[float] = EPS_GRID, min_samples_grid: Sequence[int] = (1, 2, 3, 4),
                           k1_grid: Sequence[int] = (10, 20), k2: int = 6,
+                          lambda_grid: Sequence[float] = (0.0, 0.2), penalty_grid: Sequence[float] = (0.0, 0.3),
                           ) -> tuple[ClusterParams, list[dict[str, Any]]]:
     """The parameters with the best B-cubed F on these labelled identities, and every tried setting with its
-    scores, best first. Meant for identities other than the ones the clustering will be used on."""
+    scores, best first. Meant for identities other than the ones the clustering will be used on. The camera
+    options (centring, same-camera penalty) are tried only when cameras are given."""
     rows = []
-    for camera_aware in ((True, False) if camids is not None else (False,)):
+    cameras = camids is not None and np.unique(camids).size > 1
+    for camera_aware, penalty in itertools.product((True, False) if cameras else (False,),
+                                                   penalty_grid if cameras else (0.0,)):
         feats = camera_centred(features, camids) if camera_aware else features
         for k1 in k1_grid:
-            graph = jaccard_graph(feats, k1, k2)
-            for min_samples in min_samples_grid:
-                for eps in eps_grid:
-                    params = ClusterParams(float(eps), int(min_samples), int(k1), k2, camera_aware)
-                    labels = dbscan_labels(graph, params.eps, params.min_samples)
-                    rows.append({**asdict(params), "bcubed_f": bcubed_f(pids, labels), "labels": labels})
+            graph = jaccard_graph(feats, k1, k2, camids=camids, same_camera_penalty=penalty)
+            for lam, min_samples, eps in itertools.product(lambda_grid, min_samples_grid, eps_grid):
+                params = ClusterParams(float(eps), int(min_samples), int(k1), k2, camera_aware, float(lam),
+                                       float(penalty))
+                labels = dbscan_labels(graph, params.eps, params.min_samples, params.lambda_value)
+                rows.append({**asdict(params), "bcubed_f": bcubed_f(pids, labels), "labels": labels})
     rows.sort(key=lambda r: -r["bcubed_f"])
     best = rows[0]
     best.update(clustering_scores(pids, best.pop("labels")))
     for row in rows[1:]:
         del row["labels"]
-    return ClusterParams(*(best[k] for k in ("eps", "min_samples", "k1", "k2", "camera_aware"))), rows
+    return ClusterParams(**{k: best[k] for k in asdict(DEFAULT_PARAMS)}), rows
 
 
 # ------------------------------------------------------------------------------------------------ the verb
@@ -322,7 +368,8 @@ def resolve_params(model: str | os.PathLike, threshold: float | None, calibrated
         raise ConfigError(f"--calibrated: {model} has no stored clustering threshold (run `reidkit calibrate "
                           "--model MODEL --data VALIDATION_FOLDER` with an embedding model first)")
     if stored is not None:
-        params = ClusterParams(**{k: stored[k] for k in asdict(DEFAULT_PARAMS)})
+        # calibrations stored before lambda_value / same_camera_penalty existed get their off values
+        params = ClusterParams(**{k: stored.get(k, v) for k, v in asdict(DEFAULT_PARAMS).items()})
         source = (f"validated: chosen by `reidkit calibrate` on {stored.get('identities', '?')} identities of "
                   f"{stored.get('chosen_on', '?')} (B-cubed F {stored.get('bcubed_f', float('nan')):.3f})")
     else:
