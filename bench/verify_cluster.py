@@ -411,6 +411,16 @@ def markdown(r: dict) -> str:
                              f"{100 * m['pairwise_precision']:.1f} / {100 * m['pairwise_recall']:.1f} / "
                              f"{100 * m['pairwise_f']:.1f} | {m['nmi']:.3f} | {m['ari']:.3f} | "
                              f"{m['num_clusters']} ({m['num_true']}) | {m['num_unassigned']} |")
+    if "variants" in r:
+        lines += ["", "## Variants on dense re-ranked distances (bench/cluster_variants.py; B-cubed F, each family's "
+                      "setting chosen on one half and reported on the other; ceiling = best setting tuned on the "
+                      "reported half itself)", "",
+                  "| model | family | A -> B | B -> A | ceiling A / B |", "| --- | --- | --- | --- | --- |"]
+        for name, families in r["variants"].items():
+            for family, v in families.items():
+                ab, ba = v["chosen_on_A_reported_on_B"], v["chosen_on_B_reported_on_A"]
+                lines.append(f"| {name} | {family} | {100 * ab['bcubed_f']:.1f} | {100 * ba['bcubed_f']:.1f} | "
+                             f"{100 * v['ceiling_A']:.1f} / {100 * v['ceiling_B']:.1f} |")
     if "scale" in r:
         lines += ["", "## Scale (synthetic 1280-d features, fresh process per size)", "",
                   "| crops | neighbours | time (s) | peak RSS clustering (MB) | RSS before (MB) | features (MB) | "

@@ -239,3 +239,24 @@ def test_camera_penalty_and_lambda_edges_match_naive_formulas():
     mixed = graph.matrix(0.3)[graph.first, graph.second]
     np.testing.assert_allclose(mixed, 0.7 * graph.jaccard + 0.3 * (original + 0.5 * (
         cams[graph.first] == cams[graph.second]) / sq.max(axis=1)[graph.first]), atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_sparse_average_linkage_equals_scipy_on_the_dense_matrix(threshold):
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    from sklearn.metrics import adjusted_rand_score
+
+    from reidkit.analysis.cluster import JaccardGraph, average_linkage_labels
+
+    x, _ = _blobs(ids=8, per=5, dim=16, spread=0.4)
+    graph = jaccard_graph(x, k1=6, k2=2)
+    dense = np.ones((len(x), len(x)))  # absent pairs: distance 1
+    dense[graph.first, graph.second] = dense[graph.second, graph.first] = np.maximum(graph.jaccard, 0.0)
+    np.fill_diagonal(dense, 0.0)
+    reference = fcluster(linkage(squareform(dense, checks=False), "average"), threshold, criterion="distance")
+    got = average_linkage_labels(graph, threshold)
+    singles = got < 0
+    got[singles] = got.max() + 1 + np.arange(singles.sum())  # unassigned = a cluster of its own
+    assert adjusted_rand_score(reference, got) == 1.0
+    assert isinstance(graph, JaccardGraph)

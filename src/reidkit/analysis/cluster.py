@@ -60,7 +60,8 @@ class ClusterParams:
     k-reciprocal neighbourhood and query-expansion sizes; camera_aware: remove each camera's mean embedding;
     lambda_value: weight of the original (normalised squared) distance in the edge distance, as in re-ranking's
     final distance (0 = Jaccard only); same_camera_penalty: added to the squared distance of two crops of the same
-    camera before the k-reciprocal sets are formed (camera-aware neighbours; 0 = off, needs known cameras)."""
+    camera before the k-reciprocal sets are formed (camera-aware neighbours; 0 = off, needs known cameras);
+    method: "dbscan" (eps = radius) or "average" (average linkage on the graph cut at eps; min_samples unused)."""
 
     eps: float = 0.55
     min_samples: int = 2
@@ -69,6 +70,7 @@ class ClusterParams:
     camera_aware: bool = True
     lambda_value: float = 0.0
     same_camera_penalty: float = 0.0
+    method: str = "dbscan"
 
 
 DEFAULT_PARAMS = ClusterParams()  # used only without a stored calibration (a warning says so)
@@ -99,12 +101,13 @@ class JaccardGraph:
     jaccard: np.ndarray
     original: np.ndarray | None = None
 
+    def distances(self, lambda_value: float = 0.0) -> np.ndarray:
+        """Edge distances (1 - lambda) * jaccard + lambda * original."""
+        return (1.0 - lambda_value) * self.jaccard + lambda_value * self.original if lambda_value else self.jaccard
+
     def matrix(self, lambda_value: float = 0.0) -> sp.csr_array:
-        """Symmetric sparse distances (1 - lambda) * jaccard + lambda * original; stored values get +1e-9 so a
-        distance 0 is not an absent entry."""
-        d = self.jaccard + 1e-9
-        if lambda_value:
-            d = (1.0 - lambda_value) * self.jaccard + lambda_value * self.original + 1e-9
+        """Symmetric sparse `distances`; stored values get +1e-9 so a distance 0 is not an absent entry."""
+        d = self.distances(lambda_value) + 1e-9
         rows, cols = np.r_[self.first, self.second], np.r_[self.second, self.first]
         return sp.csr_array((np.r_[d, d], (rows, cols)), shape=(self.num_items, self.num_items))
 
@@ -263,6 +266,52 @@ def dbscan_labels(graph: JaccardGraph, eps: float, min_samples: int, lambda_valu
     return DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit(matrix).labels_
 
 
+def average_linkage_labels(graph: JaccardGraph, threshold: float, lambda_value: float = 0.0) -> np.ndarray:
+    """Average linkage on the sparse graph, cut at `threshold`; crops left alone are unassigned (-1).
+
+    Pairs without an edge count as distance 1 (the Jaccard maximum: no shared k-reciprocal neighbour), so the
+    result equals scipy's average linkage (`fcluster(..., criterion="distance")`) on the dense matrix holding the
+    edge distances and 1 elsewhere -- without that n x n matrix (scipy and scikit-learn need it dense; sklearn's
+    `connectivity` averages over edges only and still wants a dense precomputed X). Greedy merging of the closest
+    pair with a heap: cluster averages are 1 - G / (|P| |Q|), G = sum over edges between P and Q of (1 - d).
+    """
+    import heapq
+
+    n = graph.num_items
+    gain = 1.0 - graph.distances(lambda_value)
+    links: list[dict[int, float] | None] = [{} for _ in range(n)]
+    for a, b, g in zip(graph.first.tolist(), graph.second.tolist(), gain.tolist(), strict=True):
+        links[a][b] = links[b][a] = g
+    size, parent = [1] * n, list(range(n))
+    heap = [(1.0 - g, a, b) for a, b, g in zip(graph.first.tolist(), graph.second.tolist(), gain.tolist(),
+                                               strict=True)]
+    heapq.heapify(heap)
+    while heap and heap[0][0] <= threshold:
+        average, a, b = heapq.heappop(heap)
+        if links[a] is None or links[b] is None or b not in links[a] \
+                or 1.0 - links[a][b] / (size[a] * size[b]) != average:
+            continue  # stale: one side was merged since this entry was pushed
+        if len(links[a]) < len(links[b]):
+            a, b = b, a  # merge the smaller neighbour list into the larger
+        keep, gone = links[a], links[b]
+        del keep[b], gone[a]
+        for c, g in gone.items():
+            del links[c][b]
+            keep[c] = links[c][a] = keep.get(c, 0.0) + g
+        size[a] += size[b]
+        parent[b], links[b] = a, None
+        for c, g in keep.items():
+            heapq.heappush(heap, (1.0 - g / (size[a] * size[c]), min(a, c), max(a, c)))
+    roots = np.array(parent)
+    while True:  # path halving to the root of every crop
+        nxt = roots[roots]
+        if np.array_equal(nxt, roots):
+            break
+        roots = nxt
+    _, labels, counts = np.unique(roots, return_inverse=True, return_counts=True)
+    return np.where(counts[labels] > 1, labels, -1)
+
+
 def cluster_features(features: np.ndarray, params: ClusterParams = DEFAULT_PARAMS,
                      camids: np.ndarray | None = None, show_progress: bool = False) -> np.ndarray:
     """Cluster labels (0..C-1, -1 unassigned) of L2-normalised features; clusters numbered by size, largest 0."""
@@ -272,6 +321,8 @@ def cluster_features(features: np.ndarray, params: ClusterParams = DEFAULT_PARAM
     # DBSCAN's core size shrinks with k1 too: a validated min_samples of 4 would leave every person with 2-3
     # crops of a small folder unassigned.
     k1 = neighbourhood_sizes(len(feats), params.k1, params.k2)[0]
+    if params.method == "average":
+        return relabel_by_size(average_linkage_labels(graph, params.eps, params.lambda_value))
     return relabel_by_size(dbscan_labels(graph, params.eps, min(params.min_samples, max(2, k1 // 2)),
                                          params.lambda_value))
 
@@ -295,6 +346,7 @@ def choose_cluster_params(features: np.ndarray, pids: np.ndarray, camids: np.nda
                           eps_grid: Sequence[float] = EPS_GRID, min_samples_grid: Sequence[int] = (1, 2, 3, 4),
                           k1_grid: Sequence[int] = (10, 20), k2: int = 6,
                           lambda_grid: Sequence[float] = (0.0, 0.2), penalty_grid: Sequence[float] = (0.0, 0.3),
+                          methods: Sequence[str] = ("dbscan", "average"),
                           ) -> tuple[ClusterParams, list[dict[str, Any]]]:
     """The parameters with the best B-cubed F on these labelled identities, and every tried setting with its
     scores, best first. Meant for identities other than the ones the clustering will be used on. The camera
@@ -306,10 +358,12 @@ def choose_cluster_params(features: np.ndarray, pids: np.ndarray, camids: np.nda
         feats = camera_centred(features, camids) if camera_aware else features
         for k1 in k1_grid:
             graph = jaccard_graph(feats, k1, k2, camids=camids, same_camera_penalty=penalty)
-            for lam, min_samples, eps in itertools.product(lambda_grid, min_samples_grid, eps_grid):
+            settings = [(m, ms) for m in methods for ms in (min_samples_grid if m == "dbscan" else (1,))]
+            for lam, (method, min_samples), eps in itertools.product(lambda_grid, settings, eps_grid):
                 params = ClusterParams(float(eps), int(min_samples), int(k1), k2, camera_aware, float(lam),
-                                       float(penalty))
-                labels = dbscan_labels(graph, params.eps, params.min_samples, params.lambda_value)
+                                       float(penalty), method)
+                labels = (average_linkage_labels(graph, params.eps, params.lambda_value) if method == "average"
+                          else dbscan_labels(graph, params.eps, params.min_samples, params.lambda_value))
                 rows.append({**asdict(params), "bcubed_f": bcubed_f(pids, labels), "labels": labels})
     rows.sort(key=lambda r: -r["bcubed_f"])
     best = rows[0]
