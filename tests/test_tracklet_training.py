@@ -125,3 +125,21 @@ def test_init_from_an_image_checkpoint_loads_the_frame_encoder(trained, synth, t
 def test_tracklet_options_without_tracklets_are_refused(synth, capsys):
     assert main(["evaluate", "--model", "x.pt", "--data", str(synth), "--set-distance", "min"]) == 2
     assert "--set-distance applies to tracklet evaluation: add --tracklets" in capsys.readouterr().err
+
+
+def test_image_verbs_accept_a_tracklet_checkpoint_through_its_frame_encoder(trained, synth, tmp_path):
+    """extract / evaluate / search embed single images with a temporal checkpoint's frame encoder: the same
+    features as that encoder saved on its own as an image checkpoint."""
+    from reidkit.checkpoint import load_checkpoint, save_checkpoint
+    from reidkit.inference.extractor import Extractor
+
+    payload = load_checkpoint(trained / "best.pt")
+    cfg = {k: v for k, v in payload["model_cfg"].items() if k not in ("temporal_pooling", "attention_hidden")}
+    image = build_model("embedding", **cfg)
+    image.load_state_dict({k.removeprefix("frame_model."): v for k, v in payload["model"].items()
+                           if k.startswith("frame_model.")})
+    save_checkpoint(tmp_path / "image.pt", model=image, model_name="embedding", model_cfg=cfg, epoch=1)
+    paths = sorted((synth / "query").glob("*.jpg"))[:6]
+    temporal = Extractor(trained / "best.pt", device="cpu").embed(paths)
+    frames_only = Extractor(tmp_path / "image.pt", device="cpu").embed(paths)
+    np.testing.assert_allclose(temporal, frames_only, atol=1e-5)

@@ -114,23 +114,24 @@ def require_finite_weights(payload: dict[str, Any], path: str | Path) -> None:
 
 
 def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                          task: str | None = None) -> tuple[nn.Module, dict]:
+                          task: str | tuple[str, ...] | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the model recorded in a checkpoint and load its weights (strict); refuses NaN/inf weights.
 
-    `task` ("embedding" / "pair"), if given, must be the task of the recorded model; weights that do not fit the
-    recorded config (missing, unexpected or differently shaped tensors) raise ModelError naming the file.
+    `task` ("embedding" / "pair" / "tracklet", or a tuple of accepted tasks), if given, must include the task of the
+    recorded model; weights that do not fit the recorded config (missing, unexpected or differently shaped tensors)
+    raise ModelError naming the file.
     """
     from .models import build_model
     from .models.registry import model_spec
 
     payload = load_checkpoint(path, map_location)
     name = payload["model_name"]
-    if task is not None and model_spec(name).task != task:
-        raise ModelError(f"checkpoint {path}: model {name!r} is a {model_spec(name).task}-task model; this needs "
-                         f"an {task}-task model (a pair network compares two images and gives no embedding)"
-                         if task == "embedding" else
-                         f"checkpoint {path}: model {name!r} is a {model_spec(name).task}-task model; this needs "
-                         f"a {task}-task model")
+    accepted = (task,) if isinstance(task, str) else task
+    recorded = model_spec(name).task
+    if accepted is not None and recorded not in accepted:
+        reason = " (a pair network compares two images and gives no embedding)" if recorded == "pair" else ""
+        raise ModelError(f"checkpoint {path}: model {name!r} is a {recorded}-task model; this needs "
+                         f"a model of the {' or '.join(accepted)} task{reason}")
     require_finite_weights(payload, path)
     cfg = dict(payload["model_cfg"])
     cfg.pop("pretrained", None)  # weights come from the checkpoint, not from ImageNet files

@@ -31,7 +31,9 @@ class Extractor:
         if batch_size < 1:  # before loading: a zero-step batch loop would yield (0, 0) features
             raise ModelError(f"batch_size={batch_size}: must be >= 1")
         self.device = resolve_device(device)
-        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device, task="embedding")
+        # a tracklet (temporal) model embeds single images with its frame encoder, like an embedding model
+        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device,
+                                                    task=("embedding", "tracklet"))
         self.model.to(self.device).eval()
         self.checkpoint = Path(checkpoint)
         self.config = payload.get("config", {})
