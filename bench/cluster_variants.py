@@ -2,7 +2,7 @@
 what `reidkit.analysis.cluster` should ship (docs/verify_cluster.md, "What was tried").
 
 Run: .venv/bin/python bench/cluster_variants.py [emb|intel ...]   (~5 min per model on 2 busy cores; results cached
-in bench/out/cluster_variants_<model>.pkl) -> the "variants" entry of docs/benchmarks/verify_cluster.json.
+in bench/out/cluster_variants_<model>.pkl) -> the "variants" entry of docs/benchmarks/verify_cluster.{json,md}.
 
 Grid (per half, A and B of bench/verify_cluster.py): camera centring on/off x same-camera squared-distance penalty
 0 / 0.3 x k1 5, 8, 12, 20 x k2 1, 4 x lambda 0, 0.2, through `reidkit.rerank.re_ranking` on the full matrix; then
@@ -115,6 +115,7 @@ def main() -> None:
         report["variants"][FEATURES[model]] = summary(measure(model, x, pids, camids, in_a))
         print(json.dumps(report["variants"][FEATURES[model]], indent=1, default=float)[:3000])
     (vc.OUT / "verify_cluster.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (vc.OUT / "verify_cluster.md").write_text(vc.markdown(report))
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scale_child(n: int) -> None:
+def scale_child(n: int, average: bool = False) -> None:
     """One size in a fresh process: prints a JSON line with time and peak memory."""
     torch.set_num_threads(2)
     from reidkit.analysis.cluster import EXACT_LIMIT, ClusterParams, cluster_features, clustering_scores
@@ -254,6 +254,16 @@ def scale_child(n: int) -> None:
     start = time.time()
     predicted = cluster_features(x, ClusterParams(0.55, 2, 20, 6, False))
     seconds = time.time() - start
+    if average:  # the average-linkage step alone, on the same graph (the graph is built as for DBSCAN)
+        from reidkit.analysis.cluster import average_linkage_labels, jaccard_graph
+
+        graph = jaccard_graph(x, 20, 6)
+        start = time.time()
+        linked = average_linkage_labels(graph, 0.8)
+        print(json.dumps({"n": n, "average_linkage_seconds": time.time() - start, "edges": len(graph.first),
+                          "peak_rss_mb_with_average_linkage": peak_rss_mb(),
+                          "average_linkage_bcubed_f": clustering_scores(labels, linked)["bcubed_f"]}))
+        return
     print(json.dumps({"n": n, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_clustering_mb": base,
                       "peak_while_generating_mb": generation_peak,
                       "features_mb": x.nbytes / 2**20,
@@ -302,9 +312,12 @@ def main() -> None:
     parser.add_argument("--clustering-only", action="store_true",
                         help="re-measure only the clustering tables (cached features), keep the rest")
     parser.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--average-linkage-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scale_child:
         return scale_child(args.scale_child)
+    if args.average_linkage_child:
+        return scale_child(args.average_linkage_child, average=True)
     if args.scale_only:
         return rescale()
     if args.clustering_only:
@@ -428,6 +441,11 @@ def markdown(r: dict) -> str:
         for s in r["scale"]:
             lines.append(f"| {s['n']:,} | {s['neighbours']} | {s['seconds']:.0f} | {s['peak_rss_mb']:.0f} | "
                          f"{s['rss_before_clustering_mb']:.0f} | {s['features_mb']:.0f} | {100 * s['bcubed_f']:.1f} |")
+        for a in r.get("average_linkage_scale", []):
+            lines.append(f"\nAverage linkage alone on the same synthetic graph (`--average-linkage-child`): {a['n']:,} "
+                         f"crops, {a['edges']:,} edges: {a['average_linkage_seconds']:.1f} s, peak RSS "
+                         f"{a['peak_rss_mb_with_average_linkage']:.0f} MB, B-cubed F "
+                         f"{100 * a['average_linkage_bcubed_f']:.1f}.")
         n = r["neighbour_recall_10k"]
         sp = r["image_speed"]
         lines += ["", f"Approximate neighbours against exact at 10k: {100 * n['edge_recall']:.1f}% of the kNN edges, "
