@@ -273,7 +273,8 @@ def report() -> str:
                   "calibrated on a separate video of 40 other validation identities (same model and boxes), then "
                   "applied to the evaluation video. TrackEval: cross-camera IDF1 (Ristani et al.) over all cameras "
                   "at once; per-camera IDF1 / HOTA / MOTA combined over the cameras.", "",
-                  markdown(mc["rows"], mc), f"Load average at start: {mc.get('load_avg_1min_at_start')}.", ""]
+                  markdown(mc["rows"], mc), f"Load average at start: {mc.get('load_avg_1min_at_start')}.", "",
+                  *[f"- {note}" for note in mc.get("notes", [])], ""]
     speed = data.get("speed")
     if speed:
         parts += ["## Speed (2 threads)", "",
