@@ -131,7 +131,8 @@ def test_small_folder_of_few_crops_per_person_comes_out_right(seed):
     from sklearn.metrics import adjusted_rand_score
 
     for eps in (0.3, 0.45, 0.55, 0.65):
-        for stored in (ClusterParams(eps, 2, 20, 6, False), ClusterParams(eps, 4, 10, 6, True)):
+        for stored in (ClusterParams(eps, 2, 20, 6, False), ClusterParams(eps, 4, 10, 6, True),
+                       ClusterParams(eps, 1, 20, 6, True, 0.2, 0.3, "average")):
             assert adjusted_rand_score(labels, cluster_features(x, stored)) == 1.0, (eps, stored)
 
 
