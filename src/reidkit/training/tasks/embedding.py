@@ -228,6 +228,11 @@ class EmbeddingTask(Task):
                                                 embeddings=[o["features"] for o in outs]))
         return parts
 
+    def _batch_rows(self, idx: np.ndarray, epoch: int) -> np.ndarray:
+        """Rows of `train_images` that make the batch of sampled items `idx`: here the images themselves (the
+        tracklet task picks a clip of frames per sampled tracklet)."""
+        return idx
+
     def train_epoch(self, epoch: int, optimise: Optimise) -> dict[str, Any]:
         cfg = self.cfg
         for m in self.models:
@@ -240,7 +245,8 @@ class EmbeddingTask(Task):
         bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", enabled=self.show_progress)
         for step, idx in enumerate(bar):
             frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
-            x = normalize(self.train_images[idx].to(self.device), self.mean, self.std)
+            rows = self._batch_rows(idx, epoch)
+            x = normalize(self.train_images[rows].to(self.device), self.mean, self.std)
             x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
             labels = torch.as_tensor(self.train_labels[idx], device=self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
@@ -251,7 +257,7 @@ class EmbeddingTask(Task):
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.item()
             n_batches += 1
-            n_images += len(idx)
+            n_images += len(rows)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - start
         row = {f"loss_{k}": v / max(1, n_batches) for k, v in totals.items()}

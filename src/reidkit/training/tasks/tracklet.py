@@ -15,7 +15,6 @@ frame pairs), then the MARS protocol: reidkit.metrics.evaluate_rank_full (same p
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from ...data.tracklets import (
     restricted_random_sample,
     tracklet_arrays,
 )
-from ...data.transforms import BatchAugment, normalize
+from ...data.transforms import BatchAugment
 from ...distance import compute_distance_matrix, set_distance_matrix
 from ...errors import ConfigError, DataError, ModelError
 from ...inference.features import embed_tensor, require_finite_features
@@ -43,10 +42,9 @@ from ...metrics import evaluate_rank_full, summarize
 from ...metrics.rank import RankResult
 from ...models import build_model
 from ...models.temporal import POOLINGS, TemporalModel, pool_ragged
-from ...utils import progress
 from ..config import TEMPORAL_POOLINGS, TRACKLET_PROTOCOLS, TrackletTrainConfig
 from ..splits import describe_split, prepare_splits
-from .base import Member, Optimise, check_finite, register_task
+from .base import Member, register_task
 from .embedding import EmbeddingTask
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -270,38 +268,11 @@ class TrackletTask(EmbeddingTask):
         out = self.models[0](x, clip_len=self.cfg.data.clip_len)
         return self._student_loss(out, labels, ranking, 0)
 
-    def train_epoch(self, epoch: int, optimise: Optimise) -> dict[str, Any]:
-        cfg = self.cfg
-        self.models[0].train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        rng = np.random.default_rng([cfg.seed, epoch, 7])
-        ranking = epoch >= cfg.optim.pretrain_epochs
-        totals: dict[str, float] = {}
-        n_batches, n_frames, start = 0, 0, time.perf_counter()
-        batches = list(self.sampler.batches(epoch))
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", enabled=self.show_progress)
-        for step, idx in enumerate(bar):
-            frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
-            frames = self._clip_batch(idx, rng)
-            x = normalize(self.train_images[frames].to(self.device), self.mean, self.std)
-            x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
-            labels = torch.as_tensor(self.train_labels[idx], device=self.device)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                parts = self._step_losses(x, labels, ranking)
-            loss = sum(parts.values())
-            check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", parts)
-            optimise(loss, step, len(batches))
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.item()
-            n_batches += 1
-            n_frames += len(frames)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        elapsed = time.perf_counter() - start
-        row = {f"loss_{k}": v / max(1, n_batches) for k, v in totals.items()}
-        row.update(loss=sum(row.values()), epoch_seconds=elapsed, images_per_second=n_frames / max(elapsed, 1e-9),
-                   ranking_loss_active=ranking,
-                   max_erasing_area=self.augment.max_erasing_area((epoch + 1) / max(1, cfg.optim.epochs)))
-        return row
+    def _batch_rows(self, idx: np.ndarray, epoch: int) -> np.ndarray:
+        # one generator per epoch, drawn in batch order: the same clips whatever happened in earlier epochs
+        if getattr(self, "_clip_epoch", None) != epoch:
+            self._clip_rng, self._clip_epoch = np.random.default_rng([self.cfg.seed, epoch, 7]), epoch
+        return self._clip_batch(idx, self._clip_rng)
 
     # ------------------------------------------------------------- validation
     def validate(self) -> dict[str, Any]:
