@@ -289,19 +289,24 @@ def report() -> str:
                          + " | ".join(f"{ms[k]:.1f}" for k in ("decode", "detect", "embed", "track", "associate",
                                                                  "write")) + f" | {r['load_avg_1min']} |")
         parts.append("")
-    mem = data.get("memory")
-    if mem:
-        parts += ["## Memory over a long stream", "",
+    for key, title in (("memory", "OpenVINO OSNet 0288"), ("memory_torch", "PyTorch checkpoint runs/emb_val")):
+        mem = data.get(key)
+        if not mem:
+            continue
+        parts += [f"## Memory over a long stream: {title}", "",
                   f"Synthetic live-like stream (one camera, 320x180, 10 fps, frames rendered on the fly), online "
-                  f"association, detection every {mem['detect_every']} frames, OSNet 0288: {mem['frames']} frames "
-                  f"({mem['stream_minutes']:g} min of stream time), {mem['tracklets']} tracklets, "
-                  f"{mem['identities']} identities. Load average {mem['load_avg_1min']}.", "",
+                  f"association, detection every {mem['detect_every']} frames, re-id model {mem.get('model', '0288')}: "
+                  f"{mem['frames']} frames ({mem['stream_minutes']:g} min of stream time), {mem['tracklets']} "
+                  f"tracklets. Load average {mem['load_avg_1min']}.", "",
                   "| stream time (min) | RSS (MB) | peak RSS (MB) | wall (s) |", "|---|---|---|---|"]
         for smp in mem["samples"]:
+            if smp["stream_minutes"] not in (0.0, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 25.0, 29.0) \
+                    and not smp.get("after_outputs"):
+                continue
             tag = " (after final outputs)" if smp.get("after_outputs") else ""
             parts.append(f"| {smp['stream_minutes']}{tag} | {smp['rss_mb']} | {smp['peak_rss_mb']} | "
                          f"{smp['wall_s']} |")
-        parts.append("")
+        parts += ["", *[f"- {note}" for note in mem.get("notes", [])], ""]
     return "\n".join(parts)
 
 

@@ -67,7 +67,7 @@ def _rss_mb() -> tuple[float, float]:
     return round(fields["VmRSS"], 1), round(fields["VmHWM"], 1)
 
 
-def memory_stream(minutes: float, every: int = 10) -> dict:
+def memory_stream(minutes: float, every: int = 10, model: str | None = None) -> dict:
     """Track a synthetic stream of `minutes` of video time; RSS every minute of stream time."""
     from reidkit.data.synth_video import SyntheticVideo, SynthVideoConfig
     from reidkit.video.sources import Frame, FrameSource
@@ -109,14 +109,15 @@ def memory_stream(minutes: float, every: int = 10) -> dict:
 
     stream = Stream("synthetic-stream", "stream", cfg.fps, (cfg.width, cfg.height), None)
     with tempfile.TemporaryDirectory() as tmp:
-        result = track([stream], Path(tmp) / "run", model=str(MODELS["0288"]), detector=GeneratorBoxes(),
+        result = track([stream], Path(tmp) / "run", model=model or str(MODELS["0288"]), detector=GeneratorBoxes(),
                        options=TrackOptions(detect_every=every, online=True, video=False), detect_every=every,
                        show_progress=False)
         boxes.clear()
         rss, peak = _rss_mb()
         samples.append({"stream_minutes": round(result.frames / cfg.fps / 60, 2), "rss_mb": rss, "peak_rss_mb": peak,
                         "wall_s": round(time.perf_counter() - started, 1), "after_outputs": True})
-        return {"stream_minutes": minutes, "frames": result.frames, "tracklets": result.num_tracklets,
+        return {"stream_minutes": minutes, "model": model or "0288", "frames": result.frames,
+                "tracklets": result.num_tracklets,
                 "identities": result.num_identities, "detect_every": every, "samples": samples,
                 "seconds_per_stage": {k: round(v, 1) for k, v in result.timings.items()},
                 "load_avg_1min": round(os.getloadavg()[0], 2)}
@@ -129,12 +130,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--annotate", action="store_true", help="also time the annotated video once per source")
     parser.add_argument("--memory", type=float, metavar="MINUTES", help="run the memory stream instead")
+    parser.add_argument("--memory-model", help="re-id model of the memory stream (default: OSNet 0288)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory:
-        result = memory_stream(args.memory)
+        result = memory_stream(args.memory, model=args.memory_model)
         data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
-        data["memory"] = result
+        data["memory" if not args.memory_model else "memory_torch"] = result
         atomic_write_json(data, OUT_JSON)
         return
     rows = []

@@ -138,14 +138,7 @@ def embed_crops(extractor: Any, crops: list[np.ndarray]) -> np.ndarray:
         return np.asarray(extractor.embed(crops), np.float32)
     h, w = extractor.input_size
     batch = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in crops])
-    n = len(batch)
-    if getattr(extractor, "backend", "torch") in ("openvino", "onnxruntime"):
-        # Pad to a power of two: runtimes with dynamic batch keep compiled kernels per input shape, so arbitrary
-        # batch sizes made a long stream's memory creep (docs/benchmarks/video.md); a few sizes keep it bounded.
-        size = 1 << max(0, (n - 1).bit_length())
-        batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)]) if size > n else batch
-    features = extractor.embed_uint8(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous())
-    return np.asarray(features, np.float32)[:n]
+    return np.asarray(extractor.embed_uint8(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()), np.float32)
 
 
 def crop_quality(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
