@@ -178,6 +178,11 @@ def assign(cost: np.ndarray, max_cost: float) -> tuple[np.ndarray, np.ndarray, n
     return rows[keep], cols[keep], np.flatnonzero(unmatched)
 
 
+def _at_least(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """scores >= threshold, where a float32 score of 0.9 (0.89999998) counts as 0.9: detectors give float32."""
+    return scores >= threshold - 1e-6
+
+
 class Tracker:
     """Online tracker of one camera. See the module docstring for the algorithm and `TrackerConfig`."""
 
@@ -201,12 +206,12 @@ class Tracker:
         self._last_frame = frame_index
         self._predict(dt)
 
-        keep = boxes[:, 4] >= cfg.low_score
+        keep = _at_least(boxes[:, 4], cfg.low_score)
         boxes = boxes[keep]
         features = features[keep] if features is not None else None
         vis = visibility(boxes[:, :4])
-        high = np.flatnonzero(boxes[:, 4] >= cfg.high_score)
-        low = np.flatnonzero(boxes[:, 4] < cfg.high_score)
+        high = np.flatnonzero(_at_least(boxes[:, 4], cfg.high_score))
+        low = np.flatnonzero(~_at_least(boxes[:, 4], cfg.high_score))
 
         def apply(tracks: list[_Track], dets: np.ndarray) -> None:
             for track, det in zip(tracks, dets):
@@ -238,7 +243,7 @@ class Tracker:
             if track.hits >= cfg.min_hits:
                 self._confirm(track)
         # 4. confident leftovers: re-identify a lost or remembered track by appearance, else start a new track
-        high = high[boxes[high, 4] >= cfg.new_track_score]
+        high = high[_at_least(boxes[high, 4], cfg.new_track_score)]
         high = self._reidentify(frame_index, boxes, features, vis, high)
         self._start(frame_index, boxes, features, vis, high, confirm=first_frame or cfg.min_hits <= 1)
         # 5. age out
