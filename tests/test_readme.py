@@ -122,3 +122,19 @@ def test_ci_runs_the_readme_test_command():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci == [readme_command]
+
+
+def test_video_verification_and_web_commands_parse():
+    """Every `reidkit ...` line of the README's video / verification / web section names a real verb with real
+    options (parsed, not run: they need a trained model and videos)."""
+    from reidkit.cli.main import build_parser
+
+    script = _code_blocks(_section("Video, verification, clustering, the web app"), "bash")[0].replace("\\\n", " ")
+    commands = [c for c in (shlex.split(line, comments=True) for line in script.splitlines()) if c]
+    assert commands and all(c[0] == "reidkit" for c in commands)
+    verbs = set()
+    for argv in commands:
+        args = build_parser(argv[1]).parse_args(argv[1:])
+        assert args.func is not None, argv
+        verbs.add(argv[1])
+    assert {"track", "find", "verify", "cluster", "explain", "serve", "evaluate-tracks"} <= verbs
