@@ -140,7 +140,10 @@ def _annotated_frames(videos: list[Path], path: Path, per_video: int = 3) -> Non
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
         if frames:
             picks = np.linspace(len(frames) * 0.2, len(frames) * 0.9, per_video).astype(int)
-            rows.append(np.concatenate([frames[min(i, len(frames) - 1)] for i in picks], axis=1))
+            # a white gap after each frame: a box at a frame's edge must not look like it belongs to the next one
+            gap = ((0, 4), (0, 4), (0, 0))
+            rows.append(np.concatenate([np.pad(frames[min(i, len(frames) - 1)], gap, constant_values=255)
+                                        for i in picks], axis=1))
     if rows:
         width = min(r.shape[1] for r in rows)
         image = Image.fromarray(np.concatenate([r[:, :width] for r in rows], axis=0))
