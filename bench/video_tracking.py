@@ -54,7 +54,7 @@ MIN_DET_SCORE = 0.05  # cache everything above this; the tracker's thresholds de
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from reidkit.video.mot import MotTable
+    from reidkit.data.mot import MotTable
 
 # ----------------------------------------------------------------------------------------- sequences
 
@@ -62,7 +62,7 @@ def sequence(folder: Path) -> dict:
     """Frames (sorted img1 files), fps, and ground truth (reidkit's read_gt: MOT17 rows with consider == 1 and
     class == 1) restricted to the frames that exist (the MOT17-mini clips keep the full gt.txt but only their first
     few images)."""
-    from reidkit.video.mot import read_gt
+    from reidkit.data.mot import read_gt
     ini = configparser.ConfigParser()
     ini.read(folder / "seqinfo.ini")
     frames = sorted((folder / "img1").glob("*.jpg"))
@@ -177,7 +177,7 @@ def greedy_iou(dets: list[np.ndarray], score: float = 0.5, iou_min: float = 0.3)
 
 
 def table(rows: list[tuple]) -> MotTable:
-    from reidkit.video.mot import MotTable
+    from reidkit.data.mot import MotTable
     data = np.asarray(rows, np.float64).reshape(-1, 6)
     return MotTable(data[:, 0], data[:, 1], data[:, 2:6], np.ones(len(data)))
 
@@ -362,7 +362,7 @@ def end_to_end(embedder: str) -> dict:
     the rows above: the tracker inside the real pipeline."""
     import shutil
 
-    from reidkit.video.mot import read_mot
+    from reidkit.data.mot import read_mot
     out = CACHE / "e2e_tud"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from reidkit.data.mot import MotTable
 from reidkit.errors import MetricInputError
 from reidkit.metrics.tracking import evaluate_multicamera, evaluate_tracks
-from reidkit.video.mot import MotTable
 
 BOX = [0, 0, 10, 20]
 
@@ -154,7 +154,7 @@ def test_evaluate_tracks_cli_one_sequence_and_a_run_folder(tmp_path, capsys):
     import json
 
     from reidkit.cli.main import main
-    from reidkit.video.mot import write_mot
+    from reidkit.data.mot import write_mot
 
     gt = _table([(1, 5, BOX), (2, 5, BOX), (3, 5, BOX)])
     pred = _table([(1, 1, BOX), (2, 1, BOX), (2, 3, [100, 100, 10, 20]), (3, 2, BOX)])

@@ -83,7 +83,7 @@ def test_public_detections_served_per_frame(tmp_path):
 def test_default_detector_finds_the_people_of_tud_campus_frame_1():
     if not TUD.is_dir():
         pytest.skip("../shared TUD-Campus not present")
-    from reidkit.video.mot import read_gt
+    from reidkit.data.mot import read_gt
     from reidkit.video.sources import open_source
 
     frame = next(iter(open_source(TUD)))

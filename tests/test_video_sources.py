@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from reidkit.data.mot import MotTable, MotWriter, SeqInfo, read_gt, read_mot, read_seqinfo, write_mot, write_seqinfo
 from reidkit.errors import DataError
-from reidkit.video.mot import MotTable, MotWriter, read_gt, read_mot, write_mot
-from reidkit.video.sources import SeqInfo, interleave, open_source, read_seqinfo, write_seqinfo  # re-exported
+from reidkit.video.sources import interleave, open_source
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 W, H, N = 64, 48, 30

@@ -254,8 +254,8 @@ def test_tud_campus_public_detections_idf1_by_motmetrics():
     if not (TUD / "det" / "det.txt").is_file():
         pytest.skip("../shared TUD-Campus not present")
     mm = pytest.importorskip("motmetrics")
+    from reidkit.data.mot import read_gt
     from reidkit.video.detect import build_detector
-    from reidkit.video.mot import read_gt
 
     detector = build_detector(TUD)  # det.txt, scores divided by the file's maximum
     image = np.zeros((480, 640, 3), np.uint8)

@@ -89,9 +89,10 @@ def add_synth_video_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------- evaluate-tracks
 
 def evaluate_tracks_command(args: argparse.Namespace) -> None:
+    from ..data.mot import ground_truth_file, read_gt_dir, read_mot, read_run
     from ..metrics.tracking import evaluate_multicamera, evaluate_tracks, format_tracking_table
     from ..utils import atomic_write_json
-    from ..video.mot import evaluation_pair, ground_truth_file, read_gt_dir, read_mot, read_run
+    from ..video.mot import evaluation_pair
 
     if (args.gt is None) == (args.gt_dir is None):
         raise ConfigError("evaluate-tracks: give either --gt (one sequence) or --gt-dir (a multi-camera folder)")

@@ -4,7 +4,7 @@ and the cross-camera IDF1 of a multi-camera run.
 The metrics themselves are TrackEval's (`trackeval.metrics.HOTA`, `CLEAR`, `Identity`: the MOTChallenge reference
 implementation); this module only prepares their input: per timestep, the ground-truth and tracker ids (remapped to
 0..n-1) and the IoU between their boxes. Ground truth is taken as given (filter MOT17's consider/class columns before,
-e.g. with `reidkit.video.mot.read_gt`).
+e.g. with `reidkit.data.mot.read_gt`).
 
 Cross-camera IDF1 (Ristani et al., "Performance Measures and a Data Set for Multi-Target, Multi-Camera Tracking",
 2016): all cameras form one sequence whose timesteps are the (camera, frame) pairs and whose ids are global, and the
@@ -12,7 +12,7 @@ identity measures are computed over it at once. A person split into different id
 under one id across cameras, costs identity true positives even when every single camera is tracked perfectly.
 
 Tables are duck-typed (`TrackTable`): anything with `frames` (1-based ints), `ids` (ints) and `boxes` (x, y, w, h)
-arrays of one length, such as `reidkit.video.mot.MotTable`. Ratios are returned as percentages, counts as ints.
+arrays of one length, such as `reidkit.data.mot.MotTable`. Ratios are returned as percentages, counts as ints.
 """
 
 from __future__ import annotations

@@ -1,29 +1,9 @@
-"""MOTChallenge files for the video pipeline: the implementation is `reidkit.data.mot` (a dataset layout, so the
-data layer, e.g. `reidkit.data.synth_video`, can write it too); this module re-exports it and adds
-`evaluation_pair`, the ground truth and tracks as MOTChallenge's evaluation sees them."""
+"""MOTChallenge evaluation as the video verbs need it. The files themselves are read and written by
+`reidkit.data.mot` (a dataset layout: the data layer's video generator writes them too)."""
 
 import os
 
-from ..data.mot import (
-    DISTRACTOR_CLASSES,
-    MotTable,
-    MotWriter,
-    SeqInfo,
-    format_rows,
-    ground_truth_file,
-    read_gt,
-    read_gt_dir,
-    read_gt_distractors,
-    read_mot,
-    read_run,
-    read_seqinfo,
-    write_mot,
-    write_seqinfo,
-)
-
-__all__ = ["DISTRACTOR_CLASSES", "MotTable", "MotWriter", "SeqInfo", "evaluation_pair", "format_rows",
-           "ground_truth_file", "read_gt", "read_gt_dir", "read_gt_distractors", "read_mot", "read_run", "read_seqinfo",
-           "write_mot", "write_seqinfo"]
+from ..data.mot import MotTable, read_gt, read_gt_distractors
 
 
 def evaluation_pair(gt_path: str | os.PathLike, pred: MotTable) -> tuple[MotTable, MotTable]:

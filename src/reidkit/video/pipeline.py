@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, ReIDError
+from ..metrics.tracking import box_iou
 from ..utils import atomic_write_json, progress
 from .association import AssociationConfig, OnlineAssociator, TrackletSet, associate
 from .outputs import (
@@ -149,12 +150,6 @@ def crop_quality(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height = np.clip((b[:, 3] - b[:, 1]) / 128.0, 0.0, 1.0)
     border = (b[:, 0] <= 1) | (b[:, 1] <= 1) | (b[:, 2] >= w - 1) | (b[:, 3] >= h - 1)
     return b[:, 4] * height * np.where(border, 0.5, 1.0)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from .detect import box_iou
-
-    return box_iou(a, b)
 
 
 def _build_tracker(config: Any, fps: float) -> Any:
@@ -324,7 +319,7 @@ class TrackRun:
         conf = np.ones(len(tracks))
         matched = np.full(len(tracks), -1)
         if dets is not None and len(dets):
-            iou = _iou(tracks[:, :4], dets[:, :4])
+            iou = box_iou(tracks[:, :4], dets[:, :4])
             matched = np.where(iou.max(axis=1) > 0.3, iou.argmax(axis=1), -1)
             conf = np.where(matched >= 0, dets[np.maximum(matched, 0), 4], 1.0)
         rows = np.column_stack([np.full(len(tracks), frame.index + 1), tracks[:, 0], tracks[:, 1],
@@ -429,7 +424,7 @@ class TrackRun:
 
     def _write_tracks(self) -> None:
         """tracks.txt per camera with global ids, sorted by frame and id, written atomically."""
-        from .mot import read_mot, write_mot
+        from ..data.mot import read_mot, write_mot
 
         mapping = {(r.cam_index, r.track): r.gid for r in self.records}
         for cam in self.cameras:
@@ -487,7 +482,7 @@ class TrackRun:
 
     def _annotate(self) -> None:
         """annotated.mp4 per camera: a second decode of each (non-live) source with its final tracks.txt."""
-        from .mot import read_mot
+        from ..data.mot import read_mot
         from .sources import open_source
 
         for cam in self.cameras:

@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import is_image_name, read_image
-from ..data.mot import SeqInfo, read_seqinfo, write_seqinfo
+from ..data.mot import read_seqinfo
 from ..errors import DataError
 
-__all__ = ["DEFAULT_FPS", "FolderSource", "Frame", "FrameSource", "OpenCVSource", "PyAVSource", "SeqInfo",
-           "SourceWarning", "SyntheticSource", "interleave", "is_live_spec", "open_source", "read_seqinfo",
-           "write_seqinfo"]
+__all__ = ["DEFAULT_FPS", "FolderSource", "Frame", "FrameSource", "OpenCVSource", "PyAVSource",
+           "SourceWarning", "SyntheticSource", "interleave", "is_live_spec", "open_source"]
 
 DEFAULT_FPS = 25.0  # frame folders without seqinfo.ini and streams that do not declare a rate
 LIVE_TIMEOUT = 10.0  # seconds a live source may stay silent before it counts as gone
