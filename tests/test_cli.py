@@ -52,7 +52,7 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def test_every_verb_is_walked():
     expected = {"synth", "split", "train", "extract", "evaluate", "demo", "index build", "index add",
                 "index remove", "index info", "search", "export", "verify", "calibrate", "cluster", "explain",
-                "synth-video", "track", "find", "evaluate-tracks", "serve"}
+                "synth-video", "track", "find", "evaluate-tracks", "serve", "merge-features"}
     assert set(VERBS) == expected
 
 

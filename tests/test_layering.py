@@ -45,6 +45,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "search": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "metrics",
                             "inference", "rerank"},
     "export": FOUNDATION | {"config", "checkpoint", "data", "models", "inference"},
+    "classic": FOUNDATION | {"registry", "config", "distance", "data"},
     "analysis": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "metrics",
                               "inference", "rerank"},
     "video": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "metrics", "inference",
@@ -53,7 +54,7 @@ ALLOWED: dict[str, frozenset[str]] = {
                          "rerank", "search", "analysis", "video"},
     "cli": FOUNDATION | {"registry", "config", "distance", "checkpoint", "data", "models", "losses", "miners",
                          "metrics", "inference", "rerank", "training", "search", "export", "analysis", "video",
-                         "web", "reidkit"},
+                         "web", "classic", "reidkit"},
     "reidkit": FOUNDATION | {"data", "models", "metrics", "inference", "training", "analysis", "video"},
 }
 
