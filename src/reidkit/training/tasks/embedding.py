@@ -217,8 +217,13 @@ class EmbeddingTask(Task):
             raise ConfigError("no loss is active: set loss.id_loss or loss.metric_loss")
         return parts
 
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+        """One model's outputs on the augmented batch `x`. Tasks whose models take per-image side data (keypoint
+        boxes, attributes) override this and read the batch's sampled items from `self.batch_items`."""
+        return model(x)
+
     def _step_losses(self, x: torch.Tensor, labels: torch.Tensor, ranking: bool) -> dict[str, torch.Tensor]:
-        outs = [m(x) for m in self.models]
+        outs = [self._forward(m, x) for m in self.models]
         parts: dict[str, torch.Tensor] = {}
         for i, out in enumerate(outs):
             for name, value in self._student_loss(out, labels, ranking, i).items():
@@ -246,6 +251,7 @@ class EmbeddingTask(Task):
         for step, idx in enumerate(bar):
             frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
             rows = self._batch_rows(idx, epoch)
+            self.batch_items = idx  # the sampled items of this batch, for tasks with per-image side data
             x = normalize(self.train_images[rows].to(self.device), self.mean, self.std)
             x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
             labels = torch.as_tensor(self.train_labels[idx], device=self.device)
