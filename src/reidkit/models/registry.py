@@ -11,13 +11,14 @@ outside the package registers when its module is imported.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch.nn as nn
 
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..registry import Registry
 
 
@@ -64,6 +65,17 @@ def model_spec(name: str) -> ModelSpec:
     """The registration of `name`; unknown names raise a ModelError listing the valid ones."""
     _discover()
     return _MODELS.get(name)
+
+
+def builder_params(name: str, params: dict) -> dict:
+    """`params` (config `model.params`) checked against the keyword arguments of model `name`'s builder."""
+    accepted = inspect.signature(model_spec(name).builder).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [k for k in params if k not in accepted and not takes_any]
+    if unknown:
+        raise ConfigError(f"model.params: {', '.join(map(repr, unknown))} not taken by model {name!r} "
+                          f"(its builder takes: {', '.join(accepted) or 'nothing'})")
+    return dict(params)
 
 
 def build_model(name: str, **cfg) -> nn.Module:

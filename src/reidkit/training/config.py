@@ -26,6 +26,9 @@ class ModelConfig:
     last_stride: int | None = None  # 1 keeps a larger final map (strong-baseline practice); None = backbone default
     local_dim: int = 0  # AlignedReID local branch: features per feature-map row (128 in the paper); 0 = off
     local_pool: str = "max"  # row pooling of the local branch: max (paper) | avg (popular re-implementation)
+    # Further keyword arguments of the model's builder (timm's create_model(name, **kwargs)), e.g. {parts: 6} for
+    # PL-Net or {alpha: 0.3} for GLAD; a name the builder does not take is a ConfigError naming it.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
