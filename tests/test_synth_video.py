@@ -142,3 +142,25 @@ def test_val_ids_uses_the_validation_identities_of_the_seed_0_carve():
     held_out = {r.pid for r in carve_validation_records(load_dataset(crops).train, 150, seed=0).query}
     video = SyntheticVideo(SynthVideoConfig(cameras=3, people=40, seconds=10.0, crops=str(crops), val_ids=150))
     assert set(video.cast.source_pid.values()) <= held_out and len(set(video.cast.source_pid.values())) == 40
+
+
+def test_sprite_cache_is_bounded_and_eviction_does_not_change_the_frames(monkeypatch):
+    """A long plan must not keep every visitor's sprites: with room for one identity the cache never holds more,
+    and the frames equal those rendered with room for all (sprites are re-rendered from their seeds)."""
+    import reidkit.data.synth_video as sv
+
+    cfg = SynthVideoConfig(**SMALL | {"people": 12})
+    roomy = [frame for _, frame, _ in SyntheticVideo(cfg).frames(1)]
+    sizes = []
+    original_native = sv._Sprites.native
+
+    def native(self, gid):
+        result = original_native(self, gid)
+        sizes.append(len(self._native))
+        return result
+
+    monkeypatch.setattr(sv, "SPRITE_CACHE_IDENTITIES", 1)
+    monkeypatch.setattr(sv._Sprites, "native", native)
+    tight = [frame for _, frame, _ in SyntheticVideo(cfg).frames(1)]
+    assert sizes and max(sizes) == 1
+    assert len(tight) == len(roomy) and all(np.array_equal(a, b) for a, b in zip(tight, roomy))

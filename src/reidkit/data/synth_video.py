@@ -37,6 +37,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ ALPHA_FLOOR = 1 / 64  # coverage below this is dropped from scaled sprites, so t
 VIEWS_PER_CAMERA = 6  # synthetic sprites (views/poses) rendered per identity and camera
 VIEW_SECONDS = 1.5  # how long one view/crop is shown before the next
 SPRITE_SIZE = (192, 96)  # synthetic sprites are rendered at this (h, w), then scaled per frame
+SPRITE_CACHE_IDENTITIES = 64  # identities whose native sprites stay cached per camera (~1.7 MB each)
 HORIZON, FLOOR = 0.6, 0.98  # foot rows, as fractions of the frame height, of the farthest and nearest walkers
 HEIGHT_RANGE = (0.3, 0.6)  # person height / frame height at those rows
 _TAG_SCHEDULE, _TAG_SPRITE, _TAG_CROPS = 11, 12, 13
@@ -244,17 +246,25 @@ def _load_cast(cfg: SynthVideoConfig) -> Cast:
 
 
 class _Sprites:
-    """Per camera: each identity's sprites at native size, rendered or loaded on first use."""
+    """Per camera: each identity's sprites at native size, rendered or loaded on first use.
+
+    The cache keeps the SPRITE_CACHE_IDENTITIES identities used most recently: a long plan brings thousands of
+    visitors, and an unbounded cache grew ~45 MB per rendered minute. Sprites are a pure function of (seed, gid,
+    camera, view), so an evicted identity that comes back is rendered again identically."""
 
     def __init__(self, cfg: SynthVideoConfig, cast: Cast, camera: int) -> None:
-        self.cfg, self.cast, self.camera = cfg, cast, camera
+        self.cfg, self.cast, self.camera, self.capacity = cfg, cast, camera, SPRITE_CACHE_IDENTITIES
         self.synth_cfg = SynthConfig(seed=cfg.seed)
         self.cam = camera_for(self.synth_cfg, camera % 9)  # synth cameras: colour cast, views, scene
-        self._native: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._native: OrderedDict[int, list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()
 
     def native(self, gid: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        if gid not in self._native:
+        if gid in self._native:
+            self._native.move_to_end(gid)
+        else:
             self._native[gid] = self._crops(gid) if self.cfg.crops else self._synthetic(gid)
+            while len(self._native) > self.capacity:
+                self._native.popitem(last=False)
         return self._native[gid]
 
     def _synthetic(self, gid: int) -> list[tuple[np.ndarray, np.ndarray]]:
