@@ -17,12 +17,16 @@ from .base import Backbone, init_conv_norm, no_offline_weights, register_backbon
 
 
 class ConvLayer(nn.Module):
-    """conv + BN (+ ReLU): torchreid's ConvLayer / Conv1x1 / Conv1x1Linear share this layout."""
+    """conv + BN (+ ReLU): torchreid's ConvLayer / Conv1x1 / Conv1x1Linear share this layout.
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, relu: bool = True):
+    instance_norm=True puts an affine InstanceNorm where the BN was (OSNet-AIN's first conv; the attribute keeps
+    the name `bn`, as in torchreid's and Intel's files)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, relu: bool = True,
+                 instance_norm: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_ch, out_ch, kernel, stride, kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
+        self.bn = nn.InstanceNorm2d(out_ch, affine=True) if instance_norm else nn.BatchNorm2d(out_ch)
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,10 +60,28 @@ class ChannelGate(nn.Module):
         return x * torch.sigmoid(gate)
 
 
-class OSBlock(nn.Module):
-    """Omni-scale residual block: 4 streams of 1..4 stacked light 3x3 convs (receptive fields 3..9)."""
+class GroupNormGate(nn.Module):
+    """Parameter-light aggregation gate of Intel's OSNet-AIN: channel weights = sigmoid(GroupNorm(pooled input)).
 
-    def __init__(self, in_ch: int, out_ch: int, bottleneck_reduction: int = 4):
+    Read from the 0267 graph: GlobalAveragePool -> reshape to 16 groups -> MeanVarianceNormalization -> per-channel
+    scale and shift (`gn.weight`, `gn.bias`) -> Sigmoid -> Mul. The graph's MVN has no epsilon; eps=1e-9 is the one
+    `OnnxExtractor` adds to keep onnxruntime from 0/0 (docs/deployment.md), so both runtimes compute the same gate.
+    """
+
+    def __init__(self, channels: int, groups: int = 16, eps: float = 1e-9):
+        super().__init__()
+        self.gn = nn.GroupNorm(groups, channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.gn(x.mean(dim=(2, 3), keepdim=True)))
+
+
+class OSBlock(nn.Module):
+    """Omni-scale residual block: 4 streams of 1..4 stacked light 3x3 convs (receptive fields 3..9).
+
+    gate "fc": the unified aggregation gate of the paper (ChannelGate); "gn": Intel's GroupNormGate."""
+
+    def __init__(self, in_ch: int, out_ch: int, bottleneck_reduction: int = 4, gate: str = "fc"):
         super().__init__()
         mid = out_ch // bottleneck_reduction
         self.conv1 = ConvLayer(in_ch, mid)
@@ -67,7 +89,7 @@ class OSBlock(nn.Module):
         self.conv2b = nn.Sequential(*(LightConv3x3(mid, mid) for _ in range(2)))
         self.conv2c = nn.Sequential(*(LightConv3x3(mid, mid) for _ in range(3)))
         self.conv2d = nn.Sequential(*(LightConv3x3(mid, mid) for _ in range(4)))
-        self.gate = ChannelGate(mid)
+        self.gate = GroupNormGate(mid) if gate == "gn" else ChannelGate(mid)
         self.conv3 = ConvLayer(mid, out_ch, relu=False)
         self.downsample = ConvLayer(in_ch, out_ch, relu=False) if in_ch != out_ch else None
 
@@ -93,17 +115,106 @@ class OSNet(Backbone):
         init_conv_norm(self)
 
     @staticmethod
-    def _make_layer(blocks: int, in_ch: int, out_ch: int, reduce: bool) -> nn.Sequential:
+    def _make_layer(blocks: int, in_ch: int, out_ch: int, reduce: bool, later_gate: str = "fc") -> nn.Sequential:
         layers: list[nn.Module] = [OSBlock(in_ch, out_ch)]
-        layers += [OSBlock(out_ch, out_ch) for _ in range(blocks - 1)]
+        layers += [OSBlock(out_ch, out_ch, gate=later_gate) for _ in range(blocks - 1)]
         if reduce:  # transition: 1x1 conv then 2x2 average pooling
             layers.append(nn.Sequential(ConvLayer(out_ch, out_ch), nn.AvgPool2d(2, stride=2)))
         return nn.Sequential(*layers)
 
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))
         return self.conv5(self.conv4(self.conv3(self.conv2(x))))
+
+
+class GlobalDepthwiseConv(nn.Conv2d):
+    """Learned global pooling (a depthwise conv whose kernel covers the whole map, Intel's `global_avgpool`).
+
+    The kernel fits the map of a 256x128 input (16x8). Other input sizes resample the kernel to the map and scale
+    it by the area ratio, so the weighted sum keeps its magnitude (an approximation: fine-tune at that size).
+    """
+
+    def __init__(self, channels: int, map_size: tuple[int, int] = (16, 8)):
+        super().__init__(channels, channels, map_size, groups=channels, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        if size == tuple(self.kernel_size):
+            return super().forward(x)
+        area = self.kernel_size[0] * self.kernel_size[1] / (size[0] * size[1])
+        weight = F.interpolate(self.weight, size=size, mode="bilinear", align_corners=False) * area
+        return F.conv2d(x, weight, self.bias, groups=self.groups)
+
+
+class OSNetAIN(Backbone):
+    """Intel's OSNet-AIN (Open Model Zoo person-reidentification-retail-0267/0277/0288), read from the 0267 graph.
+
+    Against the paper's OSNet: an affine InstanceNorm on the input image (`in_first`) and after the first conv
+    (`conv1.bn`), the second block of every stage gated by a GroupNormGate, and Intel's embedding head inside
+    the backbone: learned global pooling (`global_avgpool`, a 16x8 depthwise conv), Linear + BatchNorm1d + PReLU
+    (`fc.0/1/2`). The output is therefore the pooled embedding as an (N, feature_dim, 1, 1) map: use it with
+    `pooling="avg"` (identity on a 1x1 map; GeM would clamp the PReLU's negative values). `forward_features`
+    gives the conv5 map (stride 16) for part or local branches.
+
+    `in_first` normalises every image per channel, so any per-channel scale and offset of the input cancels: the
+    ImageNet mean/std the training pipeline applies give the same features as Intel's 0..255 input.
+    """
+
+    def __init__(self, channels: tuple[int, int, int, int], feature_dim: int = 256):
+        super().__init__()
+        self.in_first = nn.InstanceNorm2d(3, affine=True)
+        self.conv1 = ConvLayer(3, channels[0], 7, stride=2, instance_norm=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv2 = OSNet._make_layer(2, channels[0], channels[1], reduce=True, later_gate="gn")
+        self.conv3 = OSNet._make_layer(2, channels[1], channels[2], reduce=True, later_gate="gn")
+        self.conv4 = OSNet._make_layer(2, channels[2], channels[3], reduce=False, later_gate="gn")
+        self.conv5 = ConvLayer(channels[3], channels[3])
+        self.global_avgpool = GlobalDepthwiseConv(channels[3])
+        self.fc = nn.Sequential(nn.Linear(channels[3], feature_dim), nn.BatchNorm1d(feature_dim), nn.PReLU(1))
+        self.out_channels = feature_dim
+        self.feature_channels = channels[3]
+        self.output_stride = 16  # of the conv5 map (forward_features); forward pools it to 1x1
+        init_conv_norm(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.conv1(self.in_first(x)))
+        return self.conv5(self.conv4(self.conv3(self.conv2(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.global_avgpool(self.forward_features(x)).flatten(1)
+        return self.fc(pooled)[:, :, None, None]
+
+
+# width name -> stage channels; Intel ships x1.0 (0277), x0.5 (0267, vendored) and x0.25 (0288).
+OSNET_AIN_CHANNELS = {"x1_0": (64, 256, 384, 512), "x0_5": (32, 128, 192, 256), "x0_25": (16, 64, 96, 128)}
+
+
+def _osnet_ain(width: str, pretrained: bool, weights: str | None, feature_dim: int) -> OSNetAIN:
+    from .intel_import import load_intel_weights, vendored_weights
+
+    net = OSNetAIN(OSNET_AIN_CHANNELS[width], feature_dim)
+    source = weights if weights is not None else (vendored_weights(f"osnet_ain_{width}") if pretrained else None)
+    if source is not None:
+        load_intel_weights(net, source, f"osnet_ain_{width}")
+    return net
+
+
+@register_backbone("osnet_ain_x1_0")
+def osnet_ain_x1_0(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
+    """No vendored weights at this width (Intel's 0277 is an OpenVINO IR with BatchNorm folded): random init."""
+    return _osnet_ain("x1_0", pretrained, weights, feature_dim)
+
+
+@register_backbone("osnet_ain_x0_5")
+def osnet_ain_x0_5(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
+    """pretrained=True imports the vendored Intel person-reidentification-retail-0267 (MSMT17-trained)."""
+    return _osnet_ain("x0_5", pretrained, weights, feature_dim)
+
+
+@register_backbone("osnet_ain_x0_25")
+def osnet_ain_x0_25(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
+    """No vendored weights at this width (Intel's 0288 is an OpenVINO IR with BatchNorm folded): random init."""
+    return _osnet_ain("x0_25", pretrained, weights, feature_dim)
 
 
 @register_backbone("osnet_x1_0")
