@@ -1,5 +1,6 @@
-"""`reidkit evaluate`: rank-1/5/10, mAP and mINP (percent) of a distance matrix, features or a model, with any
-re-ranker of reidkit.rerank (the same options as `reidkit search`)."""
+"""`reidkit evaluate`: rank-1/5/10, mAP and mINP (percent) of a distance matrix, features, a model or a classic
+method (`--classic lomo-xqda --train DIR`), with any re-ranker of reidkit.rerank (the same options as
+`reidkit search`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ FEATURE_KEYS = ("query_features", "gallery_features", *ID_KEYS)
 PATH_KEYS = ("q_paths", "g_paths")
 LOCAL_KEYS = ("query_local", "gallery_local")  # AlignedReID local features (N, stripes, dim), optional
 METRIC_CHOICES = ("sqeuclidean", "euclidean", "cosine")  # reidkit.distance.METRICS; "l2" = euclidean (hidden)
+CLASSIC_CHOICES = ("lomo-xqda",)  # reidkit.classic.CLASSIC_METHODS (tests/test_xqda.py checks they agree)
 
 
 def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +49,7 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     _refuse_tracklet_options(args)
     reranker = reranker_from_args(args, show_progress=not args.quiet)
     source, inputs = _load_inputs(args)
+    classic = inputs.pop("classic", None)
     if reranker is not None:
         inputs["distmat"] = _reranked(reranker, inputs, source)
         source += f", re-ranked by {reranker.describe()}"
@@ -56,6 +59,8 @@ def evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     except MetricInputError as exc:
         raise DataError(f"{source}: {exc}") from exc
     report = _report(result, source, args, reranker)
+    if classic is not None:
+        report["classic"] = classic
     print(_table(result, report))
     if getattr(args, "out", None) is not None:
         _write_outputs(Path(args.out), report, result, inputs)
@@ -80,6 +85,7 @@ def tracklet_evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
     refused = [name for name, given in (("--distmat", args.distmat), ("--features", args.features),
                                         ("--rerank", args.rerank not in (None, "none")),
                                         ("--local-weight", args.local_weight > 0),
+                                        ("--classic", getattr(args, "classic", None)),
                                         ("--protocol cuhk03", args.protocol == "cuhk03"),
                                         ("--ap market-official", args.ap != "torchreid")) if given]
     if refused:
@@ -186,10 +192,12 @@ def _write_outputs(out: Path, report: dict[str, Any], result: RankResult, inputs
 
 def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
     """(source description, arrays with distmat + ids, optionally features and q_paths/g_paths)."""
-    given = [f"--{name}" for name in ("distmat", "features", "model") if getattr(args, name) is not None]
+    given = [f"--{name}" for name in ("distmat", "features", "model", "classic") if getattr(args, name) is not None]
     if len(given) != 1:
-        raise ReIDError("evaluate: give exactly one of --distmat, --features or --model"
+        raise ReIDError("evaluate: give exactly one of --distmat, --features, --model or --classic"
                         + (f" (got {', '.join(given)})" if given else ""))
+    if args.train is not None and args.classic is None:
+        raise ReIDError("--train applies to --classic (the images a classic method learns its metric on)")
     if args.flip and args.model is None:
         raise ReIDError("--flip applies when evaluate embeds the images (--model); features and distance matrices "
                         "are already computed (use `reidkit extract --flip`)")
@@ -207,9 +215,31 @@ def _load_inputs(args: argparse.Namespace) -> tuple[str, dict[str, np.ndarray]]:
                                                   show_progress=not args.quiet, flip=args.flip,
                                                   local=args.local_weight > 0, batch_size=args.batch_size)
         source = f"{args.model} on {args.data}" + (" (flip)" if args.flip else "")
+    elif args.classic is not None:
+        return _classic_inputs(args)
     else:
         raise AssertionError("unreachable: one source is given")
     return source, _with_distances(arrays, source, args.metric, args.local_weight)
+
+
+def _classic_inputs(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """A classic method (reidkit.classic) learned on --train, applied to --data; its features are the method's
+    metric embedding (squared L2 there = the method's distance); timings and sizes go to the report."""
+    missing = [f"{name} ({what})" for name, value, what in (("--train", args.train, "the training images"),
+                                                            ("--data", args.data, "the dataset root to evaluate on"))
+               if value is None]
+    if missing:
+        raise ReIDError(f"--classic {args.classic}: also give {' and '.join(missing)}")
+    if args.local_weight > 0:
+        raise ReIDError(f"--local-weight needs AlignedReID local features; --classic {args.classic} has none")
+    from ..classic import classic_split_features
+
+    arrays = classic_split_features(args.classic, args.train, args.data, show_progress=not args.quiet)
+    source = f"{args.classic} trained on {args.train}, on {args.data}"
+    inputs: dict[str, Any] = dict(_with_distances(arrays, source, args.metric))
+    inputs["classic"] = {"method": args.classic, "train": str(args.train), **arrays["info"],
+                         **{k: round(v, 3) for k, v in arrays["timing"].items()}}
+    return source, inputs
 
 
 def _with_distances(arrays: dict[str, Any], source: str, metric: str, local_weight: float = 0.0
@@ -271,7 +301,14 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--distmat", type=Path, help=".npz with distmat, q_pids, g_pids, q_camids, g_camids")
     src.add_argument("--features", type=Path, help=".npz with query/gallery features and ids (`reidkit extract`)")
     add_model(src, required=False, help="model file (.pt) that embeds the query and gallery of --data")
-    p.add_argument("--data", type=Path, help="dataset root (Market layout or manifest) for --model")
+    src.add_argument("--classic", choices=CLASSIC_CHOICES,
+                     help="classic method learned on --train and applied to --data: lomo-xqda = LOMO features + "
+                          "XQDA metric (Liao et al. 2015; docs/models.md); --metric sqeuclidean ranks by the XQDA "
+                          "distance")
+    p.add_argument("--data", type=Path, help="dataset root (Market layout or manifest) for --model or --classic")
+    p.add_argument("--train", type=Path,
+                   help="--classic: training images (Market root, manifest or folder of Market-named images; "
+                        "e.g. the bounding_box_train of a `reidkit split` carve)")
     p.add_argument("--metric", choices=(*METRIC_CHOICES, "l2"), default="sqeuclidean",
                    metavar="{" + ",".join(METRIC_CHOICES) + "}",
                    help="distance: sqeuclidean = squared L2 (torchreid convention), euclidean = L2, cosine "
