@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -10,7 +13,7 @@ import yaml
 from ..config import load_config
 from ..errors import ConfigError, ReIDError
 from ..training.config import TrainConfig
-from .options import add_data, add_minutes, add_quiet
+from .options import add_data, add_minutes, add_quiet, positive_int
 
 
 def _model_name(config: Path | None, overrides: list[str] = ()) -> str:
@@ -29,11 +32,14 @@ def _model_name(config: Path | None, overrides: list[str] = ()) -> str:
 
 
 def run_train(config: Path | None, overrides: list[str], data: Path | None, out: Path, resume: bool = False,
-              no_val: bool = False, show_progress: bool = True, overwrite: bool = False) -> dict:
+              no_val: bool = False, show_progress: bool = True, overwrite: bool = False, nproc: int = 1) -> dict:
     """Train the model of `config` with the task its registration names (embedding, pair, ...).
 
-    The config, the device and the run folder are checked before any data is loaded."""
+    `nproc` > 1 starts that many processes (torch.distributed.run on loopback) running this same command; under
+    torchrun (RANK / WORLD_SIZE set) this process is one rank. The config, the device and the run folder are
+    checked before any data is loaded or any process started."""
     from ..training.config import check_config
+    from ..training.distributed import init_from_env, launched_by_torchrun, shutdown
     from ..training.loop import check_run_folder, train
     from ..training.tasks import task_for_model
     from ..utils import resolve_device
@@ -42,14 +48,51 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
     task_cls = task_for_model(_model_name(config, overrides))
     cfg = load_config(task_cls.config_class, config, overrides)
     check_config(cfg)
-    resolve_device(cfg.device)
-    if resume or not overwrite:  # --overwrite deletes the old run only once the new one starts
-        check_run_folder(Path(out), resume, overwrite)
-    task = task_cls(cfg, data, show_progress)
-    summary = train(task, out, resume=resume, overwrite=overwrite)
-    task.report(summary)
-    print(f"checkpoints and logs in {out}")
+    device = resolve_device(cfg.device)
+    if (nproc > 1 or launched_by_torchrun()) and not task_cls.supports_distributed:
+        raise ConfigError(f"the {task_cls.name} task trains in one process: drop --nproc / torchrun")
+    if nproc > 1:
+        return _launch(config, overrides, data, out, resume, show_progress, overwrite, nproc)
+    ctx = init_from_env(device, getattr(cfg, "dist_timeout_minutes", 30.0))
+    try:
+        if not ctx.is_main:  # one voice: rank 0 prints; the others' errors still reach stderr
+            show_progress = False
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+        if ctx.is_main and (resume or not overwrite):  # --overwrite deletes the old run only once the new one starts
+            check_run_folder(Path(out), resume, overwrite)
+        task = task_cls(cfg, data, show_progress)
+        summary = train(task, out, resume=resume, overwrite=overwrite)
+    finally:
+        shutdown()
+    if ctx.is_main:
+        task.report(summary)
+        print(f"checkpoints and logs in {out}")
     return summary
+
+
+def _launch(config: Path | None, overrides: list[str], data: Path | None, out: Path, resume: bool,
+            show_progress: bool, overwrite: bool, nproc: int) -> dict:
+    """`reidkit train` in `nproc` processes; the summary rank 0 wrote. A failure names the ranks and how to resume."""
+    from ..errors import TrainingError
+    from ..training.distributed import launch
+    from ..training.loop import check_run_folder
+    from ..training.runlog import read_log
+
+    if resume or not overwrite:
+        check_run_folder(Path(out), resume, overwrite)
+    argv = ["train", "--out", str(out)] + (["--config", str(config)] if config else []) \
+        + (["--data", str(data)] if data else []) + (["--resume"] if resume else []) \
+        + (["--overwrite"] if overwrite else []) + ([] if show_progress else ["--quiet"]) + list(overrides)
+    try:
+        launch(argv, nproc)
+    except TrainingError as exc:
+        log = Path(out) / "log.jsonl"
+        done = read_log(log)[-1]["epoch"] if log.is_file() and log.stat().st_size else 0
+        hint = (f"{Path(out) / 'last.pt'} holds epoch {done}: continue with the same command and --resume (any "
+                "--nproc)") if done else "no epoch finished: nothing to resume"
+        raise TrainingError(f"{exc}; {hint}") from None
+    summary_file = Path(out) / "summary.json"
+    return json.loads(summary_file.read_text()) if summary_file.is_file() else {}
 
 
 # ------------------------------------------------------------------------------------------------- parsers
@@ -60,7 +103,7 @@ def _train_command(args: argparse.Namespace) -> None:
     overrides += [f"device={args.device}"] if args.device is not None else []
     _require_pretrained_weights(args.config, overrides)
     run_train(args.config, overrides, data=args.data, out=args.out, resume=args.resume, no_val=args.no_val,
-              show_progress=not args.quiet, overwrite=args.overwrite)
+              show_progress=not args.quiet, overwrite=args.overwrite, nproc=args.nproc)
 
 
 def _require_pretrained_weights(config: Path | None, overrides: list[str]) -> None:
@@ -89,6 +132,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     add_minutes(p, help="wall-time cap in minutes, validation included (overrides max_minutes; 0 = none)")
     p.add_argument("--device", default=None,
                    help="torch device: auto, cpu, cuda, cuda:N (overrides the config's device, default auto)")
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="training processes on this machine (DDP: gloo on CPU, NCCL on CUDA; optim.p is the global "
+                        "batch's identities, split over them); several machines: torchrun, see docs/scale.md")
     add_quiet(p)
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.epochs=10 model.pooling=max")
     p.set_defaults(func=_train_command)

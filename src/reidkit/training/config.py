@@ -42,6 +42,12 @@ class DataConfig:
     height: int = 256
     width: int = 128
     resize: str = "stretch"  # stretch | pad (keep aspect)
+    # Streaming: training images come from a decoded-image cache on disk (one memory-mapped uint8 .npy, built once,
+    # reused while the files are unchanged) through a DataLoader with `workers` processes, instead of one
+    # in-memory tensor per process (docs/scale.md). Same batches, same augmentation.
+    stream: bool = False
+    workers: int = 2  # DataLoader worker processes reading cache rows (stream only; 0 = the main process)
+    cache_dir: str = ""  # where decoded-image caches live ("" = $REIDKIT_CACHE or ~/.cache/reidkit/decoded)
 
 
 @dataclass
@@ -108,6 +114,10 @@ class TrainConfig:
     val_local_weight: float = 1.0
     select_on: str = "val"  # which validation mAP picks best.pt: val (global) | val_local (global + local)
     max_minutes: float = 0.0  # stop after this wall time (0 = no limit); the run stays resumable
+    # Distributed runs (torchrun / --nproc): BatchNorm layers whose batch statistics span all ranks: neck (the
+    # BNNeck, whose statistics over few identities per rank are noisiest) | all | none
+    sync_bn: str = "neck"
+    dist_timeout_minutes: float = 30.0  # a collective waiting longer than this fails the run (a hung rank)
 
 
 # ------------------------------------------------------------------------------------------------ tracklets
@@ -298,6 +308,7 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "sampling.ids_per_batch": _AT_LEAST_1, "eval.batch_size": _AT_LEAST_1, "eval.max_rank": _AT_LEAST_1,
     "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
     "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1, "attention_lr_mult": _POSITIVE,
+    "data.workers": _MIN, "dist_timeout_minutes": _POSITIVE,
 }
 UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
 

@@ -11,6 +11,11 @@ every model (the meta-architecture / engine split of fast-reid and torchreid):
         stop early when another epoch would end past `max_minutes` (the run stays resumable)
     task.finish(...)                          final report and pictures; summary.json
 
+Distributed (torchrun / `reidkit train --nproc N`, training/distributed.py): every rank runs this loop on its share
+of each global batch, with the models wrapped in DDP while an epoch trains; rank 0 alone validates and writes
+(checkpoints hold the unwrapped models, so a run resumes on any number of processes); the time-budget decision is
+rank 0's, broadcast so all ranks stop together.
+
 Checkpoints (reidkit.checkpoint) hold member 0's model, optimiser, scheduler and scaler; the members' stateful
 extras (loss parameters such as CenterLoss centres, training-only heads) go in `extra` under their names, other
 members (mutual learning) in `extra["other_students"]`.
@@ -18,6 +23,7 @@ members (mutual learning) in `extra["other_students"]`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,9 +34,22 @@ import torch.nn as nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ..config import to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, ReIDError
 from ..utils import atomic_write_json, seed_everything
 from .config import check_config
+from .distributed import (
+    DistContext,
+    broadcast_object,
+    collective_failure,
+    convert_sync_batchnorm,
+    current,
+    fault_point,
+    init_from_env,
+    local_device,
+    shutdown,
+    wrap_models,
+    wrapped,
+)
 from .runlog import append_log, start_run
 from .tasks.base import Member, Task
 
@@ -50,6 +69,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
+        self.wrappers: list[nn.Module] = []  # the task's models in DDP (distributed runs)
+        self._epoch = 0
 
     def __getattr__(self, name: str) -> Any:
         if name == "task":  # not set yet: avoid recursion while unpickling or during __init__
@@ -61,6 +82,10 @@ class Trainer:
         task = self.task
         seed_everything(task.cfg.seed)
         task.setup()
+        if current().active:
+            for member in task.members:
+                convert_sync_batchnorm(member.model, getattr(task.cfg, "sync_bn", "neck"), task.device)
+            self.wrappers = wrap_models(task.models, task.device)
         self.optimizers = [task.optimizer(m) for m in task.members]
         self.schedulers = [task.scheduler(o) for o in self.optimizers]
         # One scaler for all members: they share one loss and one backward(), so one scale applies to every
@@ -72,6 +97,7 @@ class Trainer:
         """Backward of `loss` (step `step` of `num_steps` this epoch); the optimisers step every `accum_steps`
         steps and at the end of the epoch."""
         accum = self.task.accum_steps
+        fault_point(self._epoch + 1, step + 1)
         self.scaler.scale(loss / accum).backward()
         if (step + 1) % accum == 0 or step + 1 == num_steps:
             self._optimizer_step()
@@ -106,8 +132,11 @@ class Trainer:
                         metrics=metrics, extra=extra)
 
     def resume(self) -> tuple[int, dict]:
-        path = self.out / "last.pt"
-        payload = load_checkpoint(path, map_location=self.task.device)
+        path, ctx = self.out / "last.pt", current()
+        if ctx.active:  # rank 0 reads it (other nodes need not see OUT) and hands it to the others
+            payload = broadcast_object(load_checkpoint(path, map_location="cpu") if ctx.is_main else None)
+        else:
+            payload = load_checkpoint(path, map_location=self.task.device)
         self.task.check_resume(payload, path)
         members = self.task.members
         states = [{**payload["extra"], **payload}] + list(payload["extra"].get("other_students", []))
@@ -131,39 +160,79 @@ class Trainer:
 
     # -------------------------------------------------------------------- fit
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-        """Train (from OUT/last.pt with `resume`); an earlier run in OUT is replaced only with `overwrite`."""
+        """Train (from OUT/last.pt with `resume`); an earlier run in OUT is replaced only with `overwrite`.
+
+        Under torchrun the process group is joined here (when the caller has not) and left at the end."""
         task, cfg = self.task, self.task.cfg
-        check_run_folder(self.out, resume, overwrite)
+        owns_group = not torch.distributed.is_available() or not torch.distributed.is_initialized()
+        ctx = init_from_env(task.device, getattr(cfg, "dist_timeout_minutes", 30.0))
+        try:
+            if ctx.active and not task.supports_distributed:
+                raise ConfigError(f"the {task.name} task trains in one process: run it without torchrun / --nproc")
+            task.device = local_device(task.device)
+            if ctx.is_main:
+                check_run_folder(self.out, resume, overwrite)
+            return self._fit(ctx, resume)
+        except ReIDError:
+            raise
+        except RuntimeError as exc:
+            if ctx.active:  # a collective failed: another rank died or hung
+                raise collective_failure(exc, f"epoch {self._epoch + 1}") from exc
+            raise
+        finally:
+            if owns_group and ctx.active:
+                shutdown()
+
+    def _fit(self, ctx: DistContext, resume: bool) -> dict[str, Any]:
+        task, cfg = self.task, self.task.cfg
         self.setup()
         start_epoch, best = 0, {}
         if resume:
             start_epoch, best = self.resume()
-        rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
+        rows: list[dict] = []
+        deadline = math.inf
+        if ctx.is_main:
+            rows, deadline = start_run(self.out, to_dict(cfg), start_epoch, cfg.max_minutes)
         epochs_done, last_duration = start_epoch, 0.0
         for epoch in range(start_epoch, task.epochs):
+            self._epoch = epoch
             epoch_start = time.monotonic()
-            seed_everything(cfg.seed * 1_000 + epoch)  # dropout masks: same per epoch with or without resume
-            row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            # dropout masks: same per epoch with or without resume (one stream per rank)
+            seed_everything(cfg.seed * 1_000 + epoch + 7_919 * ctx.rank)
+            with wrapped(task, self.wrappers):
+                row = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             # Stop when the next epoch (assumed as long as the longer of this and the last one) would end past
-            # the budget; the last epoch of a run is always validated.
+            # the budget; the last epoch of a run is always validated. Rank 0 decides for all.
             now = time.monotonic()
             out_of_time = now + max(now - epoch_start, last_duration) > deadline and epoch + 1 < task.epochs
-            if task.validate_now(epoch, epoch + 1 == task.epochs or out_of_time):
-                row.update(task.validate())
-                best = self._update_best(row, best, epoch + 1)
-                print(task.console_line(row, best), flush=True)
-            self.save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
-            rows.append(row)
-            append_log(self.out / "log.jsonl", row)
-            task.plot_curves(rows, self.out)
-            for callback in self.callbacks:
-                callback(self, row)
+            out_of_time = broadcast_object(out_of_time)
+            if ctx.is_main:
+                best = self._end_epoch(row, rows, best, epoch, out_of_time)
             epochs_done, last_duration = epoch + 1, time.monotonic() - epoch_start
             if out_of_time:
-                print(f"time budget of {cfg.max_minutes} min: stopping after epoch {epochs_done} (another epoch "
-                      f"would not fit); resume with --resume to continue")
+                if ctx.is_main:
+                    print(f"time budget of {cfg.max_minutes} min: stopping after epoch {epochs_done} (another "
+                          "epoch would not fit); resume with --resume to continue")
                 break
+        if not ctx.is_main:
+            return {"model": task.model_name, "task": task.name, "epochs_done": epochs_done, "best": {},
+                    "rank": ctx.rank, "log": []}
         return self._finish(epochs_done, best, rows)
+
+    def _end_epoch(self, row: dict, rows: list[dict], best: dict, epoch: int, out_of_time: bool) -> dict:
+        """Rank 0 after an epoch: validation when due, last.pt, the log line, curves, callbacks."""
+        task = self.task
+        if task.validate_now(epoch, epoch + 1 == task.epochs or out_of_time):
+            row.update(task.validate())
+            best = self._update_best(row, best, epoch + 1)
+            print(task.console_line(row, best), flush=True)
+        self.save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
+        rows.append(row)
+        append_log(self.out / "log.jsonl", row)
+        task.plot_curves(rows, self.out)
+        for callback in self.callbacks:
+            callback(self, row)
+        return best
 
     def _update_best(self, row: dict, best: dict, epoch: int) -> dict:
         selected = self.task.selection(row)

@@ -60,6 +60,9 @@ class Task:
     accum_steps: int = 1
     grad_clip: float = 0.0
     extra_options: ClassVar[dict[str, str]] = {}  # extra name -> the config option that creates it (messages)
+    # Whether the task splits its batches over torch.distributed ranks (training/distributed.py); the loop refuses
+    # to run other tasks under torchrun rather than train the same batches N times.
+    supports_distributed: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, data_root: str | Path | None = None, show_progress: bool = True):
         self.cfg, self.data_root, self.show_progress = cfg, data_root, show_progress

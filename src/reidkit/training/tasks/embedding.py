@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ import torch.nn as nn
 from ...data.images import load_image_tensor
 from ...data.records import relabel, split_arrays
 from ...data.sampler import PKSampler
+from ...data.stream import DecodedImages, batch_images, open_cache
 from ...data.transforms import BatchAugment, normalize
 from ...errors import ConfigError
 from ...inference.features import embed_tensor, embed_tensor_local
@@ -33,6 +35,7 @@ from ...models import build_model
 from ...models.registry import builder_params
 from ...utils import progress
 from ..config import LossConfig, TrainConfig
+from ..distributed import SYNC_BN_MODES, current, gather_with_grad
 from ..optim import build_optimizer, warmup_then_decay
 from ..plots import plot_training_curves
 from ..splits import describe_split, prepare_splits
@@ -62,6 +65,8 @@ def check_local_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"select_on={cfg.select_on!r}: expected val (global) or val_local (global + local)")
     if cfg.select_on == "val_local" and local_dim == 0:
         raise ConfigError("select_on=val_local needs the AlignedReID local branch: set model.local_dim")
+    if cfg.sync_bn not in SYNC_BN_MODES:
+        raise ConfigError(f"sync_bn={cfg.sync_bn!r}: expected one of {', '.join(SYNC_BN_MODES)}")
 
 
 def build_task_loss(name: str, key: str, context: dict[str, Any], params: dict[str, Any]) -> nn.Module:
@@ -83,10 +88,18 @@ def apply_loss(loss: nn.Module, out: dict[str, Any], labels: torch.Tensor) -> to
     return loss(out["features"], labels)
 
 
+class GlobalOutputs(dict):
+    """A model's outputs gathered over the ranks: the global batch, rank-major (what one process would see)."""
+
+
 @register_task("embedding")
 class EmbeddingTask(Task):
     config_class = TrainConfig
     best_key = "mAP"
+    supports_distributed = True
+    # Distributed runs gather every per-item model output (first dimension = this rank's items, at most 3-d) over
+    # the ranks, with gradients, before the losses; feature maps and the outputs named here stay local.
+    local_outputs: ClassVar[tuple[str, ...]] = ("feature_map",)
 
     def __init__(self, cfg: TrainConfig, data_root: str | Path | None = None, show_progress: bool = True):
         if cfg.students < 1:
@@ -107,14 +120,16 @@ class EmbeddingTask(Task):
         self.num_classes = len(self.label_map)
         size = (cfg.data.height, cfg.data.width)
         load = (size, cfg.data.resize, self.show_progress)
-        self.train_images = load_image_tensor([r.path for r in train], *load, desc="loading train images")
+        self.train_images = self._load_train_images([r.path for r in train], "train images")
         self.has_val = bool(self.splits.query)
-        if self.has_val:
+        if self.has_val and current().is_main:  # only rank 0 validates
             self.query_images = load_image_tensor([r.path for r in self.splits.query],
                                                   *load, desc="loading validation query images")
             self.gallery_images = load_image_tensor([r.path for r in self.splits.gallery],
                                                     *load, desc="loading validation gallery images")
-        self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed)
+        ctx = current()
+        self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed, rank=ctx.rank,
+                                 world_size=ctx.world_size)
         self.model_name = cfg.model.name
         self.model_cfg = {k: v for k, v in asdict(cfg.model).items() if k not in ("name", "params") and v is not None}
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
@@ -126,6 +141,15 @@ class EmbeddingTask(Task):
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
         self.augment = BatchAugment(cfg.augment)
         self._build_losses()
+
+    def _load_train_images(self, paths: list[str], what: str) -> torch.Tensor | DecodedImages:
+        """The training images as one in-memory uint8 tensor, or (data.stream) as the rows of a decoded-image cache
+        on disk; both answer images[rows] with the same uint8 tensor."""
+        d = self.cfg.data
+        size = (d.height, d.width)
+        if d.stream:
+            return open_cache(paths, size, d.resize, d.cache_dir or None, self.show_progress, f"caching {what}")
+        return load_image_tensor(paths, size, d.resize, self.show_progress, desc=f"loading {what}")
 
     def _build_losses(self) -> None:
         """One set of losses per student (a loss with parameters is trained with its student)."""
@@ -205,6 +229,7 @@ class EmbeddingTask(Task):
                       student: int = 0) -> dict[str, torch.Tensor]:
         lc = self.cfg.loss
         losses = self.student_losses[student]
+        out = self._global_outputs(out)  # tasks that call the model themselves (tracklet) pass local outputs
         parts: dict[str, torch.Tensor] = {}
         if losses["id"] is not None:
             parts["id"] = lc.id_weight * apply_loss(losses["id"], out, labels)
@@ -224,8 +249,24 @@ class EmbeddingTask(Task):
         boxes, attributes) override this and read the batch's sampled items from `self.batch_items`."""
         return model(x)
 
+    def _global_outputs(self, out: dict[str, Any]) -> dict[str, Any]:
+        """`out` with the `gathered_outputs` of every rank joined (rank-major, differentiable); from here on
+        `self.batch_items` names the global batch's items too. Unchanged in one process."""
+        if not current().active or isinstance(out, GlobalOutputs):
+            return out
+        n = len(self.local_items)
+
+        def per_item(key: str, value: Any) -> bool:
+            return (isinstance(value, torch.Tensor) and 1 <= value.dim() <= 3 and value.shape[0] == n
+                    and key not in self.local_outputs)
+
+        gathered = GlobalOutputs({k: gather_with_grad(v) if per_item(k, v) else v for k, v in out.items()})
+        self.batch_items = self.global_items
+        return gathered
+
     def _step_losses(self, x: torch.Tensor, labels: torch.Tensor, ranking: bool) -> dict[str, torch.Tensor]:
         outs = [self._forward(m, x) for m in self.models]
+        outs = [self._global_outputs(out) for out in outs]
         parts: dict[str, torch.Tensor] = {}
         for i, out in enumerate(outs):
             for name, value in self._student_loss(out, labels, ranking, i).items():
@@ -240,32 +281,54 @@ class EmbeddingTask(Task):
         tracklet task picks a clip of frames per sampled tracklet)."""
         return idx
 
+    def epoch_plan(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(this rank's items, their rows of `train_images`, the global batch's items) per step of `epoch`.
+
+        Rows are picked for the global batch and then split, so the ranks' rows joined are one process's rows
+        (the tracklet task's clips included)."""
+        ctx = current()
+        if self.cfg.optim.p % ctx.world_size:
+            raise ConfigError(f"optim.p={self.cfg.optim.p}: the global batch's identities must split evenly over "
+                              f"{ctx.world_size} processes (choose a multiple of {ctx.world_size})")
+        plan = []
+        for items in self.sampler.global_batches(epoch):
+            rows = self._batch_rows(items, epoch)
+            n, per = len(items) // ctx.world_size, len(rows) // len(items)
+            lo, hi = ctx.rank * n, (ctx.rank + 1) * n
+            plan.append((items[lo:hi], rows[lo * per:hi * per], items))
+        return plan
+
     def train_epoch(self, epoch: int, optimise: Optimise) -> dict[str, Any]:
-        cfg = self.cfg
+        cfg, ctx = self.cfg, current()
         for m in self.models:
             m.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        # Augmentation draws: one stream per rank (rank 0's is the single-process stream).
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_003 * ctx.rank)
         ranking = epoch >= cfg.optim.pretrain_epochs
         totals: dict[str, float] = {}
         n_batches, n_images, start = 0, 0, time.perf_counter()
-        batches = list(self.sampler.batches(epoch))
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", enabled=self.show_progress)
-        for step, idx in enumerate(bar):
-            frac = (epoch + step / len(batches)) / max(1, cfg.optim.epochs)
-            rows = self._batch_rows(idx, epoch)
+        plan = self.epoch_plan(epoch)
+        self._warn_unused_stream()
+        workers = cfg.data.workers if cfg.data.stream else 0
+        images = batch_images(self.train_images, [rows for _, rows, _ in plan], workers)
+        bar = progress(zip(plan, images), desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", total=len(plan),
+                       enabled=self.show_progress)
+        for step, ((idx, rows, global_idx), pixels) in enumerate(bar):
+            frac = (epoch + step / len(plan)) / max(1, cfg.optim.epochs)
             self.batch_items = idx  # the sampled items of this batch, for tasks with per-image side data
-            x = normalize(self.train_images[rows].to(self.device), self.mean, self.std)
+            self.local_items, self.global_items = idx, global_idx  # all ranks' items: the losses' batch
+            x = normalize(pixels.to(self.device), self.mean, self.std)
             x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
-            labels = torch.as_tensor(self.train_labels[idx], device=self.device)
+            labels = torch.as_tensor(self.train_labels[global_idx], device=self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 parts = self._step_losses(x, labels, ranking)
             loss = sum(parts.values())
             check_finite(loss, f"epoch {epoch + 1}, step {step + 1}", parts)
-            optimise(loss, step, len(batches))
+            optimise(loss, step, len(plan))
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.item()
             n_batches += 1
-            n_images += len(rows)
+            n_images += len(rows) * ctx.world_size
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed = time.perf_counter() - start
         row = {f"loss_{k}": v / max(1, n_batches) for k, v in totals.items()}
@@ -273,6 +336,13 @@ class EmbeddingTask(Task):
                    ranking_loss_active=ranking,
                    max_erasing_area=self.augment.max_erasing_area((epoch + 1) / max(1, cfg.optim.epochs)))
         return row
+
+    def _warn_unused_stream(self) -> None:
+        if self.cfg.data.stream and not isinstance(self.train_images, DecodedImages) and \
+                not getattr(self, "_stream_warned", False):
+            self._stream_warned = True
+            warnings.warn(f"data.stream: the {self.name} task loads its training images itself (in memory); "
+                          "data.stream has no effect on it", stacklevel=3)
 
     # ------------------------------------------------------------- validation
     @property
