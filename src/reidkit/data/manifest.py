@@ -1,6 +1,9 @@
-"""Manifest files for custom datasets: CSV or JSON rows of (path, pid, camid[, split][, frame]).
+"""Manifest files for custom datasets: CSV or JSON rows of (path, pid, camid[, split][, frame][, attr_<name>...]).
 
 - CSV: a header with at least ``path,pid,camid``; optional ``split`` (train/query/gallery) and ``frame``.
+- Attribute labels (ACRN, docs/models.md): columns ``attr_<name>`` holding 0 or 1 (JSON: also true/false), the
+  same columns on every row; they become ``Record.attributes``. A missing value, another value, or a row with
+  other attribute columns than the first row is a DataError naming the manifest, the row and the column.
 - JSON: a list of row objects, or ``{"train": [...], "query": [...], "gallery": [...]}``.
 - Relative paths are resolved against the manifest's folder. Without a split, rows are training images.
 - camid is taken as written (use 0-based ids, as the Market loader produces). pid -1 rows are junk: dropped
@@ -24,6 +27,8 @@ from .records import SPLITS, Record, ReIDDataset
 
 REQUIRED_COLUMNS = ("path", "pid", "camid")
 MANIFEST_COLUMNS = ("path", "pid", "camid", "split", "frame")
+ATTRIBUTE_PREFIX = "attr_"
+ATTRIBUTE_VALUES = {"0": 0, "1": 1, "false": 0, "true": 1}
 
 
 def _as_int(value: Any, column: str, where: str) -> int:
@@ -38,8 +43,41 @@ def _as_int(value: Any, column: str, where: str) -> int:
     return int(number)
 
 
+def _attribute_value(value: Any, column: str, where: str) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: missing value for attribute column {column} (expected 0 or 1)")
+    key = str(value).strip().lower() if not isinstance(value, float) or not value.is_integer() else str(int(value))
+    if key not in ATTRIBUTE_VALUES:
+        raise DataError(f"{where}: unknown value {value!r} in attribute column {column} (expected 0 or 1)")
+    return ATTRIBUTE_VALUES[key]
+
+
+def _parse_attributes(row: dict[str, Any], where: str) -> tuple[tuple[str, int], ...]:
+    """(name, 0/1) pairs of the row's attr_<name> columns, sorted by name."""
+    if None in row:  # csv.DictReader puts fields beyond the header under the key None
+        raise DataError(f"{where}: {len(row[None])} field(s) more than the header's columns")
+    columns = sorted(c for c in row if isinstance(c, str) and c.startswith(ATTRIBUTE_PREFIX))
+    return tuple((c[len(ATTRIBUTE_PREFIX):], _attribute_value(row[c], c, where)) for c in columns)
+
+
+def _check_attribute_columns(where: str, record: Record, first: tuple[str, str] | None) -> tuple[str, str]:
+    """Every row must have the attribute columns of the first row (JSON rows can differ; CSV rows share a header).
+    `first` is (where, names) of the first row."""
+    names = ",".join(n for n, _ in record.attributes)
+    if first is None:
+        return where, names
+    if names != first[1]:
+        have, want = set(names.split(",")) - {""}, set(first[1].split(",")) - {""}
+        detail = "; ".join(part for part in (
+            f"missing {', '.join(ATTRIBUTE_PREFIX + n for n in sorted(want - have))}" if want - have else "",
+            f"extra {', '.join(ATTRIBUTE_PREFIX + n for n in sorted(have - want))}" if have - want else "") if part)
+        raise DataError(f"{where}: {len(have)} attribute column(s) where {first[0]} has {len(want)} ({detail})")
+    return first
+
+
 def _parse_row(row: dict[str, Any], base: Path, where: str, default_split: str) -> tuple[str, Record | None]:
     """(split, record) for one row; the record is None for junk (pid -1)."""
+    attributes = _parse_attributes(row, where)
     missing = [c for c in REQUIRED_COLUMNS if row.get(c) in (None, "")]
     if missing:
         raise DataError(f"{where}: missing value for {', '.join(missing)}")
@@ -54,7 +92,7 @@ def _parse_row(row: dict[str, Any], base: Path, where: str, default_split: str) 
     frame = None if frame in (None, "") else _as_int(frame, "frame", where)
     path = Path(str(row["path"]).strip())
     path = os.path.normpath(path if path.is_absolute() else base / path)
-    return split, (None if pid == -1 else Record(path, pid, camid, frame))
+    return split, (None if pid == -1 else Record(path, pid, camid, frame, attributes))
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict[str, Any], str]]:
@@ -140,8 +178,11 @@ def load_manifest(path: str | os.PathLike, verify: bool = False) -> ReIDDataset:
     dataset = ReIDDataset(name=path.stem)
     num_junk = 0
     seen: dict[str, list[str]] = {}
+    first_attributes = None
     for where, row, default_split in rows:
         split, record = _parse_row(row, path.parent, where, default_split)
+        if record is not None:
+            first_attributes = _check_attribute_columns(where, record, first_attributes)
         if record is None:
             num_junk += 1
         else:
@@ -158,14 +199,19 @@ def load_manifest(path: str | os.PathLike, verify: bool = False) -> ReIDDataset:
 
 
 def manifest_csv(dataset: ReIDDataset, relative_to: str | os.PathLike | None = None) -> str:
-    """CSV text with columns path,pid,camid,split,frame; paths relative to `relative_to` if given."""
+    """CSV text with columns path,pid,camid,split,frame (+ attr_<name> when the records carry attributes); paths
+    relative to `relative_to` if given."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
+    records = [r for split in SPLITS for r in getattr(dataset, split)]
+    names = [n for n, _ in records[0].attributes] if records else []
+    writer.writerow(list(MANIFEST_COLUMNS) + [ATTRIBUTE_PREFIX + n for n in names])
     for split in SPLITS:
         for r in getattr(dataset, split):
             path = os.path.relpath(r.path, relative_to) if relative_to is not None else os.path.abspath(r.path)
-            writer.writerow([path, r.pid, r.camid, split, "" if r.frame is None else r.frame])
+            labels = dict(r.attributes)
+            writer.writerow([path, r.pid, r.camid, split, "" if r.frame is None else r.frame]
+                            + [labels[n] for n in names])
     return buffer.getvalue()
 
 

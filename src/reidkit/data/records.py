@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from ..errors import DataError
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,9 @@ class Record:
     pid: int
     camid: int
     frame: int | None = None  # frame/timestamp if known (video, search metadata)
+    # Binary attribute labels (name, 0/1), e.g. (("bag_backpack", 1), ("upper_black", 0)): from a manifest's
+    # attr_<name> columns (data/manifest.py). Pairs rather than a dict keep the record hashable and self-describing.
+    attributes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -54,7 +60,26 @@ def split_arrays(records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarr
 def relabel(records: list[Record]) -> tuple[list[Record], dict[int, int]]:
     """Map training pids to contiguous class indices 0..C-1 (sorted by pid, so deterministic)."""
     mapping = {pid: i for i, pid in enumerate(sorted({r.pid for r in records}))}
-    return [Record(r.path, mapping[r.pid], r.camid, r.frame) for r in records], mapping
+    return [replace(r, pid=mapping[r.pid]) for r in records], mapping
+
+
+def attribute_names(records: Sequence[Record]) -> tuple[str, ...]:
+    """The attribute names the records carry (those of the first record; loaders make every row agree)."""
+    return tuple(name for name, _ in records[0].attributes) if records else ()
+
+
+def attribute_matrix(records: Sequence[Record], names: Sequence[str], where: str) -> np.ndarray:
+    """(N, len(names)) float32 0/1 labels of `names` in that order; a record without one of them is a DataError
+    naming `where` (the dataset), the image and the attribute."""
+    out = np.empty((len(records), len(names)), np.float32)
+    for i, record in enumerate(records):
+        labels = dict(record.attributes)
+        missing = [n for n in names if n not in labels]
+        if missing:
+            raise DataError(f"{where}: image {record.path} has no attribute label for column(s) "
+                            f"{', '.join('attr_' + n for n in missing)}")
+        out[i] = [labels[n] for n in names]
+    return out
 
 
 def images_per_identity(records: list[Record]) -> Counter:

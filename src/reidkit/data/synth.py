@@ -32,12 +32,13 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from ..errors import ConfigError, DataError
-from ..utils import atomic_write_json, progress
+from ..utils import atomic_write_json, atomic_write_text, progress
 
 # Bump whenever rendering changes: a cached dataset with another version is regenerated.
 GENERATOR_VERSION = 2
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 META_FILE = "synth.json"
+ATTRIBUTE_MANIFEST = "attributes.csv"  # written on request beside the Market folders (write_attribute_manifest)
 SAVE_JPEG_QUALITY = 95
 OCCLUSION_PROBABILITY = 0.3
 PERSON_HALF_WIDTH = 0.32  # of the stature: how far any body part or bag reaches from the centre line
@@ -55,6 +56,8 @@ LOWER_WEIGHTS = np.array([6, 1, 3, 4, 4, 0.5, 0.5, 2.5, 1.5, 0.2, 0.2, 0.2], dty
 SHOE_COLOURS = (0, 1, 2, 8)
 SKIN_TONES = np.array([(238, 204, 178), (214, 168, 132), (180, 130, 96), (130, 88, 60), (92, 62, 44)],
                       dtype=np.float32) / 255.0
+PALETTE_NAMES = ("black", "white", "grey", "navy", "blue", "red", "green", "beige", "brown", "yellow", "pink",
+                 "purple")
 HAIR_COLOURS = np.array([(20, 16, 14), (58, 38, 26), (104, 72, 44), (196, 162, 100), (150, 150, 150)],
                         dtype=np.float32) / 255.0
 HAIR_WEIGHTS = np.array([5, 3, 2, 1, 0.7])
@@ -240,6 +243,29 @@ def sample_camera(rng: np.random.Generator, index: int) -> Camera:
         light=float(rng.uniform(-0.25, 0.25)),
         scene_seed=int(rng.integers(2**31)),
     )
+
+
+def _palette_name(colour: np.ndarray) -> str:
+    """The PALETTE name of a colour drawn from PALETTE (exact row match: identities copy its rows)."""
+    return PALETTE_NAMES[int(np.flatnonzero((colour == PALETTE).all(axis=1))[0])]
+
+
+def attribute_names() -> tuple[str, ...]:
+    """The binary attributes of `identity_attributes`, in PETA's one-hot style (upperBodyBlack, ...)."""
+    return tuple([f"upper_{c}" for c in PALETTE_NAMES] + [f"lower_{c}" for c in PALETTE_NAMES]
+                 + [f"upper_{p}" for p in SHIRT_PATTERNS] + [f"lower_{k}" for k in LOWER_KINDS]
+                 + ["bag_backpack", "bag_handbag", "long_hair", "long_sleeves"])
+
+
+def identity_attributes(ident: Identity) -> dict[str, int]:
+    """True 0/1 labels of what the renderer draws for `ident` (main shirt and lower colour, shirt pattern, lower
+    garment, bag, hair, sleeves), read from the same random draws that shape the person. They are identity
+    labels, like PETA's: a logo or a backpack may be out of view in a given image."""
+    on = {f"upper_{_palette_name(ident.shirt[0])}", f"lower_{_palette_name(ident.lower[0])}",
+          f"upper_{ident.shirt_pattern}", f"lower_{ident.lower_kind}"}
+    on |= {f"bag_{ident.bag}"} if ident.bag != "none" else set()
+    on |= {name for name, flag in (("long_hair", ident.long_hair), ("long_sleeves", ident.long_sleeves)) if flag}
+    return {name: int(name in on) for name in attribute_names()}
 
 
 def identity_for(cfg: SynthConfig, pid: int) -> Identity:
@@ -807,16 +833,47 @@ def _count_images(folder: Path) -> int:
         return sum(entry.name.endswith(".jpg") for entry in entries)
 
 
-def generate_market_dataset(out: str | Path, cfg: SynthConfig, show_progress: bool = True) -> Path:
+def generate_market_dataset(out: str | Path, cfg: SynthConfig, show_progress: bool = True,
+                            attributes: bool = False) -> Path:
     """Write the dataset to `out` in Market-1501 layout and return `out`.
 
     Images are rendered into a temporary sibling folder that is renamed onto `out` at the end, so an
     interrupted run never looks complete. If `out` already holds a complete dataset with the same config and
     generator version, nothing is done. A previous synthetic dataset with another config is replaced; any
-    other non-empty folder is refused rather than deleted.
+    other non-empty folder is refused rather than deleted. `attributes=True` also writes `attributes.csv`, a
+    manifest of every image with its attr_<name> labels (`write_attribute_manifest`); the images are the same.
     """
     cfg.validate()
-    root = Path(out)
+    root = _generate_images(Path(out), cfg, show_progress)
+    if attributes:
+        write_attribute_manifest(root, cfg)
+    return root
+
+
+def write_attribute_manifest(root: str | Path, cfg: SynthConfig) -> Path:
+    """`root/attributes.csv`: path (relative), pid, camid, split and the 0/1 attr_<name> columns of
+    `identity_attributes` for every image of the dataset `cfg` makes (distractors included: their own person).
+    Train on it with `--data root/attributes.csv`. Needs no rendering."""
+    cfg.validate()
+    root = Path(root)
+    names = attribute_names()
+    lines = [",".join(["path", "pid", "camid", "split"] + [f"attr_{n}" for n in names])]
+    identities: dict[int, dict[str, int]] = {}
+    for spec in _image_specs(cfg):
+        if spec.pid == 0:
+            labels = identity_attributes(sample_identity(_rng(cfg.seed, _TAG_DISTRACTOR, spec.index)))
+        else:
+            if spec.pid not in identities:
+                identities[spec.pid] = identity_attributes(identity_for(cfg, spec.pid))
+            labels = identities[spec.pid]
+        path = f"{SPLIT_FOLDERS[spec.split]}/{spec.filename}"
+        lines.append(",".join([path, str(spec.pid), str(spec.camid), spec.split] + [str(labels[n]) for n in names]))
+    path = root / ATTRIBUTE_MANIFEST
+    atomic_write_text("\n".join(lines) + "\n", path)
+    return path
+
+
+def _generate_images(root: Path, cfg: SynthConfig, show_progress: bool) -> Path:
     if _is_complete(root, cfg):
         return root
     if root.exists() and not (root / META_FILE).is_file() and (not root.is_dir() or any(root.iterdir())):
@@ -855,7 +912,8 @@ def _foreign_files(root: Path) -> list[Path]:
     found = []
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
-        if path.is_dir() and str(relative) in SPLIT_FOLDERS.values() or relative == Path(META_FILE):
+        if (path.is_dir() and str(relative) in SPLIT_FOLDERS.values()
+                or relative in (Path(META_FILE), Path(ATTRIBUTE_MANIFEST))):
             continue
         in_split = len(relative.parts) == 2 and relative.parts[0] in SPLIT_FOLDERS.values()
         if own is not None and relative not in own or own is None and not (in_split and path.suffix == ".jpg"):

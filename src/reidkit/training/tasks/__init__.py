@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 from ...models.registry import model_spec
+from . import attributes, plnet  # noqa: F401  (register the attributes (ACRN) and plnet tasks)
 from .base import Member, Task, register_task, task_class
 from .embedding import EmbeddingTask
 from .pair import PairTask
+from .parts import PartsTask  # noqa: F401  (registers the "parts" task: GLAD, SpindleNet)
 from .tracklet import TrackletTask
 
 
