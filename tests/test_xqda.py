@@ -109,3 +109,56 @@ def test_bad_input_names_the_argument():
 
 def test_cli_choices_are_the_registered_methods():
     assert sorted(CLASSIC_CHOICES) == CLASSIC_METHODS.names()
+
+
+# ------------------------------------------------------------------------- reidkit evaluate --classic lomo-xqda
+
+@pytest.mark.slow  # LOMO of ~110 images and two 26,960-dim XQDA fits: ~8 s idle, ~30 s on the loaded machine
+def test_evaluate_classic_equals_lomo_and_xqda_distances(tiny_market, tmp_path):
+    """The CLI ranks by XQDA's metric embedding; its mAP must equal ranking by XQDA.distance directly."""
+    import json
+
+    from reidkit.classic import LOMO
+    from reidkit.cli.main import main
+    from reidkit.data import load_dataset, split_arrays
+    from reidkit.metrics.rank import evaluate_rank_full
+
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--classic", "lomo-xqda", "--train", str(tiny_market / "bounding_box_train"),
+                 "--data", str(tiny_market), "--out", str(out), "--quiet", "--top", "5"]) == 0
+    report = json.loads(out.read_text())
+    assert report["classic"]["lomo_dim"] == 26_960 and report["classic"]["train_ids"] == 12
+    data = load_dataset(tiny_market)
+    (tp, tpid, tcam), (qp, qpid, qcam), (gp, gpid, gcam) = (split_arrays(s) for s in (data.train, data.query,
+                                                                                     data.gallery))
+    lomo = LOMO()
+    xqda = XQDA().fit(lomo(tp), tpid, tcam)
+    result = evaluate_rank_full(xqda.distance(lomo(qp), lomo(gp)), qpid, gpid, qcam, gcam, max_rank=5)
+    assert report["mAP"] == pytest.approx(100 * result.mAP, abs=1e-3)
+
+
+def _one_identity_folder(folder, source):
+    folder.mkdir()
+    image = next(iter(sorted(source.glob("*.jpg"))))
+    for name in ("0001_c1_000001.jpg", "0001_c2_000002.jpg"):
+        (folder / name).write_bytes(image.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("case, message", [
+    ("single", "--train {}: a single identity"),
+    ("missing-train", "--classic lomo-xqda: also give --train"),
+    ("train-without-classic", "--train applies to --classic"),
+    ("with-model", "give exactly one of --distmat, --features, --model or --classic"),
+])
+def test_evaluate_classic_bad_input(tiny_market, tmp_path, capsys, case, message):
+    from reidkit.cli.main import main
+
+    single = _one_identity_folder(tmp_path / "one", tiny_market / "bounding_box_train")
+    argv = {"single": ["--classic", "lomo-xqda", "--train", str(single)],
+            "missing-train": ["--classic", "lomo-xqda"],
+            "train-without-classic": ["--features", str(tmp_path / "f.npz"), "--train", str(single)],
+            "with-model": ["--classic", "lomo-xqda", "--model", str(tmp_path / "m.pt"), "--train", str(single)],
+            }[case]
+    assert main(["evaluate", *argv, "--data", str(tiny_market), "--quiet"]) == 2
+    assert message.format(single) in capsys.readouterr().err
