@@ -3,9 +3,9 @@
 Part generation (once, before training, from the pretrained backbone: `PLNetModel.fit_parts`, called by the plnet
 task on a seeded sample of training images):
   1. per image and channel, the position (row, col) of the channel's spatial argmax (`peak_positions`);
-  2. each channel is described by its peak positions over the sample images (rows / h, cols / w: a 2N vector),
-     and k-means (scikit-learn) groups the channels into K parts: channels that fire at the same place in the
-     same images; parts are numbered top to bottom by their mean row (`cluster_channels`).
+  2. each channel is described by its mean peak position over the sample images (row / (h-1), col / (w-1)), and
+     k-means (scikit-learn) groups these C points into K parts: channels that fire at the same place; parts are
+     numbered top to bottom by their centre's row (`cluster_channels`).
 Per image (every forward pass), part k's region is the box spanning its channels' peaks in that image, from the
 `box_quantile` to the 1 - `box_quantile` quantile of their rows and columns (robust to a few stray channels;
 `part_boxes`), and the feature map is ROI-pooled over it (`roi_pool`, max by default, as ROI pooling) into a
@@ -37,25 +37,22 @@ def peak_positions(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 def cluster_channels(peaks: torch.Tensor, height: int, width: int, parts: int, seed: int = 0) -> torch.Tensor:
-    """(N, C, 2) peak positions -> (C,) part index of each channel, parts numbered by their mean row (top first).
+    """(N, C, 2) peak positions -> (C,) part index of each channel, parts numbered by their centre's row (top first).
 
-    k-means (scikit-learn, 10 initialisations) over the channels' peak positions across the N images, scaled to
-    [0, 1] by the map's size. A part that k-means leaves empty (fewer distinct channels than parts) stays empty:
-    `part_boxes` then gives it the whole map."""
+    k-means (scikit-learn, 10 initialisations) over the channels' mean peak positions across the N images, scaled
+    to [0, 1] by the map's size. A part that k-means leaves empty (fewer distinct channels than parts) stays
+    empty: `part_boxes` then gives it the whole map."""
     from sklearn.cluster import KMeans  # scikit-learn: the maintained k-means (k-means++ init, several restarts)
 
-    n, c, _ = peaks.shape
+    c = peaks.shape[1]
     if c < parts:
         raise ModelError(f"PL-Net: {parts} parts from {c} channels: need at least as many channels as parts")
-    scaled = peaks.float() / torch.tensor([max(height - 1, 1), max(width - 1, 1)], dtype=torch.float32)
-    descriptors = scaled.permute(1, 0, 2).reshape(c, n * 2).numpy().astype(np.float64)
-    labels = KMeans(n_clusters=parts, n_init=10, random_state=seed).fit_predict(descriptors)
-    mean_rows = np.array([descriptors[labels == k, 0::2].mean() if (labels == k).any() else np.inf
-                          for k in range(parts)])
-    order = np.argsort(mean_rows, kind="stable")  # order[j] = the k-means label that becomes part j
+    scale = torch.tensor([max(height - 1, 1), max(width - 1, 1)], dtype=torch.float64)
+    points = (peaks.double().mean(dim=0) / scale).numpy()  # (C, 2)
+    kmeans = KMeans(n_clusters=parts, n_init=10, random_state=seed).fit(points)
     rank = np.empty(parts, np.int64)
-    rank[order] = np.arange(parts)
-    return torch.as_tensor(rank[labels], dtype=torch.long)
+    rank[np.argsort(kmeans.cluster_centers_[:, 0], kind="stable")] = np.arange(parts)
+    return torch.as_tensor(rank[kmeans.labels_], dtype=torch.long)
 
 
 def part_boxes(peaks: torch.Tensor, assignment: torch.Tensor, parts: int, height: int, width: int,
