@@ -270,9 +270,10 @@ def wrap_models(models: list[nn.Module], device: torch.device) -> list[nn.Module
 def wrapped(task: Any, wrappers: list[nn.Module]) -> Iterator[None]:
     """`task.models` are the DDP wrappers inside the block (training) and the plain models outside (validation,
     checkpoints)."""
-    plain = task.models
-    if current().active:
-        task.models = wrappers
+    if not current().active:
+        yield
+        return
+    plain, task.models = task.models, wrappers
     try:
         yield
     finally:
