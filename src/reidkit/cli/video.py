@@ -35,7 +35,7 @@ def _track_command(args: argparse.Namespace) -> None:
         sources = [src for folder in args.sources for src in split_by_camera_prefix(folder)]
     result = track(sources, args.out, model=args.model, detector=args.detector, detect_every=args.detect_every,
                    options=options, overwrite=args.overwrite, device=args.device, batch_size=args.batch_size,
-                   show_progress=not args.quiet)
+                   show_progress=not args.quiet, workers=args.workers, scheduler=args.scheduler)
     lines = [f"{'camera':16s} {'frames':>7s} {'detections':>10s} {'tracklets':>9s} {'boxes':>7s}  note"]
     for cam in result.cameras:
         lines.append(f"{cam.name[:16]:16s} {cam.frames:7d} {cam.detections:10d} {cam.tracklets:9d} {cam.boxes:7d}  "
@@ -88,10 +88,27 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
                         "cN prefix, frame numbers (25 fps) give the frame times")
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4 (saves a second decode)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier track run in --out")
+    p.add_argument("--workers", type=_non_negative_int, default=0, metavar="N",
+                   help="0 or 1: track every camera in this process; N >= 2: each camera is a task on a local Dask "
+                        "cluster of N worker processes (1 thread each, loopback only), its tracklets streamed back "
+                        "and associated here (docs/scale.md)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="use an existing Dask cluster instead (tcp://host:port of `dask scheduler`); its workers "
+                        "need reidkit, the model and the sources at the same paths")
     add_batch_size(p, default=32)
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=_track_command)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be >= 0")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------- find

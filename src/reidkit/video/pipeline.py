@@ -23,7 +23,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,22 +163,42 @@ def _build_tracker(config: Any, fps: float) -> Any:
 
 # --------------------------------------------------------------------------------------------- per camera
 
-class _Camera:
-    """One camera's tracker and the per-track state the outputs need (bounded by the number of ACTIVE tracks)."""
+@dataclass
+class ClosedTracklet:
+    """A tracklet a camera's tracker has finished, with everything association and the outputs need from it (no
+    per-frame state stays behind): the record (gid 0 until associated), its MOT rows and its best crop.
 
-    def __init__(self, index: int, source: Any, detector: Any, tracker: Any, out: Path):
+    `key` is where the single-process run meets this closure: (time of the frame that closed it, camera index, that
+    frame's index, position among the tracklets closed at that frame); tracklets closed when a source ends have
+    time inf. Sorting by it reproduces the single-process order wherever the tracklets were produced
+    (`video.workers` associates tracklets streamed from several processes in this order)."""
+
+    record: TrackletRecord
+    rows: np.ndarray                  # (n, 6): frame (1-based), x, y, w, h, conf
+    crop: np.ndarray | None           # RGB best crop (None: none, or crops not wanted)
+    key: tuple[float, int, int, int]
+
+
+def camera_summary(source: Any) -> CameraSummary:
+    return CameraSummary(source.camera, str(getattr(source, "spec", source.camera)), float(source.fps),
+                         tuple(source.size), live=bool(getattr(source, "is_live", False)))
+
+
+class _Camera:
+    """One camera's source, detector and tracker, and the per-track state the outputs need (bounded by the number
+    of ACTIVE tracks)."""
+
+    def __init__(self, index: int, source: Any, detector: Any, tracker: Any, summary: CameraSummary | None = None):
         self.index, self.source, self.detector, self.tracker = index, source, detector, tracker
         self.name = source.camera
-        self.dir = out / self.name
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.summary = CameraSummary(self.name, str(getattr(source, "spec", self.name)), float(source.fps),
-                                     tuple(source.size), live=bool(getattr(source, "is_live", False)))
+        self.summary = summary or camera_summary(source)  # shared with the run's outputs in a single process
         self.rows: dict[int, list[np.ndarray]] = {}       # track -> rows (frame 1-based, x, y, w, h, conf)
         self.spans: dict[int, list[float]] = {}           # track -> [first time, last time]
         self.best: dict[int, tuple[float, int, float, np.ndarray, np.ndarray]] = {}  # quality, frame, time, box, crop
         self.frame_paths = getattr(source, "_paths", None)  # frame folders: frame index -> file name
         self.frame_indices = getattr(source, "_indices", None)
         self.seen = 0
+        self.last_frame: tuple[float, int] = (-math.inf, -1)  # (time, index) of the last frame tracked
 
     def frame_file(self, index: int) -> str | None:
         if self.frame_paths is None or self.frame_indices is None:
@@ -189,40 +209,23 @@ class _Camera:
             return None
 
 
-# ---------------------------------------------------------------------------------------------- the run
+class CameraGroup:
+    """Detection, embedding and tracking of a group of cameras: every camera of a single-process run, or one camera
+    on a Dask worker (`video.workers`). Frames are read in time order across the group (`sources.interleave`) in
+    batches of `options.batch_frames`: one detector call and one embedding pass per batch, then each camera's
+    tracker steps through its frames. Every finished tracklet goes to `emit` as a `ClosedTracklet`, in the order of
+    the frames that close it."""
 
-class TrackRun:
-    """The state of one `track` call; see `track` for the arguments."""
+    def __init__(self, cameras: list[_Camera], extractor: Any, options: TrackOptions, timings: dict[str, float],
+                 notes: list[str], show_progress: bool = False):
+        self.cameras, self.extractor, self.options = cameras, extractor, options
+        self.timings, self.notes, self.show_progress = timings, notes, show_progress
 
-    def __init__(self, sources: Sequence[Any], out: Path, detector: Any, extractor: Any, options: TrackOptions,
-                 show_progress: bool, run_info: dict[str, Any]):
-        self.out, self.extractor, self.options = out, extractor, options
-        self.show_progress = show_progress
-        self.cameras = [_Camera(k, src, det, _build_tracker(options.tracker, float(src.fps)), out)
-                        for k, (src, det) in enumerate(zip(sources, detector))]
-        live = any(c.summary.live for c in self.cameras)
-        self.online = live if options.online is None else options.online
-        if self.online and options.association.rerank:
-            raise ReIDError("k-reciprocal re-ranking needs all tracklets: it is offline only (not with live "
-                            "sources / --online)")
-        self.associator = OnlineAssociator(options.association) if self.online else None
-        self.records: list[TrackletRecord] = []
-        self.timings = dict.fromkeys(STAGES, 0.0)
-        self.notes: list[str] = []
-        self.run_info = run_info
-        self._gallery_rows = 0
-        self._last_checkpoint = time.monotonic()
-        self._local: dict[int, Any] = {}
-        for cam in self.cameras:
-            name = "tracks.txt" if self.online else ".tracks.local.txt"
-            self._local[cam.index] = open(cam.dir / name, "w")  # noqa: SIM115 (closed in _finish)
-        (out / "crops" / (".pending" if not self.online else "")).mkdir(parents=True, exist_ok=True)
-
-    # -- main loop ----------------------------------------------------------------------------------------
-    def run(self) -> TrackResult:
+    def run(self, emit: Callable[[ClosedTracklet], None], tick: Callable[[], None] | None = None) -> bool:
+        """Track every frame (until the sources end, or Ctrl-C), then finish the open tracks and close the sources.
+        `tick` is called after every frame read (checkpoints, heartbeats). Returns whether Ctrl-C interrupted."""
         from .sources import interleave
 
-        started = time.perf_counter()
         bars = [progress(total=c.source.num_frames, desc=f"{c.name}", unit="frame", position=k,
                          enabled=self.show_progress, leave=True) for k, c in enumerate(self.cameras)]
         interrupted = False
@@ -236,25 +239,25 @@ class TrackRun:
                 if item is not None:
                     batch.append(item)
                 if batch and (item is None or len(batch) >= self.options.batch_frames):
-                    self._process(batch, bars)
+                    self._process(batch, bars, emit)
                     batch = []
                 if item is None:
                     break
-                if self.online and time.monotonic() - self._last_checkpoint > self.options.checkpoint_seconds:
-                    self._checkpoint()
+                if tick is not None:
+                    tick()
         except KeyboardInterrupt:
             interrupted = True
             if batch:  # frames already decoded are tracked too
-                self._process(batch, bars)
+                self._process(batch, bars, emit)
             self.notes.append("interrupted (Ctrl-C): outputs hold everything tracked up to that moment")
         finally:
             for bar in bars:
                 bar.close()
-        self._finish(interrupted)
-        return TrackResult(self.out, [c.summary for c in self.cameras], len({r.gid for r in self.records}),
-                           len(self.records), interrupted, self.timings, time.perf_counter() - started, self.notes)
+        self.finish(emit)
+        return interrupted
 
-    def _process(self, batch: list[tuple[int, Any]], bars: list[Any]) -> None:
+    def _process(self, batch: list[tuple[int, Any]], bars: list[Any], emit: Callable[[ClosedTracklet], None]
+                 ) -> None:
         every, counts = self.options.detect_every, {}
         due = []
         for i, (k, _) in enumerate(batch):  # the camera's n-th frame is detected when n % every == 0
@@ -280,7 +283,7 @@ class TrackRun:
         for i, (k, frame) in enumerate(batch):
             cam = self.cameras[k]
             dets, feats = by_frame.get(i, (None, None))
-            self._step(cam, frame, dets, feats)
+            self._step(cam, frame, dets, feats, emit)
             bars[k].update(1)
         self.timings["track"] += time.perf_counter() - t2
 
@@ -298,7 +301,8 @@ class TrackRun:
                 out[n] = np.asarray(dets, np.float32).reshape(-1, 5)
         return out  # type: ignore[return-value]
 
-    def _step(self, cam: _Camera, frame: Any, dets: np.ndarray | None, feats: np.ndarray | None) -> None:
+    def _step(self, cam: _Camera, frame: Any, dets: np.ndarray | None, feats: np.ndarray | None,
+              emit: Callable[[ClosedTracklet], None]) -> None:
         cam.seen += 1
         cam.summary.frames += 1
         if dets is None:  # a frame between detections: the tracker predicts
@@ -311,8 +315,9 @@ class TrackRun:
         tracks = np.asarray(tracks, np.float64).reshape(-1, 5)
         if len(tracks):
             self._record(cam, frame, tracks, dets)
-        for tracklet in cam.tracker.pop_finished():
-            self._finished(cam, tracklet)
+        for order, tracklet in enumerate(cam.tracker.pop_finished()):
+            self._close(cam, tracklet, (float(frame.time), cam.index, int(frame.index), order), emit)
+        cam.last_frame = (float(frame.time), int(frame.index))
 
     def _record(self, cam: _Camera, frame: Any, tracks: np.ndarray, dets: np.ndarray | None) -> None:
         """Rows of this frame, time spans, and the best crop of each track (from the detection it matched)."""
@@ -336,7 +341,9 @@ class TrackRun:
                 if ok[0]:
                     cam.best[tid] = (float(quality[r]), frame.index, frame.time, box.copy(), cut[0].copy())
 
-    def _finished(self, cam: _Camera, tracklet: Any) -> None:
+    def _close(self, cam: _Camera, tracklet: Any, key: tuple[float, int, int, int],
+               emit: Callable[[ClosedTracklet], None]) -> None:
+        """A finished track -> its record, rows and best crop (or counted as dropped)."""
         tid = int(tracklet.track_id)
         rows = cam.rows.pop(tid, [])
         span = cam.spans.pop(tid, None)
@@ -361,31 +368,99 @@ class TrackRun:
             rec.best_score, rec.best_frame, rec.best_time = best[0], best[1], best[2]
             rec.best_box = tuple(float(v) for v in best[3][:4])
             rec.frame_file = cam.frame_file(best[1])
-        t0 = time.perf_counter()
-        if self.online:
-            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end)
-        self.timings["associate"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if best is not None and self.options.crops:
-            rec.crop = rec.crop_name(rec.gid) if self.online else f"crops/.pending/c{cam.index}_t{tid}.jpg"
-            save_crop(best[4], self.out / rec.crop)
-        ids = np.full(len(rows_array), rec.gid if self.online else tid)
-        _append_rows(self._local[cam.index], rows_array, ids)
         cam.summary.tracklets += 1
         cam.summary.boxes += len(rows_array)
-        self.records.append(rec)
-        self.timings["write"] += time.perf_counter() - t0
+        emit(ClosedTracklet(rec, rows_array, best[4] if best is not None and self.options.crops else None, key))
 
-    # -- ending --------------------------------------------------------------------------------------------
-    def _finish(self, interrupted: bool) -> None:
+    def finish(self, emit: Callable[[ClosedTracklet], None]) -> None:
+        """End every camera's open tracks (emitted), note tracks never confirmed, close the sources."""
         for cam in self.cameras:
-            for tracklet in cam.tracker.finish():
-                self._finished(cam, tracklet)
+            for order, tracklet in enumerate(cam.tracker.finish()):
+                self._close(cam, tracklet, (math.inf, cam.index, 0, order), emit)
             leftover = len(cam.rows)
             if leftover:
                 self.notes.append(f"camera {cam.name}: {leftover} track(s) never confirmed by the tracker, not "
                                   "written")
             cam.source.close()
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+@dataclass
+class _CameraOutput:
+    index: int
+    summary: CameraSummary
+    source: Any   # opened (or closed) source: what the annotated video's second decode reopens
+    dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.summary.name
+
+
+class TrackRun:
+    """The outputs of one `track` call. `accept` takes each finished tracklet (from the cameras of this process, or
+    streamed from workers by `video.workers`): online, it gets its global id at once; offline, it is kept for the
+    clustering at the end. Its rows and crop are written as it comes; `finish` associates (offline) and writes
+    the run's files."""
+
+    def __init__(self, out: Path, sources: Sequence[Any], summaries: Sequence[CameraSummary], extractor: Any,
+                 options: TrackOptions, show_progress: bool, run_info: dict[str, Any]):
+        self.out, self.extractor, self.options = out, extractor, options
+        self.show_progress = show_progress
+        self.cameras = [_CameraOutput(k, summary, src, out / summary.name)
+                        for k, (src, summary) in enumerate(zip(sources, summaries))]
+        live = any(c.summary.live for c in self.cameras)
+        self.online = live if options.online is None else options.online
+        if self.online and options.association.rerank:
+            raise ReIDError("k-reciprocal re-ranking needs all tracklets: it is offline only (not with live "
+                            "sources / --online)")
+        self.associator = OnlineAssociator(options.association) if self.online else None
+        self.records: list[TrackletRecord] = []
+        self.timings = dict.fromkeys(STAGES, 0.0)
+        self.notes: list[str] = []
+        self.run_info = run_info
+        self.started = time.perf_counter()
+        self._gallery_rows = 0
+        self._last_checkpoint = time.monotonic()
+        self._local: dict[int, Any] = {}
+        for cam in self.cameras:
+            cam.dir.mkdir(parents=True, exist_ok=True)
+            name = "tracks.txt" if self.online else ".tracks.local.txt"
+            self._local[cam.index] = open(cam.dir / name, "w")  # noqa: SIM115 (closed in finish)
+        (out / "crops" / (".pending" if not self.online else "")).mkdir(parents=True, exist_ok=True)
+
+    # -- in this process ------------------------------------------------------------------------------------
+    def run(self, group: CameraGroup) -> TrackResult:
+        """Track the group's cameras here, feeding this run, and write the outputs."""
+        interrupted = group.run(self.accept, self.tick)
+        return self.finish(interrupted)
+
+    def tick(self) -> None:
+        """Online mode: identities.json and the gallery rewritten every `checkpoint_seconds`."""
+        if self.online and time.monotonic() - self._last_checkpoint > self.options.checkpoint_seconds:
+            self._checkpoint()
+
+    def accept(self, closed: ClosedTracklet) -> None:
+        """A finished tracklet: its global id (online), best crop and rows written, kept for the outputs."""
+        rec = closed.record
+        t0 = time.perf_counter()
+        if self.online:
+            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end)
+        self.timings["associate"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if closed.crop is not None and self.options.crops:
+            rec.crop = rec.crop_name(rec.gid) if self.online else f"crops/.pending/c{rec.cam_index}_t{rec.track}.jpg"
+            save_crop(closed.crop, self.out / rec.crop)
+        ids = np.full(len(closed.rows), rec.gid if self.online else rec.track)
+        _append_rows(self._local[rec.cam_index], closed.rows, ids)
+        self.records.append(rec)
+        self.timings["write"] += time.perf_counter() - t0
+
+    # -- ending --------------------------------------------------------------------------------------------
+    def finish(self, interrupted: bool) -> TrackResult:
+        """After the last tracklet: associate (offline), write tracks.txt, identities.json, the gallery, the
+        pictures, the annotated videos and summary.json."""
         for fh in self._local.values():
             fh.close()
         t0 = time.perf_counter()
@@ -400,10 +475,13 @@ class TrackRun:
         elif self.options.video:
             self.notes.append("annotated videos skipped (interrupted)")
         self.timings["write"] += time.perf_counter() - t0
-        summary = TrackResult(self.out, [c.summary for c in self.cameras], len({r.gid for r in self.records}),
-                              len(self.records), interrupted, self.timings, 0.0, self.notes).to_json()
+        result = TrackResult(self.out, [c.summary for c in self.cameras], len({r.gid for r in self.records}),
+                             len(self.records), interrupted, self.timings, 0.0, self.notes)
+        summary = result.to_json()
         summary.pop("wall_seconds"), summary.pop("frames_per_second")
         atomic_write_json(summary, self.out / "summary.json")
+        result.wall_seconds = time.perf_counter() - self.started
+        return result
 
     def _associate_offline(self) -> None:
         if not self.records:
@@ -622,7 +700,7 @@ def split_by_camera_prefix(folder: str | os.PathLike, fps: float = MARKET_FPS) -
     return [PrefixSource(camera, items) for camera, items in sorted(groups.items())]
 
 
-def build_detectors(spec: Any, sources: Sequence[Any], batch_size: int = 1) -> list[Any]:
+def build_detectors(spec: Any, sources: Sequence[Any], batch_size: int = 1, threads: int | None = None) -> list[Any]:
     """One detector per source: a shared one, or (spec "public") each MOTChallenge sequence's det/det.txt."""
     from .detect import build_detector
 
@@ -644,18 +722,21 @@ def build_detectors(spec: Any, sources: Sequence[Any], batch_size: int = 1) -> l
     if str(spec).endswith(".txt") and len(sources) > 1:
         raise ReIDError(f"--detector {spec}: one det.txt cannot serve {len(sources)} cameras; use "
                         "'--detector public' to read each sequence's det/det.txt")
-    return [build_detector(str(spec), batch_size=batch_size)] * len(sources)
+    return [build_detector(str(spec), batch_size=batch_size, threads=threads)] * len(sources)
 
 
 def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detector: Any = "default",
           detect_every: int = 1, options: TrackOptions | None = None, overwrite: bool = False,
-          device: str = "auto", batch_size: int = 32, show_progress: bool = True) -> TrackResult:
+          device: str = "auto", batch_size: int = 32, show_progress: bool = True, workers: int = 0,
+          scheduler: str | None = None) -> TrackResult:
     """Track people in every source and give them global identities across cameras; write `out`.
 
     sources: video files, frame folders (MOTChallenge SEQ/ or SEQ/img1), camera indices, stream URLs or opened
     `FrameSource`s. model: a reidkit checkpoint, ONNX or OpenVINO IR path (or an extractor object).
     detector: "default" (vendored adas-0002), "hog", a detector model / det.txt path, "public" (each sequence's
     det/det.txt) or a detector object. Returns the summary (also in OUT/summary.json).
+    workers >= 2: every camera is tracked by its own task on a local Dask cluster of that many worker processes
+    (`video.workers`); scheduler: the address of an existing Dask cluster to use instead (tcp://host:port).
     """
     from ..inference import build_extractor
 
@@ -675,19 +756,39 @@ def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detecto
     extractor = model if hasattr(model, "embed_uint8") else build_extractor(model, batch_size=batch_size,
                                                                              device=device)
     opened = open_sources(sources)
+    cluster = None
     try:
         detectors = build_detectors(detector, opened, options.batch_frames)
+        if workers >= 2 or scheduler:  # connected before anything is written
+            from .workers import open_cluster
+
+            cluster = open_cluster(workers, scheduler)
         prepare_output(out, overwrite)
     except BaseException:
         for src in opened:
             src.close()
+        if cluster is not None:
+            cluster[0].close()
+            if cluster[1] is not None:
+                cluster[1].close()
         raise
     info = {"sources": [s.spec for s in opened], "cameras": [s.camera for s in opened],
             "model": str(getattr(extractor, "model_path", getattr(extractor, "name", "?"))),
             "detector": str(detector), "options": _options_json(options)}
     atomic_write_json(info, out / RUN_MARKER)
-    run = TrackRun(opened, out, detectors, extractor, options, show_progress, info)
-    return run.run()
+    run = TrackRun(out, opened, [camera_summary(s) for s in opened], extractor, options, show_progress, info)
+    if cluster is not None:
+        from .workers import CameraJob, track_on_dask
+
+        for src in opened:  # the workers open their own copies
+            src.close()
+        jobs = [CameraJob.make(k, spec, src, detector if not isinstance(detector, (list, tuple)) else detector[k])
+                for k, (spec, src) in enumerate(zip(sources, opened))]
+        return track_on_dask(run, jobs, cluster, model=model if isinstance(model, (str, os.PathLike)) else extractor,
+                             device=device, batch_size=batch_size)
+    cameras = [_Camera(k, src, det, _build_tracker(options.tracker, float(src.fps)), run.cameras[k].summary)
+               for k, (src, det) in enumerate(zip(opened, detectors))]
+    return run.run(CameraGroup(cameras, extractor, options, run.timings, run.notes, show_progress))
 
 
 def _options_json(options: TrackOptions) -> dict[str, Any]:
