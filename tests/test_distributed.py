@@ -140,6 +140,15 @@ def test_nproc_bad_values_and_tasks(tmp_path, capsys):
     assert code == 2 and "the pair task trains in one process" in capsys.readouterr().err
 
 
+def test_nproc_under_torchrun_is_refused(monkeypatch):
+    from reidkit.training.distributed import launch
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="already runs under torchrun"):
+        launch(["train"], 2)
+
+
 # ------------------------------------------------------------------------------------- real 2-process runs
 
 def _config(tmp_path: Path) -> Path:
