@@ -1,7 +1,9 @@
-"""OSNet-AIN and the import of Intel's person-reidentification-retail-0267 weights (vendored in the package).
+"""OSNet-AIN and the import of Intel's weights: person-reidentification-retail-0267 (ONNX, vendored in the
+package) and, with ../shared, 0277 (OpenVINO IR, BatchNorm folded).
 
-The reference is onnxruntime running the same ONNX file (with OnnxExtractor's MVN epsilon, docs/deployment.md):
-an independent implementation of the graph, so the tests fail if the architecture or the name mapping is wrong.
+The references are onnxruntime / OpenVINO running Intel's own files (onnxruntime with OnnxExtractor's MVN epsilon,
+docs/deployment.md): independent implementations of the graphs, so the tests fail if the architecture or the
+name mapping is wrong.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def test_state_dict_matches_onnx_initializers(imported, onnx_path):
 
 def test_missing_file_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match=r"nope\.onnx: file not found"):
-        build_backbone("osnet_ain_x0_5", weights=str(tmp_path / "nope.onnx"))
+        build_backbone("osnet_ain_x0_5", pretrained=str(tmp_path / "nope.onnx"))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter: plain graphs, fine here
@@ -84,12 +86,12 @@ def test_non_osnet_onnx_is_a_model_error(tmp_path):
     path = tmp_path / "tiny.onnx"
     torch.onnx.export(tiny, torch.zeros(1, 3, 8, 8), str(path), dynamo=False)
     with pytest.raises(ModelError, match=r"tiny\.onnx: not an Intel OSNet-AIN graph .*missing in_first\.weight"):
-        build_backbone("osnet_ain_x0_5", weights=str(path))
+        build_backbone("osnet_ain_x0_5", pretrained=str(path))
 
 
 def test_width_mismatch_names_the_right_backbone(onnx_path):
     with pytest.raises(ModelError, match=r"graph is osnet_ain_x0_5 \(conv1 has 32 channels\)"):
-        build_backbone("osnet_ain_x1_0", weights=str(onnx_path))
+        build_backbone("osnet_ain_x1_0", pretrained=str(onnx_path))
 
 
 def test_no_vendored_weights_at_other_widths():
@@ -155,3 +157,62 @@ def test_import_equals_onnxruntime_on_real_crops(cuhk03_train, onnx_path):
     ours = embed_tensor(model, images, mean=model.input_mean, std=model.input_std, device=torch.device("cpu"))
     reference = OnnxExtractor(onnx_path, threads=1).embed_uint8(images)  # Intel preset: RGB 0..255
     assert np.abs(ours.numpy() - reference).max() < 1e-4
+
+
+OV_0277 = "models/openvino/person-reidentification-retail-0277/person-reidentification-retail-0277.xml"
+
+
+@pytest.fixture(scope="module")
+def ir_0277():
+    from conftest import SHARED
+
+    path = SHARED / OV_0277
+    if not path.is_file():
+        pytest.skip("../shared Intel 0277 IR not present")
+    return path
+
+
+def _embed(net: torch.nn.Module, u8: torch.Tensor) -> np.ndarray:
+    mean, std = torch.tensor(net.input_mean).view(1, 3, 1, 1), torch.tensor(net.input_std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return l2n(net((u8.float() / 255 - mean) / std).flatten(1).numpy())
+
+
+@pytest.mark.shared
+def test_openvino_ir_import_equals_openvino(ir_0277):
+    """0277 (x1.0): BatchNorms folded into the convs by the Model Optimizer, read back by walking the graph."""
+    from reidkit.inference import build_extractor
+
+    net = build_backbone("osnet_ain_x1_0", pretrained=str(ir_0277)).eval()
+    assert net.calibrate_bn_on_first_batch
+    u8 = torch.randint(0, 256, (2, 3, 256, 128), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    reference = build_extractor(ir_0277, threads=1).embed_uint8(u8)  # Intel preset: BGR 0..255, as documented
+    assert np.abs(_embed(net, u8) - reference).max() < 1e-4
+    with pytest.raises(ModelError, match=r"graph is osnet_ain_x1_0 \(conv1 has 64 channels\)"):
+        build_backbone("osnet_ain_x0_5", pretrained=str(ir_0277))
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_batchnorm_recalibration_keeps_the_eval_function(ir_0277):
+    """Re-estimating the folded BatchNorms keeps the eval-mode embedding, and brings training mode (batch
+    statistics) close to it; without it, identity BatchNorms meet batch statistics and training mode is far off."""
+    import copy
+
+    net = build_backbone("osnet_ain_x1_0", pretrained=str(ir_0277))
+    u8 = torch.randint(0, 256, (8, 3, 256, 128), generator=torch.Generator().manual_seed(4), dtype=torch.uint8)
+    mean, std = torch.tensor(net.input_mean).view(1, 3, 1, 1), torch.tensor(net.input_std).view(1, 3, 1, 1)
+    x = (u8.float() / 255 - mean) / std
+    before = _embed(net.eval(), u8)
+    fresh, uncalibrated = copy.deepcopy(net), copy.deepcopy(net)
+    uncalibrated.calibrate_bn_on_first_batch = fresh.calibrate_bn_on_first_batch = False
+    with torch.no_grad():
+        net.train()(x)  # the first training batch recalibrates
+        raw = l2n(uncalibrated.train()(x).flatten(1).numpy())
+    assert not net.calibrate_bn_on_first_batch
+    fresh.recalibrate_batchnorm(x)
+    assert np.abs(_embed(fresh.eval(), u8) - before).max() < 1e-4  # float32 re-parameterisation only
+    with torch.no_grad():
+        train_mode = l2n(fresh.train()(x).flatten(1).numpy())
+    assert (train_mode * before).sum(axis=1).min() > 0.95
+    assert (raw * before).sum(axis=1).mean() < (train_mode * before).sum(axis=1).mean()

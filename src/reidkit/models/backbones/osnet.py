@@ -9,6 +9,9 @@ strided last stage, so there is no last_stride option.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -147,7 +150,7 @@ class GlobalDepthwiseConv(nn.Conv2d):
 
 
 class OSNetAIN(Backbone):
-    """Intel's OSNet-AIN (Open Model Zoo person-reidentification-retail-0267/0277/0288), read from the 0267 graph.
+    """Intel's OSNet-AIN (Open Model Zoo person-reidentification-retail-0267/0277), read from the 0267 graph.
 
     Against the paper's OSNet: an affine InstanceNorm on the input image (`in_first`) and after the first conv
     (`conv1.bn`), the second block of every stage gated by a GroupNormGate, and Intel's embedding head inside
@@ -174,47 +177,82 @@ class OSNetAIN(Backbone):
         self.out_channels = feature_dim
         self.feature_channels = channels[3]
         self.output_stride = 16  # of the conv5 map (forward_features); forward pools it to 1x1
+        # Set by an OpenVINO IR import, whose BatchNorms are folded (identity + bias): the first training batch
+        # re-estimates their statistics. A plain attribute, not state: a checkpoint's BatchNorms are trained ones.
+        self.calibrate_bn_on_first_batch = False
         init_conv_norm(self)
+
+    def recalibrate_batchnorm(self, x: torch.Tensor) -> None:
+        """Give every BatchNorm the statistics of its input on batch `x`, rescaling its affine so that the eval-mode
+        function is unchanged: y = w (z - m) / sqrt(v + eps) + b holds for the new (m', v') with
+        w' = w sqrt(v' + eps) / sqrt(v + eps) and b' = b + w (m' - m) / sqrt(v + eps). Training-mode BatchNorm
+        (batch statistics) then starts where the imported eval-mode network is."""
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
+            z = inputs[0].transpose(0, 1).reshape(inputs[0].shape[1], -1)
+            stats[module] = (z.mean(dim=1), z.var(dim=1, unbiased=False))
+
+        hooks = [m.register_forward_pre_hook(record) for m in norms]
+        was_training = self.training
+        try:
+            self.eval()
+            with torch.no_grad():
+                self.forward(x)
+                for m in norms:
+                    new_mean, new_var = stats[m]
+                    old_std = (m.running_var + m.eps).sqrt()
+                    m.bias.add_(m.weight * (new_mean - m.running_mean) / old_std)
+                    m.weight.mul_((new_var + m.eps).sqrt() / old_std)
+                    m.running_mean.copy_(new_mean)
+                    m.running_var.copy_(new_var)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self.train(was_training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(self.in_first(x)))
         return self.conv5(self.conv4(self.conv3(self.conv2(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.calibrate_bn_on_first_batch:
+            self.calibrate_bn_on_first_batch = False
+            self.recalibrate_batchnorm(x)
         pooled = self.global_avgpool(self.forward_features(x)).flatten(1)
         return self.fc(pooled)[:, :, None, None]
 
 
-# width name -> stage channels; Intel ships x1.0 (0277), x0.5 (0267, vendored) and x0.25 (0288).
-OSNET_AIN_CHANNELS = {"x1_0": (64, 256, 384, 512), "x0_5": (32, 128, 192, 256), "x0_25": (16, 64, 96, 128)}
+# width name -> stage channels; Intel ships x1.0 (0277) and x0.5 (0267, vendored). Their x0.25 (0288) is left
+# out: its 24-channel stage-3 gate cannot hold 16 GroupNorm groups, so its gate differs from the one read here.
+OSNET_AIN_CHANNELS = {"x1_0": (64, 256, 384, 512), "x0_5": (32, 128, 192, 256)}
 
 
-def _osnet_ain(width: str, pretrained: bool, weights: str | None, feature_dim: int) -> OSNetAIN:
+def _osnet_ain(width: str, pretrained: bool | str, feature_dim: int) -> OSNetAIN:
     from .intel_import import load_intel_weights, vendored_weights
 
     net = OSNetAIN(OSNET_AIN_CHANNELS[width], feature_dim)
-    source = weights if weights is not None else (vendored_weights(f"osnet_ain_{width}") if pretrained else None)
-    if source is not None:
-        load_intel_weights(net, source, f"osnet_ain_{width}")
+    name = f"osnet_ain_{width}"
+    if pretrained is True or pretrained == "intel-0267":
+        load_intel_weights(net, vendored_weights(name), name)
+    elif isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
+        load_intel_weights(net, pretrained, name)
+        net.calibrate_bn_on_first_batch = Path(pretrained).suffix.lower() == ".xml"  # IR: BatchNorm folded
     return net
 
 
 @register_backbone("osnet_ain_x1_0")
-def osnet_ain_x1_0(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
-    """No vendored weights at this width (Intel's 0277 is an OpenVINO IR with BatchNorm folded): random init."""
-    return _osnet_ain("x1_0", pretrained, weights, feature_dim)
+def osnet_ain_x1_0(pretrained: bool | str = False, feature_dim: int = 256) -> OSNetAIN:
+    """pretrained: a path to Intel's person-reidentification-retail-0277.xml (OpenVINO IR, not shipped)."""
+    return _osnet_ain("x1_0", pretrained, feature_dim)
 
 
 @register_backbone("osnet_ain_x0_5")
-def osnet_ain_x0_5(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
-    """pretrained=True imports the vendored Intel person-reidentification-retail-0267 (MSMT17-trained)."""
-    return _osnet_ain("x0_5", pretrained, weights, feature_dim)
-
-
-@register_backbone("osnet_ain_x0_25")
-def osnet_ain_x0_25(pretrained: bool = False, weights: str | None = None, feature_dim: int = 256) -> OSNetAIN:
-    """No vendored weights at this width (Intel's 0288 is an OpenVINO IR with BatchNorm folded): random init."""
-    return _osnet_ain("x0_25", pretrained, weights, feature_dim)
+def osnet_ain_x0_5(pretrained: bool | str = False, feature_dim: int = 256) -> OSNetAIN:
+    """pretrained=True (or "intel-0267"): the vendored Intel person-reidentification-retail-0267; a path: that
+    Intel OSNet-AIN x0.5 file (.onnx or OpenVINO .xml)."""
+    return _osnet_ain("x0_5", pretrained, feature_dim)
 
 
 @register_backbone("osnet_x1_0")
