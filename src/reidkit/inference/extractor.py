@@ -11,6 +11,7 @@ import torch
 from ..checkpoint import model_from_checkpoint
 from ..data import load_dataset
 from ..data.images import ImageLike, load_image_tensor
+from ..data.keypoints import attach_pose_boxes
 from ..data.records import split_arrays
 from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
@@ -33,8 +34,9 @@ class Extractor:
         self.device = resolve_device(device)
         # a tracklet (temporal) model embeds single images with its frame encoder, like an embedding model
         self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device,
-                                                    task=("embedding", "tracklet"))
+                                                    task=("embedding", "tracklet", "parts"))
         self.model.to(self.device).eval()
+        attach_pose_boxes(self.model)  # a pose-guided part model (GLAD, SpindleNet) gets its boxes from keypoints
         self.checkpoint = Path(checkpoint)
         self.config = payload.get("config", {})
         self.input_size = tuple(self.model.input_size)
