@@ -35,10 +35,10 @@ from reidkit.training.tasks.attributes import AttributeTask, AttributeTrainConfi
 from reidkit.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = {
-    "baseline": ["attributes.weight=0", "loss.metric_params.gamma=0", "model.params.fusion_weight=0"],
+RUNS = {  # the two runs the comparison needs first, the no-attribute reference last
     "gamma0": ["loss.metric_params.gamma=0"],
     "gamma1": ["loss.metric_params.gamma=1.0"],
+    "baseline": ["attributes.weight=0", "loss.metric_params.gamma=0", "model.params.fusion_weight=0"],
 }
 
 
@@ -97,7 +97,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per run (default: 10)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default: 8)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs/attrs/bench", help="data and run folder")
     parser.add_argument("--runs", nargs="*", default=list(RUNS), help="which runs (default: all)")
     args = parser.parse_args()

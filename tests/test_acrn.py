@@ -64,21 +64,21 @@ def _naive_acrn(f, att, labels, gamma, margin):
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.7])
-def test_acrn_triplet_against_a_naive_loop(gamma):
+def test_attribute_triplet_against_a_naive_loop(gamma):
     rng = np.random.default_rng(3)
     f = rng.normal(size=(8, 5)).astype(np.float32)
     att = rng.random((8, 4)).astype(np.float32)
     labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
-    loss = build_loss("acrn_triplet", gamma=gamma, margin=0.5)
+    loss = build_loss("attribute_triplet", gamma=gamma, margin=0.5)
     value = loss(torch.tensor(f), torch.tensor(labels), torch.tensor(att)).item()
     assert value == pytest.approx(_naive_acrn(f, att, labels, gamma, 0.5), rel=1e-5)
 
 
-def test_acrn_triplet_with_given_triplets_formula():
+def test_attribute_triplet_with_given_triplets_formula():
     f = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 0.0]])  # d(a,p) = 5, d(a,n) = 1
     att = torch.tensor([[0.0, 0.0], [0.0, 0.5], [1.0, 1.0]])  # d = 0.5 and sqrt(2)
     triplets = (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))
-    value = build_loss("acrn_triplet", gamma=2.0, margin=0.3)(f, torch.tensor([0, 0, 1]), att, triplets)
+    value = build_loss("attribute_triplet", gamma=2.0, margin=0.3)(f, torch.tensor([0, 0, 1]), att, triplets)
     assert value.item() == pytest.approx(5 - 1 + 0.3 + 2 * (0.5 - math.sqrt(2)), rel=1e-6)
 
 
@@ -135,7 +135,7 @@ def test_attributes_task_needs_attribute_columns(synth_attr):
 
 
 def test_attributes_task_refuses_another_metric_loss():
-    with pytest.raises(ConfigError, match="acrn_triplet"):
+    with pytest.raises(ConfigError, match="attribute_triplet"):
         AttributeTask(_cfg(["loss.metric_loss=triplet_batch_hard"]), "x.csv", show_progress=False)
 
 

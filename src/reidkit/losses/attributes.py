@@ -2,7 +2,7 @@
 attribute-complementary triplet loss (docs/models.md, "ACRN (attributes)").
 
     wce = build_loss("attribute_wce", positive_rates=rates)      # loss(attribute_logits (B, A), targets (B, A))
-    acrn = build_loss("acrn_triplet", gamma=1.0, margin=0.3)      # loss(embeddings, labels, attributes)
+    acrn = build_loss("attribute_triplet", gamma=1.0, margin=0.3)      # loss(embeddings, labels, attributes)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class WeightedAttributeCrossEntropy(torch.nn.Module):
         return per_image.sum() if self.reduction == "sum" else per_image.mean()
 
 
-@register_loss("acrn_triplet")
+@register_loss("attribute_triplet")
 class ACRNTripletLoss(TripletLoss):
     """ACRN's triplet loss: per mined (a, p, n),
 

@@ -5,7 +5,7 @@ The embedding task's epoch, losses and validation, plus:
   for each batch through `self.batch_items`;
 - the weighted attribute cross-entropy (`attribute_wce`, weight `attributes.weight`, DeepMAR weights from the
   training positive rates) from the first epoch;
-- the metric loss `acrn_triplet` (loss.metric_loss; gamma in loss.metric_params) fed with the predicted
+- the metric loss `attribute_triplet` (loss.metric_loss; gamma in loss.metric_params) fed with the predicted
   attribute probabilities; gamma = 0 is the plain batch-hard triplet;
 - validation: rank-k / mAP of the fused descriptor ("val", picks best.pt), of the ReID features alone
   ("val_reid") and the accuracy of each attribute at p > 0.5 on the validation images ("val_attributes").
@@ -80,9 +80,9 @@ class AttributeTask(EmbeddingTask):
             raise ConfigError(f"attributes.weighting={a.weighting!r}: expected {' or '.join(WEIGHTINGS)}")
         if not a.weight >= 0:
             raise ConfigError(f"attributes.weight={a.weight}: must be >= 0")
-        if cfg.loss.metric_loss not in ("acrn_triplet", "none"):  # another metric loss would ignore the attributes
+        if cfg.loss.metric_loss not in ("attribute_triplet", "none"):  # another metric loss would ignore the attributes
             raise ConfigError(f"loss.metric_loss={cfg.loss.metric_loss!r}: the attributes task trains ACRN with "
-                              "'acrn_triplet' (gamma: 0 in loss.metric_params gives the plain triplet) or 'none'")
+                              "'attribute_triplet' (gamma: 0 in loss.metric_params gives the plain triplet) or 'none'")
         super().__init__(cfg, data_root, show_progress)
 
     # ----------------------------------------------------------------- set-up
@@ -102,11 +102,11 @@ class AttributeTask(EmbeddingTask):
                                                    source)
 
     def _metric_loss(self, context: dict[str, Any]) -> nn.Module | None:
-        if self.cfg.loss.metric_loss != "acrn_triplet":
+        if self.cfg.loss.metric_loss != "attribute_triplet":
             return super()._metric_loss(context)
         lc = self.cfg.loss
         shared = {"margin": lc.margin, "soft_margin": lc.soft_margin, **lc.metric_params}
-        return build_loss("acrn_triplet", **shared)
+        return build_loss("attribute_triplet", **shared)
 
     def _losses_for(self, model: nn.Module | None) -> dict[str, nn.Module | None]:
         losses = super()._losses_for(model)
