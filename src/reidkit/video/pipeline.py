@@ -101,6 +101,7 @@ class TrackResult:
     timings: dict[str, float]
     wall_seconds: float
     notes: list[str] = field(default_factory=list)
+    workers: dict[str, Any] = field(default_factory=dict)  # --workers runs: per camera task, association latency
 
     @property
     def frames(self) -> int:
@@ -112,7 +113,8 @@ class TrackResult:
                 "wall_seconds": round(self.wall_seconds, 2),
                 "frames_per_second": round(self.frames / self.wall_seconds, 2) if self.wall_seconds else None,
                 "seconds_per_stage": {k: round(v, 3) for k, v in self.timings.items()},
-                "cameras": [{**asdict(c), "note": c.note()} for c in self.cameras], "notes": self.notes}
+                "cameras": [{**asdict(c), "note": c.note()} for c in self.cameras], "notes": self.notes,
+                **({"workers": self.workers} if self.workers else {})}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -420,6 +422,7 @@ class TrackRun:
         self.timings = dict.fromkeys(STAGES, 0.0)
         self.notes: list[str] = []
         self.run_info = run_info
+        self.workers: dict[str, Any] = {}  # filled by video.workers
         self.started = time.perf_counter()
         self._gallery_rows = 0
         self._last_checkpoint = time.monotonic()
@@ -476,7 +479,7 @@ class TrackRun:
             self.notes.append("annotated videos skipped (interrupted)")
         self.timings["write"] += time.perf_counter() - t0
         result = TrackResult(self.out, [c.summary for c in self.cameras], len({r.gid for r in self.records}),
-                             len(self.records), interrupted, self.timings, 0.0, self.notes)
+                             len(self.records), interrupted, self.timings, 0.0, self.notes, self.workers)
         summary = result.to_json()
         summary.pop("wall_seconds"), summary.pop("frames_per_second")
         atomic_write_json(summary, self.out / "summary.json")

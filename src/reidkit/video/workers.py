@@ -118,6 +118,7 @@ def track_camera(job: CameraJob, model: Any, options: Any, queue_name: str, batc
     import torch
     from distributed import Queue
 
+    setup = time.perf_counter()
     torch.set_num_threads(max(1, threads))
     queue = Queue(queue_name)
     attempt = uuid.uuid4().hex
@@ -144,11 +145,12 @@ def track_camera(job: CameraJob, model: Any, options: Any, queue_name: str, batc
                    **encode_tracklet(closed)})
 
     heartbeat("start")
+    started = time.perf_counter()
     group = CameraGroup([cam], extractor, options, timings, notes)
     interrupted = group.run(emit, tick)
     end = {"kind": "end", "camera": job.index, "attempt": attempt, "sent": time.time(),
            "summary": asdict(cam.summary), "timings": timings, "notes": notes, "interrupted": interrupted,
-           "worker_pid": os.getpid()}
+           "pid": os.getpid(), "seconds": time.perf_counter() - started, "setup_seconds": started - setup}
     queue.put(end)
     return end
 
@@ -201,6 +203,7 @@ class _Stream:
     latencies: list[float] = field(default_factory=list)       # seconds: closed on the worker -> global id
     transit: list[float] = field(default_factory=list)         # seconds: closed on the worker -> on the client
     finished_at: dict[int, float] = field(default_factory=dict)
+    ordered_requested: bool = True
     seq: int = 0
 
     def __post_init__(self) -> None:
@@ -258,9 +261,10 @@ def track_on_dask(run: TrackRun, jobs: list[CameraJob], cluster: tuple[Any, Any]
     """Track each job's camera in its own Dask task and feed `run` (the client side of `pipeline.track`).
 
     `cluster` comes from `open_cluster` and is closed here (`close`). Workers of an existing cluster need reidkit,
-    the model and the sources at the same paths. In the result's timings, the stage seconds are summed over the
-    workers, and `association_latency_p50/p95/max` (a tracklet closed on its worker -> its global id on the
-    client) and `queue_transit_*` (closed -> received) are in seconds."""
+    the model and the sources at the same paths. In the result, the stage seconds are summed over the workers;
+    `result.workers` holds per camera task its process, frames, seconds and frames/s, and the percentiles of the
+    association latency (a tracklet closed on its worker -> its global id on the client) and of the queue transit
+    (closed -> received; the difference is the wait for the other cameras' watermark)."""
     client, local = cluster
     try:
         return _drive(run, jobs, client, model=_portable(model), device=device, batch_size=batch_size,
@@ -289,6 +293,7 @@ def _drive(run: TrackRun, jobs: list[CameraJob], client: Any, *, model: Any, dev
                              key=f"track-{job.name}-{uuid.uuid4().hex[:8]}", pure=False, retries=0)
                for job in jobs]
     stream = _Stream(len(jobs), ordered)
+    stream.ordered_requested = ordered
     bars = [progress(total=getattr(c.source, "num_frames", None), desc=c.name, unit="frame", position=k,
                      enabled=run.show_progress, leave=True) for k, c in enumerate(run.cameras)]
     interrupted, failure = False, None
@@ -366,6 +371,11 @@ def _handle(message: dict[str, Any], stream: _Stream, run: TrackRun, jobs: list[
         for stage, seconds in message["timings"].items():  # summed over the workers
             run.timings[stage] = run.timings.get(stage, 0.0) + seconds
         run.notes.extend(message["notes"])
+        run.workers.setdefault("cameras", {})[jobs[k].name] = {
+            "pid": message["pid"], "frames": summary.frames, "seconds": round(message["seconds"], 3),
+            "setup_seconds": round(message["setup_seconds"], 3),
+            "frames_per_second": round(summary.frames / message["seconds"], 2) if message["seconds"] else None,
+            "seconds_per_stage": {stage: round(v, 3) for stage, v in message["timings"].items()}}
         bars[k].update(summary.frames - bars[k].n)
         stream.ended[k] = True
 
@@ -393,10 +403,12 @@ def _check(futures: list[Any], jobs: list[CameraJob], stream: _Stream, stall_sec
 
 
 def _latency_stats(run: TrackRun, stream: _Stream) -> None:
-    """Association latency (tracklet closed on its worker -> global id on the client) and queue transit, seconds."""
+    """Association latency (a tracklet closed on its worker -> its global id on the client) and queue transit
+    (closed -> received), seconds, in the result's `workers`."""
     for name, values in (("association_latency", stream.latencies), ("queue_transit", stream.transit)):
         if values:
             v = np.asarray(values)
-            run.timings[f"{name}_p50"] = float(np.percentile(v, 50))
-            run.timings[f"{name}_p95"] = float(np.percentile(v, 95))
-            run.timings[f"{name}_max"] = float(v.max())
+            run.workers[f"{name}_seconds"] = {"p50": round(float(np.percentile(v, 50)), 4),
+                                              "p95": round(float(np.percentile(v, 95)), 4),
+                                              "max": round(float(v.max()), 4), "count": len(v)}
+    run.workers["ordered"] = stream.ordered_requested
