@@ -51,6 +51,12 @@ def run_train(config: Path | None, overrides: list[str], data: Path | None, out:
     device = resolve_device(cfg.device)
     if (nproc > 1 or launched_by_torchrun()) and not task_cls.supports_distributed:
         raise ConfigError(f"the {task_cls.name} task trains in one process: drop --nproc / torchrun")
+    if nproc > 1 and device.type == "cuda":
+        import torch
+
+        if nproc > torch.cuda.device_count():
+            raise ConfigError(f"--nproc {nproc}: one process per GPU, and this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
     if nproc > 1:
         return _launch(config, overrides, data, out, resume, show_progress, overwrite, nproc)
     ctx = init_from_env(device, getattr(cfg, "dist_timeout_minutes", 30.0))

@@ -6,6 +6,11 @@ local loss) (+ mutual terms between students) -> validation (rank-k / mAP; with 
 distance) -> best.pt on the validation mAP. Any registered loss works as the identity, metric or extra loss; a
 loss with parameters (CenterLoss centres) is optimised with its student (no weight decay), saved in the
 checkpoint and restored on resume.
+
+The training images are one in-memory uint8 tensor or, with data.stream, the rows of a decoded-image cache on disk
+read by DataLoader workers (data/stream.py); both give the same batches. Distributed (training/distributed.py):
+each rank takes its share of the global P x K batch, the per-item model outputs are all-gathered with gradients,
+and the losses are computed on the global batch, as one process would.
 """
 
 from __future__ import annotations
