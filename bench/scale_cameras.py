@@ -105,6 +105,32 @@ def agreement(a: Path, b: Path, cams: list[Path]) -> dict:
             "idf1_of_worker_ids_vs_single_process_ids": None if idf1 is None else round(idf1, 2)}
 
 
+def association_cost(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), dim: int = 512, adds: int = 10) -> list[dict]:
+    """Milliseconds per `OnlineAssociator.add` (the client's work per tracklet) when it already holds N tracklets
+    of N / 2 identities, 20 cameras, random unit features (so nothing merges below the threshold; each add scans
+    every identity, the worst case)."""
+    from reidkit.video.association import AssociationConfig, OnlineAssociator
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        assoc = OnlineAssociator(AssociationConfig(threshold=0.35))
+        feats = rng.standard_normal((n // 2, dim)).astype(np.float32)
+        assoc._sums = list((feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float64) * 2)
+        assoc._counts = [2] * (n // 2)
+        assoc._cams = rng.integers(0, 20, n).tolist()
+        assoc._starts = np.sort(rng.uniform(0, 3600, n)).tolist()
+        assoc._ends = (np.asarray(assoc._starts) + 8.0).tolist()
+        assoc._labels = np.repeat(np.arange(1, n // 2 + 1), 2).tolist()
+        queries = rng.standard_normal((adds, dim))
+        started = time.perf_counter()
+        for q in queries:
+            assoc.add(q, int(rng.integers(20)), 3600.0, 3608.0)
+        rows.append({"tracklets": n, "identities": n // 2, "dim": dim,
+                     "ms_per_add": round(1000 * (time.perf_counter() - started) / adds, 2)})
+    return rows
+
+
 def markdown(doc: dict) -> str:
     one, many = doc["single_process"], doc["workers"]
     lines = [f"`bench/scale_cameras.py`: {doc['cameras']} synthetic cameras (640x360, 10 fps, {doc['seconds']:g} s "
@@ -124,7 +150,10 @@ def markdown(doc: dict) -> str:
     lines += ["", f"LocalCluster start (processes up, scheduler ready): 2 workers {doc['cluster_start_s']['2']} s, "
               f"{many['workers']} workers {doc['cluster_start_s'][str(many['workers'])]} s. Agreement of the two "
               f"runs: {doc['agreement']['rows_identical_percent']} % of rows identical, IDF1 of the workers' ids "
-              f"against the single process's {doc['agreement']['idf1_of_worker_ids_vs_single_process_ids']}."]
+              f"against the single process's {doc['agreement']['idf1_of_worker_ids_vs_single_process_ids']}.",
+              "", "Client-side association cost (`OnlineAssociator.add`, worst case: every identity scanned):", "",
+              "| tracklets held | identities | ms per add |", "|---|---|---|"]
+    lines += [f"| {r['tracklets']} | {r['identities']} | {r['ms_per_add']} |" for r in doc["association_cost"]]
     return "\n".join(lines)
 
 
@@ -148,6 +177,8 @@ def main() -> None:
     doc["workers"] = run(cams, args.out / "many", args.cameras, args.model)
     print(json.dumps(doc["workers"]), flush=True)
     doc["agreement"] = agreement(args.out / "one", args.out / "many", cams)
+    doc["association_cost"] = association_cost()
+    print(json.dumps(doc["association_cost"]), flush=True)
     doc["uptime_end"] = uptime()
     from reidkit.utils import atomic_write_json
 

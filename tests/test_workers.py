@@ -132,14 +132,24 @@ def _tracklet_truth(site, out):
     return np.asarray(truth), np.asarray(labels), np.asarray(weights, float)
 
 
-def test_command_line_workers_option(site, cluster, small_checkpoint, tmp_path, capsys):
+def test_unreachable_scheduler_is_refused_before_writing(site, small_checkpoint, tmp_path, capsys):
+    from reidkit.cli.main import main
+
+    argv = [str(s) for s in site] + ["--model", str(small_checkpoint), "--detector", "public", "--quiet"]
+    assert main(["track", *argv, "--out", str(tmp_path / "a"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "--scheduler tcp://127.0.0.1:1: cannot connect" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(SystemExit):
+        main(["track", *argv, "--out", str(tmp_path / "a"), "--workers", "-1"])
+    assert "--workers: -1: must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_line_workers_with_a_real_model(site, cluster, small_checkpoint, tmp_path, capsys):
     from reidkit.cli.main import main
 
     argv = [str(s) for s in site] + ["--model", str(small_checkpoint), "--detector", "public", "--no-video",
                                      "--quiet"]
-    assert main(["track", *argv, "--out", str(tmp_path / "a"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
-    assert "--scheduler tcp://127.0.0.1:1: cannot connect" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()  # refused before anything is written
     for name, extra in (("one", []), ("many", ["--scheduler", cluster.scheduler_address])):
         assert main(["track", *argv, "--out", str(tmp_path / name), *extra]) == 0
     out = capsys.readouterr().out
