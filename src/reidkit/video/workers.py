@@ -308,6 +308,8 @@ def _drive(run: TrackRun, jobs: list[CameraJob], client: Any, *, model: Any, dev
             failure = _check(futures, jobs, stream, stall_seconds)
             if failure is not None:
                 break
+    except ReIDError as exc:  # a camera restarted behind our back (see _handle)
+        failure = str(exc)
     except KeyboardInterrupt:
         interrupted = True
         run.notes.append("interrupted (Ctrl-C): the cameras were stopped; outputs hold the tracklets received "
@@ -334,12 +336,12 @@ def _drive(run: TrackRun, jobs: list[CameraJob], client: Any, *, model: Any, dev
 
 
 def _receive(queue: Any, poll: float) -> list[dict[str, Any]]:
-    """The messages waiting (at least one, or none after `poll` seconds)."""
-    try:
-        first = queue.get(timeout=poll)
-    except TimeoutError:
-        return []
-    return [first, *queue.get(batch=True)]
+    """The messages waiting, or (none waiting) none after a `poll` seconds' pause. Not `get(timeout=...)`: in
+    distributed 2026.8 the scheduler logs every such timeout as an ERROR with a traceback."""
+    messages = queue.get(batch=True)
+    if not messages:
+        time.sleep(poll)
+    return messages
 
 
 def _handle(message: dict[str, Any], stream: _Stream, run: TrackRun, jobs: list[CameraJob], bars: list[Any]) -> None:
