@@ -77,11 +77,17 @@ def test_pair_counts_and_covariances():
     np.testing.assert_allclose(extra, s_e, atol=1e-10)
 
 
-def test_more_dimensions_than_images_uses_the_span():
-    """LOMO's case (d >> n): the QR route must give the full-space solution's distances."""
+@pytest.mark.parametrize("chunk", [2048, 7])
+def test_more_dimensions_than_images_uses_the_span(monkeypatch, chunk):
+    """LOMO's case (d >> n): working in the span of the images (float32 input converted a slice of `chunk`
+    dimensions at a time) must give the full-space solution's distances."""
+    import reidkit.classic.xqda as module
+
+    monkeypatch.setattr(module, "SPAN_CHUNK", chunk)
     x, pids, camids = toy_problem(num_ids=4, per_id=3, dim=30, seed=3)
+    x = x.astype(np.float32).astype(np.float64) if chunk == 7 else x
     kernel, _, _, _ = reference_kernel(x, pids, camids)
-    xqda = XQDA().fit(x, pids, camids)
+    xqda = XQDA().fit(x.astype(np.float32) if chunk == 7 else x, pids, camids)
     q, g = x[:3], x[3:9]
     np.testing.assert_allclose(xqda.distance(q, g), direct_distances(kernel, q, g), rtol=1e-6, atol=1e-6)
 

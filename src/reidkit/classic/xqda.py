@@ -10,20 +10,27 @@ Pairs: "cross-view" = images of different cameras (the two views of XQDA.m) when
 pairs of distinct images. Every such pair is used: the scatter of all pairs within groups (identity, camera,
 both) is 2 sum_g (n_g S_g - s_g s_g^T), so inclusion-exclusion over those groups gives the intra / extra scatters
 with a few matrix products (no loop over pairs). With more dimensions than images (LOMO: 26,960 vs a few
-thousand), XQDA.m's QR step first moves to the span of the training images, which changes nothing.
+thousand), XQDA.m first moves to the span of the training images (QR there, the Gram matrix here), which
+changes nothing.
 scipy.linalg.eigh solves the symmetric-definite generalised eigenproblem (XQDA.m uses svd(Sigma_I \\ Sigma_E)).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy.linalg import eigh
 
 from ..errors import ReIDError
 
+SPAN_CHUNK = 2048  # input dimensions converted to float64 at a time (LOMO: 26,960 in 14 slices)
 
-def _as_matrix(values, name: str) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
+
+def _as_matrix(values, name: str, keep_float32: bool = False) -> np.ndarray:
+    array = np.asarray(values)
+    if not (keep_float32 and array.dtype == np.float32):
+        array = array.astype(np.float64, copy=False)
     if array.ndim != 2:
         raise ReIDError(f"{name}: expected a 2-D (images, dims) array, got shape {array.shape}")
     if not np.isfinite(array).all():
@@ -46,18 +53,20 @@ def pair_covariances(x: np.ndarray, pids: np.ndarray, camids: np.ndarray | None 
                      ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """(Sigma_I, Sigma_E, intra pairs, extra pairs): mean outer products of the differences of ordered pairs of
     distinct images, same identity / different identity; with `camids`, of different cameras only."""
-    every = np.zeros(len(x), dtype=np.int64)
-    all_scatter, all_count = _group_scatter(x, every)
-    id_scatter, id_count = _group_scatter(x, pids)
+    extra, all_count = _group_scatter(x, np.zeros(len(x), dtype=np.int64))
+    intra, id_count = _group_scatter(x, pids)
+    extra -= intra  # in place: a few n x n matrices at most (n = 6,000: 290 MB each)
     if camids is None:
-        intra, num_intra = id_scatter, id_count - len(x)
-        extra, num_extra = all_scatter - id_scatter, all_count - id_count
+        num_intra, num_extra = id_count - len(x), all_count - id_count
     else:
         cam_scatter, cam_count = _group_scatter(x, camids)
+        extra -= cam_scatter
+        del cam_scatter
         both_scatter, both_count = _group_scatter(x, np.stack([pids, camids], axis=1))
-        intra, num_intra = id_scatter - both_scatter, id_count - both_count
-        extra = all_scatter - cam_scatter - id_scatter + both_scatter
-        num_extra = all_count - cam_count - id_count + both_count
+        intra -= both_scatter
+        extra += both_scatter
+        del both_scatter
+        num_intra, num_extra = id_count - both_count, all_count - cam_count - id_count + both_count
     if num_intra == 0:
         raise ReIDError("pids: no two images of one identity" + (" from different cameras (camids)" if camids
                                                                   is not None else "")
@@ -66,6 +75,32 @@ def pair_covariances(x: np.ndarray, pids: np.ndarray, camids: np.ndarray | None 
         raise ReIDError("pids: no pair of different identities" + (" from different cameras (camids)" if camids
                                                                     is not None else ""))
     return intra / num_intra, extra / num_extra, num_intra, num_extra
+
+
+def _span_coordinates(x: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Coordinates of the n rows of x (n < d) in an orthonormal basis of their span, and the map from vectors in
+    those coordinates back to d dimensions.
+
+    XQDA.m takes a QR decomposition of x^T; the Gram matrix x x^T = U S U^T gives the same span with an n x n
+    problem and no d x n basis in memory (LOMO on 6,000 images: the basis alone would take 1.3 GB): coordinates
+    U S^(1/2), basis x^T U S^(-1/2). Directions with S below 1e-12 of the largest (duplicate images) are dropped.
+    """
+    chunks = [slice(a, a + SPAN_CHUNK) for a in range(0, x.shape[1], SPAN_CHUNK)]  # float64 a slice at a time
+    gram = np.zeros((len(x), len(x)))
+    for c in chunks:
+        part = x[:, c].astype(np.float64)
+        gram += part @ part.T
+    values, vectors = np.linalg.eigh(gram)
+    del gram
+    keep = values > values.max() * 1e-12
+    values, vectors = values[keep], vectors[:, keep]
+    scale = vectors / np.sqrt(values)
+
+    def to_input_space(v: np.ndarray) -> np.ndarray:
+        a = scale @ v
+        return np.concatenate([x[:, c].T.astype(np.float64) @ a for c in chunks], axis=0)
+
+    return vectors * np.sqrt(values), to_input_space
 
 
 class XQDA:
@@ -84,7 +119,7 @@ class XQDA:
         self.num_intra = self.num_extra = 0
 
     def fit(self, features, pids, camids=None) -> XQDA:
-        x = _as_matrix(features, "features")
+        x = _as_matrix(features, "features", keep_float32=True)  # float64 copies are made a slice at a time
         pids = np.asarray(pids).reshape(-1)
         if len(x) == 0:
             raise ReIDError("features: empty training set (0 images)")
@@ -97,10 +132,10 @@ class XQDA:
             camids = np.asarray(camids).reshape(-1)
             if len(camids) != len(x):
                 raise ReIDError(f"camids: {len(camids)} cameras for {len(x)} feature rows")
-        basis = None
+        to_span = None
         if x.shape[1] > len(x):  # XQDA.m: work in the span of the training images
-            basis, upper = np.linalg.qr(x.T)
-            x = upper.T
+            x, to_span = _span_coordinates(x)
+        x = x.astype(np.float64, copy=False)
         sigma_i, sigma_e, self.num_intra, self.num_extra = pair_covariances(x, pids, camids)
         sigma_i = sigma_i + self.regulariser * np.eye(len(sigma_i))
         try:
@@ -115,7 +150,7 @@ class XQDA:
         self.eigenvalues = values
         self.M = np.linalg.inv(v.T @ sigma_i @ v) - np.linalg.inv(v.T @ sigma_e @ v)
         self.M = (self.M + self.M.T) / 2
-        self.W = v if basis is None else basis @ v
+        self.W = v if to_span is None else to_span(v)
         return self
 
     def _fitted(self) -> tuple[np.ndarray, np.ndarray]:
