@@ -109,13 +109,13 @@ def main() -> None:
     result = {"data": f"{synth.num_train_ids} training / {synth.num_test_ids} validation identities, "
                       f"{synth.num_cameras} cameras x {synth.images_per_camera} images, seed {synth.seed}",
               "epochs": args.epochs, "majority_accuracy": majority_accuracy(manifest), "runs": {}}
-    for name in args.runs:
+    for name in args.runs:  # results are written after every run, so a stopped benchmark keeps the finished ones
         result["runs"][name] = run(name, RUNS[name], manifest, args.work, args.epochs)
         print(name, result["runs"][name]["val_fused"], result["runs"][name]["attribute_accuracy"]["mean"], flush=True)
-    result.update(load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()],
-                  machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    atomic_write_json(result, ROOT / "docs/benchmarks/acrn.json")
-    atomic_write_text(markdown(result), ROOT / "docs/benchmarks/acrn.md")
+        result.update(load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()],
+                      machine=f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+        atomic_write_json(result, ROOT / "docs/benchmarks/acrn.json")
+        atomic_write_text(markdown(result), ROOT / "docs/benchmarks/acrn.md")
     print(markdown(result))
 
 

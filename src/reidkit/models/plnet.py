@@ -56,7 +56,7 @@ def cluster_channels(peaks: torch.Tensor, height: int, width: int, parts: int, s
 
 
 def part_boxes(peaks: torch.Tensor, assignment: torch.Tensor, parts: int, height: int, width: int,
-               quantile: float = 0.1) -> torch.Tensor:
+               quantile: float = 0.25) -> torch.Tensor:
     """(N, C, 2) peaks, (C,) assignment -> (N, parts, 4) long inclusive cell boxes (row0, row1, col0, col1): per
     image and part, floor of the `quantile` and ceil of the 1 - `quantile` quantile (linear interpolation) of its
     channels' peak rows and columns. A part without channels covers the whole map."""
@@ -97,7 +97,7 @@ class PLNetModel(EmbeddingModel):
     "part_logits" (N, K, num_classes). Eval: the global + part descriptor (N, D + K * part_dim), L2-normalised."""
 
     def __init__(self, base: EmbeddingModel, parts: int, part_dim: int = 256, part_pool: str = "max",
-                 box_quantile: float = 0.1) -> None:
+                 box_quantile: float = 0.25) -> None:
         super().__init__(base.backbone, base.pool, embedding_dim=base.fc.out_features if base.fc else None,
                          bnneck=base.bottleneck is not None, num_classes=base.num_classes,
                          dropout=getattr(base.dropout, "p", 0.0), input_size=base.input_size)
@@ -148,7 +148,7 @@ class PLNetModel(EmbeddingModel):
 
 
 @register_model("plnet", task="plnet")
-def build_plnet(parts: int = 6, part_dim: int = 256, part_pool: str = "max", box_quantile: float = 0.1,
+def build_plnet(parts: int = 6, part_dim: int = 256, part_pool: str = "max", box_quantile: float = 0.25,
                 backbone: str = "efficientnet_lite0", pretrained: bool = False, pooling: str = "gem",
                 embedding_dim: int | None = None, bnneck: bool = True, num_classes: int | None = None,
                 dropout: float = 0.0, last_stride: int | None = None, input_size: tuple[int, int] = (256, 128),
