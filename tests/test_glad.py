@@ -204,7 +204,7 @@ def test_each_part_stream_gets_the_identity_loss(glad_run):
     torch.manual_seed(1)
     logits = [torch.randn(4, task.num_classes) for _ in range(4)]
     labels = torch.tensor([0, 1, 2, 1])
-    out = {"logits": logits[0], "part_logits": logits[1:], "features": torch.randn(4, 8)}
+    out = {"logits": logits[0], "part_logits": torch.stack(logits[1:], dim=1), "features": torch.randn(4, 8)}
     parts = task._student_loss(out, labels, ranking=False)
     eps = task.cfg.loss.label_smooth
     for key, lg in zip(("id", "id_head", "id_upper_body", "id_lower_body"), logits):

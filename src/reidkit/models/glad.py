@@ -4,8 +4,9 @@ Four streams share one backbone: the whole image and three part crops (head, upp
 come from four pose keypoints (`reidkit.data.keypoints.glad_boxes`: B^h, B^ub, B^lb with the vertical extension
 alpha). Each crop is resampled from the (normalised) input by `crop_resize` to its own size, so a part is seen at
 the backbone's usual scale. Each stream is globally pooled (no FC layer, as in GLAD), passed through a BNNeck and
-its own identity classifier: training has one identity loss per stream (`logits` = whole image, `part_logits` =
-the three parts; the `parts` task applies the configured identity loss to each), and a metric loss, if configured,
+its own identity classifier: training has one identity loss per stream (`logits` = whole image, `part_logits`
+(N, 3, classes) = the three parts, one tensor so distributed runs gather it like the other per-image outputs; the
+`parts` task applies the configured identity loss to each), and a metric loss, if configured,
 sees the concatenation (`features`). Inference: the four BN features, each L2-normalised, concatenated.
 
     model = build_model("glad", backbone="efficientnet_lite0", num_classes=617, input_size=(192, 96))
@@ -68,7 +69,8 @@ class GLAD(PartModel):
             return fused_descriptor(bn)
         logits = [head(self.dropout(b)) for head, b in zip(self.classifiers, bn)] if self.classifiers else None
         return {"features": torch.cat(features, dim=1), "bn_features": torch.cat(bn, dim=1),
-                "logits": logits[0] if logits else None, "part_logits": logits[1:] if logits else [],
+                "logits": logits[0] if logits else None,
+                "part_logits": torch.stack(logits[1:], dim=1) if logits else None,
                 "feature_map": maps[0]}
 
 

@@ -102,7 +102,8 @@ class SpindleNet(PartModel):
             return fused_descriptor(bn)
         logits = [head(self.dropout(b)) for head, b in zip(self.classifiers, bn)] if self.classifiers else None
         return {"features": torch.cat(features, dim=1), "bn_features": torch.cat(bn, dim=1),
-                "logits": logits[0] if logits else None, "part_logits": logits[1:] if logits else [],
+                "logits": logits[0] if logits else None,
+                "part_logits": torch.stack(logits[1:], dim=1) if logits else None,
                 "feature_map": None}
 
 

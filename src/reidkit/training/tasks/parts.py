@@ -33,6 +33,7 @@ from ...data.transforms import AugmentConfig, BatchAugment, normalize
 from ...errors import ConfigError, DataError
 from ...metrics import compute_distance_matrix
 from ...utils import progress
+from ..distributed import current
 from .base import register_task
 from .embedding import EmbeddingTask
 
@@ -116,7 +117,7 @@ class PartsTask(EmbeddingTask):
         self.pose_stats: dict[str, dict[str, int]] = {}
         train, _ = relabel(self.splits.train)
         self.train_boxes = self._boxes([r.path for r in train], "train")
-        if self.has_val:
+        if self.has_val and current().is_main:  # only rank 0 validates
             self.query_boxes = self._boxes([r.path for r in self.splits.query], "validation query")
             self.gallery_boxes = self._boxes([r.path for r in self.splits.gallery], "validation gallery")
         self.augment = PartsAugment(self.cfg.augment, lambda: self.train_boxes[self.batch_items])
@@ -139,7 +140,7 @@ class PartsTask(EmbeddingTask):
         parts = super()._student_loss(out, labels, ranking, student)
         id_loss = self.student_losses[student]["id"]
         if id_loss is not None and getattr(id_loss, "inputs", "embeddings") == "logits":
-            for name, logits in zip(self.part_names, out["part_logits"], strict=True):
+            for name, logits in zip(self.part_names, out["part_logits"].unbind(1), strict=True):
                 parts[f"id_{name}"] = self.cfg.loss.id_weight * id_loss(logits, labels)
         return parts
 
