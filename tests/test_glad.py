@@ -101,6 +101,8 @@ def test_part_model_without_boxes_or_with_wrong_boxes_says_what_it_needs():
         model(torch.randn(1, 3, 64, 32))
     with pytest.raises(ModelError, match=r"boxes must be \(N, 3, 4\)"):
         model(torch.randn(1, 3, 64, 32), torch.zeros(1, 7, 4))
+    with pytest.raises(ModelError, match="part model.*explain"):
+        model.embed(torch.randn(1, 8, 4, 2))
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -117,6 +117,12 @@ class PartModel(nn.Module):
                              f"inputs, got {tuple(boxes.shape)}")
         return boxes.to(device=x.device, dtype=x.dtype)
 
+    def embed(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding model's feature map -> embedding step (used by `explain`'s Grad-CAM) has no equivalent
+        here: the descriptor pools several crops chosen by pose keypoints."""
+        raise ModelError(f"{type(self).__name__} is a pose-guided part model: its descriptor pools several part "
+                         "crops, not one feature map, so feature-map tools (explain) do not apply to it")
+
 
 def bnneck(dim: int, enabled: bool) -> nn.Module:
     """Strong-baseline BNNeck (no shift) or identity."""
