@@ -34,6 +34,14 @@ MODEL = SHARED / "models/openvino/person-reidentification-retail-0288/person-rei
 OUT_JSON = ROOT / "docs" / "benchmarks" / "scale_cameras.json"
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (user + system, all its threads); workers report their own."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -66,16 +74,21 @@ def run(cams: list[Path], out: Path, workers: int, model: str) -> dict:
     from reidkit.video.pipeline import TrackOptions, track
 
     load_before = os.getloadavg()
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     result = track([str(c) for c in cams], out, model=model, options=TrackOptions(online=True, video=False),
                    show_progress=False, overwrite=True, workers=workers)
     wall = time.perf_counter() - started
+    client_cpu = _cpu_seconds() - cpu_before
     row = {"workers": workers, "frames": result.frames, "wall_s": round(wall, 2),
+           "client_cpu_s": round(client_cpu, 2),
            "frames_per_second": round(result.frames / wall, 2), "tracklets": result.num_tracklets,
            "identities": result.num_identities,
            "seconds_per_stage": {k: round(v, 2) for k, v in result.timings.items()},
            "load_avg_before": [round(x, 2) for x in load_before],
            "load_avg_after": [round(x, 2) for x in os.getloadavg()], "uptime_after": uptime()}
+    cpu = client_cpu + sum(c.get("cpu_seconds", 0.0) for c in result.workers.get("cameras", {}).values())
+    row["cpu_ms_per_frame"] = round(1000 * cpu / max(result.frames, 1), 1)  # client + workers, all processes
     if result.workers:
         row["per_worker"] = result.workers["cameras"]
         row["association_latency_seconds"] = result.workers.get("association_latency_seconds")
@@ -136,15 +149,17 @@ def markdown(doc: dict) -> str:
     lines = [f"`bench/scale_cameras.py`: {doc['cameras']} synthetic cameras (640x360, 10 fps, {doc['seconds']:g} s "
              f"each, {one['frames']} frames), default detector on every frame, OSNet 0288 (OpenVINO), online "
              "association, no annotated video. Measured " + doc["date"] + ".", "",
-             "| run | wall (s) | frames/s total | frames/s per worker | association latency p50 / p95 / max (s) | "
-             "queue transit p50 (s) | load before -> after |", "|---|---|---|---|---|---|---|"]
+             "| run | wall (s) | frames/s total | frames/s per worker | CPU ms per frame (all processes) | "
+             "association latency p50 / p95 / max (s) | queue transit p50 (s) | load before -> after |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in (("1 process (2 threads)", one), (f"{many['workers']} worker processes (1 thread each)", many)):
         per = row.get("per_worker")
         per_text = ", ".join(f"{v['frames_per_second']}" for v in per.values()) if per else "-"
         lat = row.get("association_latency_seconds")
         lat_text = f"{lat['p50']} / {lat['p95']} / {lat['max']}" if lat else "0 (in the loop)"
         transit = row.get("queue_transit_seconds")
-        lines.append(f"| {name} | {row['wall_s']} | **{row['frames_per_second']}** | {per_text} | {lat_text} | "
+        lines.append(f"| {name} | {row['wall_s']} | **{row['frames_per_second']}** | {per_text} | "
+                     f"{row.get('cpu_ms_per_frame', '-')} | {lat_text} | "
                      f"{transit['p50'] if transit else '-'} | {row['load_avg_before'][0]} -> "
                      f"{row['load_avg_after'][0]} |")
     lines += ["", f"LocalCluster start (processes up, scheduler ready): 2 workers {doc['cluster_start_s']['2']} s, "

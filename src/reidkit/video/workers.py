@@ -145,12 +145,13 @@ def track_camera(job: CameraJob, model: Any, options: Any, queue_name: str, batc
                    **encode_tracklet(closed)})
 
     heartbeat("start")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     group = CameraGroup([cam], extractor, options, timings, notes)
     interrupted = group.run(emit, tick)
     end = {"kind": "end", "camera": job.index, "attempt": attempt, "sent": time.time(),
            "summary": asdict(cam.summary), "timings": timings, "notes": notes, "interrupted": interrupted,
-           "pid": os.getpid(), "seconds": time.perf_counter() - started, "setup_seconds": started - setup}
+           "pid": os.getpid(), "seconds": time.perf_counter() - started, "setup_seconds": started - setup,
+           "cpu_seconds": time.process_time() - cpu_started}
     queue.put(end)
     return end
 
@@ -375,7 +376,7 @@ def _handle(message: dict[str, Any], stream: _Stream, run: TrackRun, jobs: list[
         run.notes.extend(message["notes"])
         run.workers.setdefault("cameras", {})[jobs[k].name] = {
             "pid": message["pid"], "frames": summary.frames, "seconds": round(message["seconds"], 3),
-            "setup_seconds": round(message["setup_seconds"], 3),
+            "setup_seconds": round(message["setup_seconds"], 3), "cpu_seconds": round(message["cpu_seconds"], 3),
             "frames_per_second": round(summary.frames / message["seconds"], 2) if message["seconds"] else None,
             "seconds_per_stage": {stage: round(v, 3) for stage, v in message["timings"].items()}}
         bars[k].update(summary.frames - bars[k].n)
