@@ -194,7 +194,9 @@ def test_glad_training_run_logs_per_part_losses_counts_fallbacks_and_embeds(glad
     assert 0 < stats["pose_found"] < stats["crops"]  # the fixture has crops with and without a pose
     # inference through the Extractor: boxes from the (fake) pose of each input, flip TTA included
     ext = Extractor(out / "best.pt", device="cpu", flip=True)
-    feats = ext.embed(paths[:5])
+    with pytest.warns(UserWarning, match="pose not found in .* fallback boxes"):
+        feats = ext.embed(paths[:5])
+    assert ext.model.box_fn.seen == 10 and 0 < ext.model.box_fn.found < 10  # 5 crops and their mirrors
     assert feats.shape == (5, ext.dim) and np.isfinite(feats).all()
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
     model, _ = model_from_checkpoint(out / "best.pt")

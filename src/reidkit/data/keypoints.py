@@ -374,6 +374,7 @@ class PoseBoxes:
         self.estimator = estimator or PoseEstimator()
         self.found = 0  # running counts, for reports
         self.seen = 0
+        self.warned = False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pixels = ((x.detach().float().cpu() * self.std + self.mean) * 255.0).round().clamp(0, 255).to(torch.uint8)
@@ -381,6 +382,11 @@ class PoseBoxes:
         keypoints, found = keypoints_or_fallback(landmarks, presence, self.threshold)
         self.seen += len(found)
         self.found += int(found.sum())
+        if not found.all() and not self.warned:  # once per extractor: the running counts stay on this object
+            self.warned = True
+            warnings.warn(f"pose not found in {int((~found).sum())} of {len(found)} crops of this batch: they use "
+                          "the fixed-proportion fallback boxes (running counts: model.box_fn.found / .seen)",
+                          stacklevel=2)
         boxes = part_boxes(keypoints, self.layout, **self.params)
         return torch.from_numpy(boxes).to(x.device)
 
