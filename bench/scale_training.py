@@ -35,11 +35,12 @@ CACHE = RUNS / "cache"
 SETTINGS = ["model.backbone=efficientnet_lite0", "model.pretrained=false", "data.height=128", "data.width=64",
             "optim.epochs=1", "optim.p=16", "optim.k=4", "optim.warmup_epochs=0", "sync_bn=neck",
             f"data.cache_dir={CACHE}"]
-CONFIGS = [  # name, processes, stream
-    ("1 process, in memory", 1, False),
-    ("2 processes, in memory", 2, False),
-    ("1 process, streamed (2 workers)", 1, True),
-    ("2 processes, streamed (2 workers each)", 2, True),
+CONFIGS = [  # name, processes, stream, DataLoader workers
+    ("1 process, in memory", 1, False, 0),
+    ("2 processes, in memory", 2, False, 0),
+    ("1 process, streamed (2 workers)", 1, True, 2),
+    ("2 processes, streamed (2 workers each)", 2, True, 2),
+    ("1 process, streamed (no workers)", 1, True, 0),
 ]
 
 
@@ -68,7 +69,7 @@ def _folder(name: str) -> Path:
     return RUNS / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "")
 
 
-def run(name: str, nproc: int, streamed: bool) -> dict:
+def run(name: str, nproc: int, streamed: bool, workers: int) -> dict:
     """One configuration, measured; kept in its run folder (bench.json) so a rerun skips finished ones."""
     out = _folder(name)
     if (out / "bench.json").is_file():
@@ -76,7 +77,7 @@ def run(name: str, nproc: int, streamed: bool) -> dict:
     threads = max(1, 2 // nproc)
     cmd = [sys.executable, "-m", "reidkit.cli", "train", "--data", str(DATA), "--out", str(out), "--no-val",
            "--overwrite", "--quiet", "--nproc", str(nproc), *SETTINGS, f"data.stream={str(streamed).lower()}",
-           "data.workers=2", f"num_threads={threads}"]
+           f"data.workers={workers}", f"num_threads={threads}"]
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(threads)}
     load_before = os.getloadavg()
     start = time.monotonic()
@@ -102,7 +103,8 @@ def run(name: str, nproc: int, streamed: bool) -> dict:
     ranks = [p for p in peaks.values() if p["role"] == "rank"]
     workers = [p for p in peaks.values() if p["role"] == "worker"]
     result = {
-        "name": name, "processes": nproc, "streamed": streamed, "threads_per_process": threads,
+        "name": name, "processes": nproc, "streamed": streamed, "workers": workers,
+        "threads_per_process": threads,
         "images_per_second": round(row["images_per_second"], 1), "epoch_seconds": round(row["epoch_seconds"], 1),
         "wall_seconds": round(time.monotonic() - start, 1), "loss": round(row["loss"], 4),
         "rank_peak_rss_mb": [round(p["rss_mb"]) for p in ranks],
@@ -144,8 +146,8 @@ def main() -> None:
     atomic_write_json(cache, cache_json)
     print(json.dumps(cache), flush=True)
     results = []
-    for name, nproc, streamed in CONFIGS:
-        results.append(run(name, nproc, streamed))
+    for name, nproc, streamed, workers in CONFIGS:
+        results.append(run(name, nproc, streamed, workers))
         print(json.dumps(results[-1]), flush=True)
     atomic_write_json({"script": "bench/scale_training.py", "data": str(DATA.relative_to(ROOT.parent)),
                        "settings": SETTINGS[:-1], "cache": cache, "runs": results,
