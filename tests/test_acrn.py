@@ -149,3 +149,15 @@ def test_acrn_trains_and_validates(synth_attr, tmp_path):
     assert {"loss_attribute", "loss_metric", "loss_id"} <= set(last)
     assert set(last["val_attributes"]) >= {"bag_backpack", "upper_black", "mean"}
     assert 0 <= last["val_reid"]["mAP"] <= 100
+
+
+def test_prior_bias_is_the_log_odds_of_the_training_rates(synth_attr):
+    import csv
+
+    task = AttributeTask(_cfg(["data.validation=none"]), synth_attr / "attributes.csv", show_progress=False)
+    task.setup()
+    with open(synth_attr / "attributes.csv") as f:  # by hand: the share of training rows with each attribute
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    for i, name in enumerate(task.attribute_names):
+        rate = min(max(sum(int(r[f"attr_{name}"]) for r in rows) / len(rows), 1e-3), 1 - 1e-3)
+        assert float(task.models[0].attribute_head.bias[i]) == pytest.approx(math.log(rate / (1 - rate)), abs=1e-4)
