@@ -156,11 +156,12 @@ def markdown(doc: dict) -> str:
         per = row.get("per_worker")
         per_text = ", ".join(f"{v['frames_per_second']}" for v in per.values()) if per else "-"
         lat = row.get("association_latency_seconds")
-        lat_text = f"{lat['p50']} / {lat['p95']} / {lat['max']}" if lat else "0 (in the loop)"
+        lat_text = f"{lat['p50']:.2f} / {lat['p95']:.2f} / {lat['max']:.2f}" if lat else "0 (in the loop)"
         transit = row.get("queue_transit_seconds")
+        transit_text = f"{transit['p50']:.2f}" if transit else "-"
         lines.append(f"| {name} | {row['wall_s']} | **{row['frames_per_second']}** | {per_text} | "
                      f"{row.get('cpu_ms_per_frame', '-')} | {lat_text} | "
-                     f"{transit['p50'] if transit else '-'} | {row['load_avg_before'][0]} -> "
+                     f"{transit_text} | {row['load_avg_before'][0]} -> "
                      f"{row['load_avg_after'][0]} |")
     lines += ["", f"LocalCluster start (processes up, scheduler ready): 2 workers {doc['cluster_start_s']['2']} s, "
               f"{many['workers']} workers {doc['cluster_start_s'][str(many['workers'])]} s. Agreement of the two "

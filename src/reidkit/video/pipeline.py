@@ -763,9 +763,10 @@ def track(sources: Sequence[Any], out: str | os.PathLike, *, model: Any, detecto
     try:
         detectors = build_detectors(detector, opened, options.batch_frames)
         if workers >= 2 or scheduler:  # connected before anything is written
-            from .workers import open_cluster
+            from .workers import check_capacity, open_cluster
 
             cluster = open_cluster(workers, scheduler)
+            check_capacity(cluster[0], len(opened), sum(bool(getattr(s, "is_live", False)) for s in opened))
         prepare_output(out, overwrite)
     except BaseException:
         for src in opened:

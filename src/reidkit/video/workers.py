@@ -256,6 +256,15 @@ def open_cluster(workers: int = 0, scheduler: str | None = None, threads_per_wor
         raise ReIDError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler ({exc})") from exc
 
 
+def check_capacity(client: Any, cameras: int, live: int) -> int:
+    """The cluster's worker threads; too few for live cameras (each holds a thread for ever) is a ReIDError."""
+    nthreads = sum(client.nthreads().values())
+    if live and nthreads < cameras:
+        raise ReIDError(f"{cameras} cameras ({live} live) but the cluster has {nthreads} worker thread(s): a live "
+                        "camera holds its thread for ever, so every camera needs one (--workers)")
+    return nthreads
+
+
 def track_on_dask(run: TrackRun, jobs: list[CameraJob], cluster: tuple[Any, Any], *, model: Any,
                   device: str = "auto", batch_size: int = 32, threads_per_worker: int = 1, ordered: bool = True,
                   stall_seconds: float = 300.0, poll_seconds: float = 0.1, close: bool = True) -> TrackResult:
@@ -281,11 +290,7 @@ def _drive(run: TrackRun, jobs: list[CameraJob], client: Any, *, model: Any, dev
            threads: int, ordered: bool, stall_seconds: float, poll: float) -> TrackResult:
     from distributed import Queue
 
-    nthreads = sum(client.nthreads().values())
-    live = [j.name for j, c in zip(jobs, run.cameras) if c.summary.live]
-    if live and nthreads < len(jobs):
-        raise ReIDError(f"{len(jobs)} cameras ({len(live)} live) but the cluster has {nthreads} worker thread(s): "
-                        "a live camera holds its thread for ever, so every camera needs one (--workers)")
+    nthreads = check_capacity(client, len(jobs), sum(c.summary.live for c in run.cameras))
     if nthreads < len(jobs):
         run.notes.append(f"{len(jobs)} cameras on {nthreads} worker thread(s): cameras wait for a free worker, and "
                          "ordered association waits for them")
