@@ -101,7 +101,7 @@ def run(name: str, nproc: int, streamed: bool, workers: int) -> dict:
         raise SystemExit(f"{name}: reidkit train exited with {proc.returncode}")
     row = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     ranks = [p for p in peaks.values() if p["role"] == "rank"]
-    workers = [p for p in peaks.values() if p["role"] == "worker"]
+    helpers = [p for p in peaks.values() if p["role"] == "worker"]
     result = {
         "name": name, "processes": nproc, "streamed": streamed, "workers": workers,
         "threads_per_process": threads,
@@ -109,8 +109,8 @@ def run(name: str, nproc: int, streamed: bool, workers: int) -> dict:
         "wall_seconds": round(time.monotonic() - start, 1), "loss": round(row["loss"], 4),
         "rank_peak_rss_mb": [round(p["rss_mb"]) for p in ranks],
         "rank_peak_pss_mb": [round(p["pss_mb"]) for p in ranks],
-        "worker_peak_rss_mb": [round(p["rss_mb"]) for p in workers],
-        "worker_peak_pss_mb": [round(p["pss_mb"]) for p in workers],
+        "worker_peak_rss_mb": [round(p["rss_mb"]) for p in helpers],
+        "worker_peak_pss_mb": [round(p["pss_mb"]) for p in helpers],
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
     }
