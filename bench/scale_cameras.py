@@ -122,19 +122,23 @@ def association_cost(sizes: tuple[int, ...] = (1_000, 10_000, 100_000), dim: int
     """Milliseconds per `OnlineAssociator.add` (the client's work per tracklet) when it already holds N tracklets
     of N / 2 identities, 20 cameras, random unit features (so nothing merges below the threshold; each add scans
     every identity, the worst case)."""
-    from reidkit.video.association import AssociationConfig, OnlineAssociator
+    from reidkit.video.association import AssociationConfig, OnlineAssociator, _Rows
 
     rng = np.random.default_rng(0)
     rows = []
     for n in sizes:
         assoc = OnlineAssociator(AssociationConfig(threshold=0.35))
         feats = rng.standard_normal((n // 2, dim)).astype(np.float32)
-        assoc._sums = list((feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float64) * 2)
-        assoc._counts = [2] * (n // 2)
-        assoc._cams = rng.integers(0, 20, n).tolist()
-        assoc._starts = np.sort(rng.uniform(0, 3600, n)).tolist()
-        assoc._ends = (np.asarray(assoc._starts) + 8.0).tolist()
-        assoc._labels = np.repeat(np.arange(1, n // 2 + 1), 2).tolist()
+        sums = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).astype(np.float64) * 2
+        starts = np.sort(rng.uniform(0, 3600, n))
+        state = {"_sums": (sums, dim), "_counts": (np.full(n // 2, 2.0), None), "_cams": (rng.integers(0, 20, n), None),
+                 "_starts": (starts, None), "_ends": (starts + 8.0, None),
+                 "_labels": (np.repeat(np.arange(1, n // 2 + 1), 2), None)}
+        for name, (values, width) in state.items():  # the held tracklets, written straight into its arrays
+            held = _Rows(width, values.dtype.type)
+            for value in values:
+                held.append(value)
+            setattr(assoc, name, held)
         queries = rng.standard_normal((adds, dim))
         started = time.perf_counter()
         for q in queries:
