@@ -127,6 +127,7 @@ def train_ivfpq(sample: np.ndarray, params: IvfPqParams, seed: int = 0) -> Any:
     ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
     ivf.cp.seed = seed
     ivf.pq.cp.seed = seed
+    ivf.do_polysemous_training = False  # faiss's default; costs minutes and serves only Hamming pre-filtering
     index.train(sample)
     return index
 
