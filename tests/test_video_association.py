@@ -166,3 +166,14 @@ def test_bad_inputs_are_named():
     with pytest.raises(ReIDError, match="online association does not re-rank"):
         OnlineAssociator(AssociationConfig(rerank=True))
     assert associate(TrackletSet.from_arrays(np.zeros((0, 4)), [], [], [])).shape == (0,)
+
+
+def test_online_associator_grows_past_its_initial_capacity_and_refuses_another_dimension():
+    """More identities than the arrays' first capacity (16): each distinct direction stays its own identity and a
+    repeat of the first joins identity 1 (checked by hand: orthogonal unit vectors are at cosine distance 1)."""
+    online = OnlineAssociator(AssociationConfig(threshold=0.1))
+    eye = np.eye(40)
+    assert [online.add(eye[i], i % 3, float(i), float(i) + 0.5) for i in range(40)] == list(range(1, 41))
+    assert online.add(eye[0], 5, 100.0, 101.0) == 1
+    with pytest.raises(ReIDError, match="dimension 3"):
+        online.add(np.ones(3), 0, 200.0, 201.0)
