@@ -139,3 +139,30 @@ def test_failed_build_leaves_nothing(data, built, tmp_path):
     assert list(tmp_path.iterdir()) == []
     manifest = json.loads((built.root / "ivfpq.json").read_text())
     assert manifest["count"] == N and manifest["factory"] == "IVF32,PQ16x8"
+
+
+def test_cli_build_search_merge(data, tmp_path, capsys):
+    from reidkit.cli.main import main
+
+    gallery, _ = data
+    paths = np.array([f"/g/{i:05d}.jpg" for i in range(N)])
+    np.savez(tmp_path / "a.npz", gallery_features=gallery[:3000], g_paths=paths[:3000])
+    np.savez(tmp_path / "b.npz", gallery_features=gallery[3000:], g_paths=paths[3000:])
+    np.savez(tmp_path / "q.npz", query_features=gallery[[5, 4000]], q_paths=np.array(["q5", "q4000"]))
+    common = ["--nlist", "32", "--m", "16", "--nprobe", "8", "--quiet"]
+    assert main(["ivf", "build", "--index", str(tmp_path / "full"), "--features", str(tmp_path / "a.npz"),
+                 str(tmp_path / "b.npz"), "--train-size", "3000", *common]) == 0
+    for name, part in (("s0", "a"), ("s1", "b")):
+        assert main(["ivf", "build", "--index", str(tmp_path / name), "--features", str(tmp_path / f"{part}.npz"),
+                     "--trained-from", str(tmp_path / "full"), *common]) == 0
+    assert main(["ivf", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--index", str(tmp_path / "m")]) == 0
+    capsys.readouterr()
+    for index in ("full", "m"):
+        assert main(["ivf", "search", "--index", str(tmp_path / index), "--features", str(tmp_path / "q.npz"),
+                     "--top", "3", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        # a gallery vector's nearest neighbour is itself (its PQ code is the closest to it in this cluster)
+        assert [q["results"][0]["id"] for q in out["queries"]] == ["/g/00005.jpg", "/g/04000.jpg"]
+    assert main(["ivf", "search", "--index", str(tmp_path / "m"), "--features", str(tmp_path / "q.npz"),
+                 "--nprobe", "64"]) == 2
+    assert "nprobe=64: must be an integer between 1 and nlist=32" in capsys.readouterr().err

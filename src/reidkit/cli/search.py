@@ -1,4 +1,5 @@
-"""`reidkit index build|add|remove|info` and `reidkit search` (and `export`, from cli/export.py).
+"""`reidkit index build|add|remove|info`, `reidkit search`, `reidkit ivf build|merge|search|info` (the IVF-PQ index
+past memory) and `export` (from cli/export.py).
 
 cli/main.py needs one line: `add_search_parsers(sub)` registers all three commands with their handlers.
 Only argparse is imported at module level, so building the `reidkit` parser stays fast (no torch/faiss import);
@@ -26,6 +27,7 @@ from .options import (
     add_quiet,
     add_rerank_options,
     add_top,
+    positive_int,
     reranker_from_args,
 )
 
@@ -258,10 +260,128 @@ def _add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=search_command)
 
 
+# ------------------------------------------------------------------------------------------- ivf (past memory)
+
+def _feature_chunks(files: list[Path], split: str):
+    """(features, ids) per file: a .npz from `extract` / `merge-features` (its {split}_features, ids = the image
+    paths) or a plain .npy (N, D) array, memory-mapped (ids = file:row)."""
+    import numpy as np
+
+    for path in files:
+        if path.suffix == ".npy":
+            try:
+                x = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise ReIDError(f"features {path}: cannot be read ({exc})") from None
+            for start in range(0, len(x), 100_000):
+                part = np.asarray(x[start:start + 100_000])
+                yield part, [f"{path.name}:{start + i}" for i in range(len(part))]
+            continue
+        try:
+            with np.load(path) as npz:
+                features, ids = npz[f"{split}_features"], npz[f"{split[0]}_paths"]
+        except KeyError:
+            raise ReIDError(f"features {path}: no {split}_features / {split[0]}_paths (choose --split)") from None
+        except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError: damaged or not an .npz
+            raise ReIDError(f"features {path}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+        yield features, ids.tolist()
+
+
+def _ivf_params(args: argparse.Namespace):
+    from ..search.ivf import IvfPqParams
+
+    return IvfPqParams(nlist=args.nlist, m=args.m, nbits=args.nbits, opq=args.opq, nprobe=args.nprobe)
+
+
+def ivf_command(args: argparse.Namespace) -> None:
+    from ..search import ivf
+
+    if args.ivf_command == "build":
+        index = ivf.build_ivfpq(args.index, _feature_chunks(args.features, args.split), _ivf_params(args),
+                                train_size=args.train_size, trained_from=args.trained_from,
+                                overwrite=args.overwrite, show_progress=not args.quiet)
+        info = index.info()
+        print(f"index {index.root}: {index.count} vectors, {index.dim}-d, {info['factory']}, "
+              f"{info['bytes_on_disk'] / 1e6:.1f} MB on disk")
+    elif args.ivf_command == "merge":
+        index = ivf.merge_ivfpq(args.shards, args.index, overwrite=args.overwrite)
+        print(f"merged {len(args.shards)} shard(s) into {index.root}: {index.count} vectors")
+    elif args.ivf_command == "info":
+        _print_json_or_lines(ivf.IvfPqIndex.load(args.index).info(), args.json)
+    else:
+        import numpy as np
+
+        index = ivf.IvfPqIndex.load(args.index)
+        chunks = list(_feature_chunks(args.features, args.split))
+        queries = np.concatenate([c[0] for c in chunks])
+        names = [q for c in chunks for q in c[1]]
+        res = index.search(queries, k=args.top, nprobe=args.nprobe)
+        out = [{"query": str(name), "results": [{"rank": r + 1, "score": round(float(s), 6), "row": int(row),
+                                                  "id": item} for r, (s, row, item) in
+                                                 enumerate(zip(res.scores[q], res.rows[q], res.ids[q])) if row >= 0]}
+               for q, name in enumerate(names)]
+        if args.json:
+            sys.stdout.write(json.dumps({"index": str(index.root), "queries": out}, indent=2) + "\n")
+            return
+        lines = []
+        for query in out:
+            lines.append(f"query {query['query']}")
+            lines += [f"{h['rank']:4d} {h['score']:8.4f}  {h['id']}" for h in query["results"]]
+        sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _print_json_or_lines(info: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    sys.stdout.write("\n".join(f"{k}: {v}" for k, v in info.items() if k != "files") + "\n")
+
+
+def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ivf", help="an IVF-PQ index past memory: build from features, merge shards, search",
+                       description="faiss IVF-PQ (optionally OPQ) with memory-mapped on-disk inverted lists, built "
+                                   "from feature files chunk by chunk (e.g. the parts of `extract --shard`); shards "
+                                   "built with --trained-from one index merge into one. See docs/scale.md.")
+    isub = p.add_subparsers(dest="ivf_command", required=True, metavar="{build,merge,search,info}")
+    q = isub.add_parser("build", help="build an index folder from feature files")
+    q.add_argument("--index", type=Path, required=True, help="index folder to create")
+    q.add_argument("--features", type=Path, nargs="+", required=True, metavar="FILE",
+                   help=".npz from extract / merge-features (ids: image paths) or .npy (N, D) arrays")
+    q.add_argument("--split", choices=("gallery", "query", "train"), default="gallery", help="split of a .npz")
+    q.add_argument("--nlist", type=positive_int, default=4096, help="coarse cells (about 4 sqrt(N))")
+    q.add_argument("--m", type=positive_int, default=32, help="PQ sub-quantizers = code bytes at 8 bits")
+    q.add_argument("--nbits", type=positive_int, default=8, help="bits per sub-quantizer code")
+    q.add_argument("--opq", action="store_true", help="learn an OPQ rotation before PQ (better recall, slower)")
+    q.add_argument("--nprobe", type=positive_int, default=32, help="cells visited per query, stored as the default")
+    q.add_argument("--train-size", type=positive_int,
+                   help="train on the first N vectors (default: 64 per cell; the files should be in random order)")
+    q.add_argument("--trained-from", type=Path, metavar="INDEX",
+                   help="reuse this index's trained quantizers (build shards of one index with the same one)")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    add_quiet(q)
+    q = isub.add_parser("merge", help="merge shards (built with one --trained-from) into one index")
+    q.add_argument("shards", type=Path, nargs="+", metavar="SHARD", help="shard index folders, in row order")
+    q.add_argument("--index", type=Path, required=True, help="merged index folder to create")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing index")
+    q = isub.add_parser("search", help="top-k of query features")
+    q.add_argument("--index", type=Path, required=True, help="index folder")
+    q.add_argument("--features", type=Path, nargs="+", required=True, metavar="FILE",
+                   help="query features: .npz (see --split) or .npy")
+    q.add_argument("--split", choices=("gallery", "query", "train"), default="query", help="split of a .npz")
+    add_top(q, 10, "results per query")
+    q.add_argument("--nprobe", type=positive_int, help="cells visited per query (default: the index's)")
+    q.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
+    q = isub.add_parser("info", help="describe an index")
+    q.add_argument("--index", type=Path, required=True, help="index folder")
+    q.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(func=ivf_command)
+
+
 def add_search_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register `index`, `search` and `export` on the `reidkit` subparsers."""
+    """Register `index`, `search`, `ivf` and `export` on the `reidkit` subparsers."""
     from .export import add_export_parser
 
     _add_index_parser(sub)
     _add_search_parser(sub)
+    _add_ivf_parser(sub)
     add_export_parser(sub)
