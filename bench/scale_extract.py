@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def reidkit(*args: str, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.Popen([sys.executable, "-m", "reidkit.cli.main", *args, "--quiet"], env=env)
+    return subprocess.Popen([sys.executable, "-m", "reidkit.cli", *args, "--quiet"], env=env)
 
 
 def wait(*procs: subprocess.Popen) -> None:
@@ -52,7 +52,7 @@ def main() -> None:
     result["two_shards_1_thread_each_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     parts = [str(args.work / f"sharded.part-{i}-of-2.npz") for i in range(2)]
-    subprocess.run([sys.executable, "-m", "reidkit.cli.main", "merge-features", *parts, "--out",
+    subprocess.run([sys.executable, "-m", "reidkit.cli", "merge-features", *parts, "--out",
                     str(args.work / "merged.npz")], check=True)
     result["merge_s"] = round(time.perf_counter() - t, 1)
     with np.load(args.work / "single.npz") as a, np.load(args.work / "merged.npz") as b:

@@ -102,3 +102,21 @@ def test_cli_merge_error_exits_2(tiny_market, small_checkpoint, tmp_path, capsys
     parts = _parts(tiny_market, small_checkpoint, tmp_path / "f.npz", 2)
     assert main(["merge-features", str(parts[1]), "--out", str(tmp_path / "m.npz")]) == 2
     assert "missing shard(s) 0 of 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_with_shard_auto(tiny_market, small_checkpoint, tmp_path, single):
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip("torchrun not installed next to this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "reidkit.cli", "extract",
+                    "--model", str(small_checkpoint), "--data", str(tiny_market), "--out", str(tmp_path / "t.npz"),
+                    "--shard", "auto", "--device", "cpu", "--quiet"], check=True, env=env, capture_output=True)
+    merged = merge_feature_parts([tmp_path / "t.part-0-of-2.npz", tmp_path / "t.part-1-of-2.npz"], tmp_path / "m.npz")
+    np.testing.assert_allclose(merged["gallery_features"], single["gallery_features"], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(merged["g_paths"], single["g_paths"])
