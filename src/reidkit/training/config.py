@@ -3,13 +3,13 @@ embedding models, `PairTrainConfig` for pair networks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..data.transforms import AugmentConfig
 from ..errors import ConfigError
 from ..losses import build_loss, list_losses, loss_class, loss_parameters
-from ..models.registry import list_models, model_spec
+from ..models.registry import builder_params, list_models, model_spec
 
 VALIDATION_MODES = ("auto", "carve", "dataset", "none")
 
@@ -29,6 +29,12 @@ class ModelConfig:
     # Further keyword arguments of the model's builder (timm's create_model(name, **kwargs)), e.g. {parts: 6} for
     # PL-Net or {alpha: 0.3} for GLAD; a name the builder does not take is a ConfigError naming it.
     params: dict[str, Any] = field(default_factory=dict)
+
+    def builder_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `build_model(self.name, ...)`: the set options, then `params` (checked against
+        the builder's signature)."""
+        kwargs = {k: v for k, v in asdict(self).items() if k not in ("name", "params") and v is not None}
+        return {**kwargs, **builder_params(self.name, self.params)}
 
 
 @dataclass

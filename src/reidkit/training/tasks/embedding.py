@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,7 +36,6 @@ from ...losses import MutualLearningLoss, build_loss, loss_class, loss_parameter
 from ...metrics import compute_distance_matrix, evaluate_rank_full, summarize
 from ...metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ...models import build_model
-from ...models.registry import builder_params
 from ...utils import progress
 from ..config import LossConfig, TrainConfig
 from ..distributed import SYNC_BN_MODES, current, gather_with_grad
@@ -136,9 +134,8 @@ class EmbeddingTask(Task):
         self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed, rank=ctx.rank,
                                  world_size=ctx.world_size)
         self.model_name = cfg.model.name
-        self.model_cfg = {k: v for k, v in asdict(cfg.model).items() if k not in ("name", "params") and v is not None}
+        self.model_cfg = cfg.model.builder_kwargs()
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
-        self.model_cfg.update(builder_params(cfg.model.name, cfg.model.params))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.models = [build_model(cfg.model.name, **self.model_cfg).to(self.device, memory_format=self.memory_format)
                        for _ in range(cfg.students)]

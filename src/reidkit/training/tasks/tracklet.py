@@ -15,7 +15,7 @@ frame pairs), then the MARS protocol: reidkit.metrics.evaluate_rank_full (same p
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,14 +209,13 @@ class TrackletTask(EmbeddingTask):
         print(describe_split(self.splits) + f"; training tracklets {len(self.train_tracklets):,} "
               f"({self.lengths.mean():.1f} frames each), clips of {cfg.data.clip_len}", flush=True)
         size = (cfg.data.height, cfg.data.width)
-        self.train_images = load_image_tensor(paths, size, cfg.data.resize, self.show_progress,
-                                              desc="loading train frames")
+        self.train_images = self._load_train_images(paths, "train frames")  # in memory, or streamed (data.stream)
         self.has_val = bool(self.splits.query)
         if self.has_val:
             self._setup_validation(size)
         self.sampler = PKSampler(self.train_labels, cfg.optim.p, cfg.optim.k, seed=cfg.seed)
         self.model_name = cfg.model.name
-        self.model_cfg = {k: v for k, v in asdict(cfg.model).items() if k != "name" and v is not None}
+        self.model_cfg = cfg.model.builder_kwargs()
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = build_model(cfg.model.name, **self.model_cfg)
