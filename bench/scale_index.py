@@ -118,7 +118,7 @@ def latency_ms(search, queries: np.ndarray) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict:
     faiss.omp_set_num_threads(args.threads)
     mix = Mixture(args.n, args.dim, args.views, args.coarse, args.chunk, args.seed)
-    work = Path(args.workdir) / f"n{args.n}"
+    work = Path(args.workdir) / f"n{args.n}{args.tag}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     params = IvfPqParams(nlist=args.nlist, m=args.m, nbits=8, opq=args.opq, nprobe=args.nprobe[0])
@@ -210,11 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=str(ROOT / "runs" / "ivf" / "bench"))
     p.add_argument("--keep", action="store_true", help="keep the index folders")
+    p.add_argument("--tag", default="", help="suffix of this run's key in the JSON (n=N<tag>)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "scale_index.json")
     args = p.parse_args(argv)
     result = run(args)
     data = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    data[f"n={args.n}"] = result
+    data[f"n={args.n}{args.tag}"] = result
     atomic_write_json(data, args.out)
     print(f"wrote {args.out}", file=sys.stderr)
 
