@@ -4,6 +4,7 @@ formulas and naive loops; the attributes task's configuration errors; a short tr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from reidkit.losses.attributes import positive_rate_weights
 from reidkit.models import build_model
 from reidkit.training.tasks import task_for_model
 from reidkit.training.tasks.attributes import AttributeTask, AttributeTrainConfig, attribute_accuracy
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "acrn_synth.yaml"
 
 
 def test_weighted_cross_entropy_by_hand():
@@ -116,7 +119,7 @@ def synth_attr(tmp_path_factory):
 
 
 def _cfg(overrides=()):
-    return load_config(AttributeTrainConfig, "configs/acrn_synth.yaml",
+    return load_config(AttributeTrainConfig, CONFIG,
                        ["optim.epochs=2", "optim.pretrain_epochs=1", "optim.warmup_epochs=0", "optim.p=3",
                         "optim.k=2", "model.pretrained=false", "model.backbone=simple_cnn", "eval_every=1",
                         "data.height=64", "data.width=32", "flip_tta=false", "max_minutes=0", *overrides])
@@ -160,4 +163,5 @@ def test_prior_bias_is_the_log_odds_of_the_training_rates(synth_attr):
         rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
     for i, name in enumerate(task.attribute_names):
         rate = min(max(sum(int(r[f"attr_{name}"]) for r in rows) / len(rows), 1e-3), 1 - 1e-3)
-        assert float(task.models[0].attribute_head.bias[i]) == pytest.approx(math.log(rate / (1 - rate)), abs=1e-4)
+        bias = float(task.models[0].attribute_head.bias[i].detach())
+        assert bias == pytest.approx(math.log(rate / (1 - rate)), abs=1e-4)

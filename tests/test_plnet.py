@@ -3,6 +3,8 @@ scikit-learn's KMeans on hand-made feature maps; the model's outputs; the plnet 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,8 @@ from reidkit.models import build_model
 from reidkit.models.plnet import cluster_channels, part_boxes, peak_positions, roi_pool
 from reidkit.training.tasks import task_for_model
 from reidkit.training.tasks.plnet import PLNetTask, PLNetTrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _planted_maps(n=5, h=12, w=4, seed=0):
@@ -117,7 +121,7 @@ def test_plnet_config_trains_two_epochs(tmp_path):
     assert task_for_model("plnet") is PLNetTask
     root = generate_market_dataset(tmp_path / "synth", SynthConfig(num_train_ids=6, num_test_ids=3,
                                                                    images_per_camera=2), show_progress=False)
-    cfg = load_config(PLNetTrainConfig, "configs/plnet_cuhk03np_cpu.yaml",
+    cfg = load_config(PLNetTrainConfig, CONFIGS / "plnet_cuhk03np_cpu.yaml",
                       ["optim.epochs=2", "optim.pretrain_epochs=1", "optim.warmup_epochs=0", "optim.p=3", "optim.k=2",
                        "model.pretrained=false", "model.backbone=simple_cnn", "eval_every=1", "data.height=64",
                        "data.width=32", "part_images=8", "flip_tta=false", "max_minutes=0"])
@@ -127,3 +131,14 @@ def test_plnet_config_trains_two_epochs(tmp_path):
     assert {"loss_part", "loss_metric", "loss_id"} <= set(summary["log"][-1])
     with pytest.raises(ConfigError, match="part_weight"):
         PLNetTask(load_config(PLNetTrainConfig, None, ["part_weight=-1"]), root)
+
+
+def test_plnet_config_is_the_recipe_with_only_the_model_changed():
+    import yaml
+
+    recipe = yaml.safe_load((CONFIGS / "cuhk03np_cpu.yaml").read_text())
+    plnet = yaml.safe_load((CONFIGS / "plnet_cuhk03np_cpu.yaml").read_text())
+    assert plnet["model"].pop("name") == "plnet" and recipe["model"].pop("name") == "embedding"
+    assert plnet["model"].pop("params") == {"parts": 6, "part_dim": 256, "part_pool": "max", "box_quantile": 0.25}
+    assert (plnet.pop("part_weight"), plnet.pop("part_images")) == (1.0, 256)
+    assert plnet == recipe
