@@ -10,7 +10,7 @@ Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels
 """
 
 from ..distance import METRICS, check_metric, pairwise_distance
-from . import attributes as _attributes  # noqa: F401  (registers attribute_wce, acrn_triplet)
+from . import attributes as _attributes  # noqa: F401  (registers attribute_wce, attribute_triplet)
 from .aligned import AlignedTripletLoss
 from .base import MetricLoss, reduce_losses
 from .classification import CenterLoss, CrossEntropyLabelSmooth
