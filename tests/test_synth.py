@@ -344,3 +344,20 @@ def test_figures_stay_inside_the_window_used_for_compositing(size):
             region, _, _ = synth._person_window(pose, grid)
             alpha[region] = 0.0
             assert alpha.max() == 0.0, (camid, pid, pose.view)
+
+
+def test_synth_cli_attributes_writes_one_labelled_row_per_image(tmp_path):
+    """`reidkit synth --attributes`: attributes.csv lists every written image once, with 0/1 attr_ columns."""
+    import csv
+
+    from reidkit.cli.main import main
+
+    assert main(["synth", "--out", str(tmp_path / "d"), "--train-ids", "3", "--test-ids", "2", "--attributes",
+                 "--quiet"]) == 0
+    root = tmp_path / "d"
+    with open(root / "attributes.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    images = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    assert sorted(r["path"] for r in rows) == images
+    attrs = [k for k in rows[0] if k.startswith("attr_")]
+    assert attrs and all(r[a] in ("0", "1") for r in rows for a in attrs)

@@ -14,8 +14,9 @@ def synth_command(args: argparse.Namespace) -> None:
     cfg = SynthConfig(num_train_ids=args.train_ids, num_test_ids=args.test_ids, num_cameras=args.cameras,
                       images_per_camera=args.images_per_camera, height=args.height, width=args.width,
                       seed=args.seed)
-    root = generate_market_dataset(args.out, cfg, show_progress=not args.quiet)
-    print(f"wrote synthetic Market-layout dataset to {root}")
+    root = generate_market_dataset(args.out, cfg, show_progress=not args.quiet, attributes=args.attributes)
+    extra = f" with attribute labels in {Path(root) / 'attributes.csv'}" if args.attributes else ""
+    print(f"wrote synthetic Market-layout dataset to {root}{extra}")
 
 
 def split_command(args: argparse.Namespace) -> None:
@@ -40,6 +41,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, default=128, help="image height in pixels")
     p.add_argument("--width", type=int, default=64, help="image width in pixels")
     p.add_argument("--seed", type=int, default=0, help="random seed (the same seed writes the same images)")
+    p.add_argument("--attributes", action="store_true",
+                   help="also write attributes.csv: a manifest with the true attribute labels of what is drawn "
+                        "(attr_<name> columns, for ACRN: configs/acrn_synth.yaml); the images are unchanged")
     add_quiet(p)
     p.set_defaults(func=synth_command)
 
