@@ -152,6 +152,9 @@ def test_acrn_trains_and_validates(synth_attr, tmp_path):
     assert {"loss_attribute", "loss_metric", "loss_id"} <= set(last)
     assert set(last["val_attributes"]) >= {"bag_backpack", "upper_black", "mean"}
     assert 0 <= last["val_reid"]["mAP"] <= 100
+    from test_plnet import _extractor_map  # the fused descriptor through the inference path
+
+    assert _extractor_map(tmp_path / "run" / "best.pt", synth_attr) == pytest.approx(summary["best"]["mAP"], abs=1e-3)
 
 
 def test_prior_bias_is_the_log_odds_of_the_training_rates(synth_attr):

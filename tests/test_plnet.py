@@ -129,6 +129,7 @@ def test_plnet_config_trains_two_epochs(tmp_path):
     summary = train(PLNetTask(cfg, root, show_progress=False), tmp_path / "run")
     assert summary["epochs_done"] == 2
     assert {"loss_part", "loss_metric", "loss_id"} <= set(summary["log"][-1])
+    assert _extractor_map(tmp_path / "run" / "best.pt", root) == pytest.approx(summary["best"]["mAP"], abs=1e-3)
     with pytest.raises(ConfigError, match="part_weight"):
         PLNetTask(load_config(PLNetTrainConfig, None, ["part_weight=-1"]), root)
 
@@ -142,3 +143,18 @@ def test_plnet_config_is_the_recipe_with_only_the_model_changed():
     assert plnet["model"].pop("params") == {"parts": 6, "part_dim": 256, "part_pool": "max", "box_quantile": 0.25}
     assert (plnet.pop("part_weight"), plnet.pop("part_images")) == (1.0, 256)
     assert plnet == recipe
+
+
+def _extractor_map(checkpoint, root) -> float:
+    """Validation mAP through the inference path (Extractor on the files, cosine, reidkit.metrics): the number the
+    trainer logged for this checkpoint, reached by another route."""
+    from reidkit.data import load_dataset
+    from reidkit.data.records import split_arrays
+    from reidkit.distance import compute_distance_matrix
+    from reidkit.inference import Extractor
+    from reidkit.metrics import evaluate_rank
+
+    data, ext = load_dataset(root), Extractor(checkpoint)
+    (qp, qi, qc), (gp, gi, gc) = split_arrays(data.query), split_arrays(data.gallery)
+    dist = compute_distance_matrix(ext.embed(list(qp)), ext.embed(list(gp)), metric="cosine")
+    return 100 * float(evaluate_rank(dist, qi, gi, qc, gc)[1])

@@ -17,6 +17,10 @@ from ..errors import ModelError, ReIDError
 from ..utils import resolve_device
 from .features import embed_tensor, embed_tensor_local, require_finite_features
 
+# Tasks whose models embed one image at a time in eval mode (a tracklet model with its frame encoder; part and
+# attribute models return their concatenated / fused descriptor).
+IMAGE_EMBEDDING_TASKS = ("embedding", "tracklet", "parts", "plnet", "attributes")
+
 
 class Extractor:
     """Embeds images with a reidkit checkpoint.
@@ -32,9 +36,7 @@ class Extractor:
         if batch_size < 1:  # before loading: a zero-step batch loop would yield (0, 0) features
             raise ModelError(f"batch_size={batch_size}: must be >= 1")
         self.device = resolve_device(device)
-        # a tracklet (temporal) model embeds single images with its frame encoder, like an embedding model
-        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device,
-                                                    task=("embedding", "tracklet", "parts"))
+        self.model, payload = model_from_checkpoint(checkpoint, map_location=self.device, task=IMAGE_EMBEDDING_TASKS)
         self.model.to(self.device).eval()
         attach_pose_boxes(self.model)  # a pose-guided part model (GLAD, SpindleNet) gets its boxes from keypoints
         self.checkpoint = Path(checkpoint)
