@@ -6,6 +6,8 @@ Call conventions (each class says which in its `inputs` attribute):
     "embeddings+local"  loss(embeddings, labels, local_features[, indices_tuple])  aligned_triplet
     "students"          loss(logits=[...], embeddings=[...])                       mutual
     "pair_logits"       loss(pair_logits, pair_labels, triplets)                   improved_ranking
+    "attribute_logits"  loss(attribute_logits, attribute_targets)                  attribute_wce
+    "embeddings+attributes"  loss(embeddings, labels, attributes[, indices_tuple])  attribute_triplet
 Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels[, indices_tuple])`.
 """
 
