@@ -138,3 +138,19 @@ def test_video_verification_and_web_commands_parse():
         assert args.func is not None, argv
         verbs.add(argv[1])
     assert {"track", "find", "verify", "cluster", "explain", "serve", "evaluate-tracks"} <= verbs
+
+
+def test_methods_and_scale_commands_parse():
+    """Every `reidkit ...` line of the README's methods / scale-out section parses with the real verbs and options,
+    and every config it names exists."""
+    from reidkit.cli.main import build_parser
+
+    script = _code_blocks(_section("More methods, a re-ID start point, beyond one machine"), "bash")[0]
+    commands = [c for c in (shlex.split(line, comments=True) for line in script.splitlines()) if c]
+    assert commands and all(c[0] == "reidkit" for c in commands)
+    for argv in commands:
+        args = build_parser(argv[1]).parse_args(argv[1:])
+        assert args.func is not None, argv
+        if getattr(args, "config", None) is not None:
+            assert (ROOT / args.config).is_file(), args.config
+    assert {"train", "synth", "evaluate", "extract", "merge-features", "ivf", "track"} <= {c[1] for c in commands}
