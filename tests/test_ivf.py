@@ -52,8 +52,9 @@ def test_recall_at_10_against_brute_force(built, data):
     for nprobe in (1, 8, 32):
         rows = built.search(queries, K, nprobe=nprobe).rows
         recalls[nprobe] = np.mean([len(np.intersect1d(a, e)) / K for a, e in zip(rows, exact)])
-    # measured 0.57 / 0.61 / 0.61 (16-byte codes of 32-d vectors; clusters of 100 make the top-10 a close race)
-    assert recalls[8] >= 0.5, recalls
+    # measured 0.652 at nprobe 1, 8 and 32 (16-byte codes of 32-d vectors; a cluster of 100 near-equal points makes
+    # the top-10 a close race that PQ's error reorders; the clusters are far apart, so one cell already holds it)
+    assert recalls[8] >= 0.6, recalls
     assert recalls[32] >= recalls[1] - 1e-9  # more cells visited never loses neighbours here
     # the right cluster: nearly all of the top-10 share the query's nearest exact neighbour's cluster
     rows = built.search(queries, K, nprobe=8).rows
