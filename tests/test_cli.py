@@ -52,7 +52,8 @@ def _options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 def test_every_verb_is_walked():
     expected = {"synth", "split", "train", "extract", "evaluate", "demo", "index build", "index add",
                 "index remove", "index info", "search", "export", "verify", "calibrate", "cluster", "explain",
-                "synth-video", "track", "find", "evaluate-tracks", "serve", "merge-features"}
+                "synth-video", "track", "find", "evaluate-tracks", "serve", "merge-features",
+                "ivf build", "ivf merge", "ivf search", "ivf info"}
     assert set(VERBS) == expected
 
 
