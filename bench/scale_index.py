@@ -13,6 +13,10 @@ One generation pass feeds everything: even chunks go to shard 0, odd chunks to s
 one trained state, as two machines would), and each chunk's exact inner products with the recall queries update
 a running exact top-10 (the independent reference: numpy, blocked). The full index is the on-disk merge of the
 two shards. recall@10 = |approximate top-10 ∩ exact top-10| / 10, averaged over the recall queries.
+
+With --keep-vectors float16|float32 the shards also store their raw vectors (vectors.npy, merged in row order) and
+each nprobe is measured at every --refine R (0: PQ scores only; R: the top R*10 re-sorted by exact inner product
+with the memory-mapped vectors). Disk sizes then include the vectors.
 """
 
 from __future__ import annotations
@@ -140,7 +144,10 @@ def run(args: argparse.Namespace) -> dict:
     print(f"trained in {train_s:.0f} s (load {load_average()})", flush=True)
 
     t1 = time.perf_counter()
-    builders = [IvfPqBuilder(work / f"shard{s}", trained, params) for s in range(2)]
+    keep = None if args.keep_vectors == "none" else args.keep_vectors
+    refines = args.refine if keep else [0]
+    result["keep_vectors"] = keep
+    builders = [IvfPqBuilder(work / f"shard{s}", trained, params, keep_vectors=keep) for s in range(2)]
     best_s = np.full((len(recall_q), k), -np.inf, np.float32)
     best_i = np.full((len(recall_q), k), -1, np.int64)
     row_of_gen = [np.empty(0, np.int64), np.empty(0, np.int64)]  # generation index of each shard row
@@ -168,22 +175,26 @@ def run(args: argparse.Namespace) -> dict:
                        "exact_reference_s": round(exact_s, 1), "peak_rss_mb": round(peak_rss_mb())}
     result["disk_bytes"] = {"merged": folder_bytes(work / "merged"),
                             "shards": [folder_bytes(s.root) for s in shards],
-                            "per_vector_merged": round(folder_bytes(work / "merged") / args.n, 1)}
+                            "per_vector_merged": round(folder_bytes(work / "merged") / args.n, 1),
+                            "vectors_merged": index.info()["file_bytes"].get("vectors.npy", 0)}
     print(json.dumps(result["build"]), flush=True)
 
     sharded = ShardedSearch([IvfPqIndex.load(s.root) for s in shards], threaded=True)
     result["search"] = []
     for nprobe in args.nprobe:
-        row = {"nprobe": nprobe}
-        for name, idx in (("merged", index), ("2 shards", sharded)):
-            idx.search(queries[:20], k, nprobe=nprobe, with_ids=False)  # warm the page cache for these cells
-            approx = idx.search(recall_q, k, nprobe=nprobe, with_ids=False).rows
-            row[f"recall@10 {name}"] = round(recall_at(gen_of_row[approx], exact_rows, k), 4)
-            row[f"latency {name}"] = latency_ms(lambda q, i=idx, p=nprobe: i.search(q, k, nprobe=p, with_ids=False),
-                                                queries[:args.latency_queries])
-        row["load_average"] = load_average()
-        print(json.dumps(row), flush=True)
-        result["search"].append(row)
+        for refine in refines:
+            row = {"nprobe": nprobe, "refine": refine, "candidates": k * max(refine, 1)}
+            for name, idx in (("merged", index), ("2 shards", sharded)):
+                def search(q, i=idx, p=nprobe, r=refine):
+                    return i.search(q, k, nprobe=p, with_ids=False, refine=r)
+
+                search(queries[:20])  # warm the page cache for these cells
+                approx = search(recall_q).rows
+                row[f"recall@10 {name}"] = round(recall_at(gen_of_row[approx], exact_rows, k), 4)
+                row[f"latency {name}"] = latency_ms(search, queries[:args.latency_queries])
+            row["load_average"] = load_average()
+            print(json.dumps(row), flush=True)
+            result["search"].append(row)
     result["peak_rss_mb"] = round(peak_rss_mb())
     result["load_average_end"] = load_average()
     if not args.keep:
@@ -207,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latency-queries", type=int, default=500)
     p.add_argument("--exact-queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--keep-vectors", choices=("none", "float16", "float32"), default="none",
+                   help="store raw vectors for refinement (none: the PQ-only rows of earlier runs)")
+    p.add_argument("--refine", type=int, nargs="+", default=[0, 2, 4, 10], help="refine factors measured")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default=str(ROOT / "runs" / "ivf" / "bench"))
     p.add_argument("--keep", action="store_true", help="keep the index folders")

@@ -299,9 +299,12 @@ def ivf_command(args: argparse.Namespace) -> None:
     if args.ivf_command == "build":
         index = ivf.build_ivfpq(args.index, _feature_chunks(args.features, args.split), _ivf_params(args),
                                 train_size=args.train_size, trained_from=args.trained_from,
-                                overwrite=args.overwrite, show_progress=not args.quiet)
+                                overwrite=args.overwrite, show_progress=not args.quiet,
+                                keep_vectors=None if args.keep_vectors == "none" else args.keep_vectors,
+                                refine=args.refine)
         info = index.info()
-        print(f"index {index.root}: {index.count} vectors, {index.dim}-d, {info['factory']}, "
+        kept = f", {info['vectors']} vectors kept (refine {index.refine})" if info.get("vectors") else ""
+        print(f"index {index.root}: {index.count} vectors, {index.dim}-d, {info['factory']}{kept}, "
               f"{info['bytes_on_disk'] / 1e6:.1f} MB on disk")
     elif args.ivf_command == "merge":
         index = ivf.merge_ivfpq(args.shards, args.index, overwrite=args.overwrite)
@@ -315,7 +318,7 @@ def ivf_command(args: argparse.Namespace) -> None:
         chunks = list(_feature_chunks(args.features, args.split))
         queries = np.concatenate([c[0] for c in chunks])
         names = [q for c in chunks for q in c[1]]
-        res = index.search(queries, k=args.top, nprobe=args.nprobe)
+        res = index.search(queries, k=args.top, nprobe=args.nprobe, refine=args.refine)
         out = [{"query": str(name), "results": [{"rank": r + 1, "score": round(float(s), 6), "row": int(row),
                                                   "id": item} for r, (s, row, item) in
                                                  enumerate(zip(res.scores[q], res.rows[q], res.ids[q])) if row >= 0]}
@@ -357,6 +360,11 @@ def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
                    help="train on the first N vectors (default: 64 per cell; the files should be in random order)")
     q.add_argument("--trained-from", type=Path, metavar="INDEX",
                    help="reuse this index's trained quantizers (build shards of one index with the same one)")
+    q.add_argument("--keep-vectors", choices=("float16", "float32", "none"), default="float16",
+                   help="also store the raw vectors (vectors.npy, 2 or 4 bytes per component) for exact re-ranking "
+                        "of the PQ candidates at search: recall@10 0.6 -> ~1 for 8-16x the disk of the codes")
+    q.add_argument("--refine", type=int, default=10,
+                   help="default refine factor stored in the index: re-rank refine * top PQ candidates (0: off)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing index")
     add_quiet(q)
     q = isub.add_parser("merge", help="merge shards (built with one --trained-from) into one index")
@@ -370,6 +378,9 @@ def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", choices=("gallery", "query", "train"), default="query", help="split of a .npz")
     add_top(q, 10, "results per query")
     q.add_argument("--nprobe", type=positive_int, help="cells visited per query (default: the index's)")
+    q.add_argument("--refine", type=int, metavar="R",
+                   help="re-rank the top R * top PQ candidates by exact inner product with the stored vectors; "
+                        "0: PQ scores only (default: the index's)")
     q.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
     q = isub.add_parser("info", help="describe an index")
     q.add_argument("--index", type=Path, required=True, help="index folder")

@@ -19,10 +19,17 @@ into place (readers see a whole index or none):
     lists.ivfdata   the PQ codes and row numbers of every cell
     ids.txt         item ids, one per line, in row order; ids.offsets.npy (int64, count + 1) gives each line's
                     byte range, so a row's id is read without loading all ids
+    vectors.npy     optional (keep_vectors, on by default): the raw features row-aligned with the index, float16
+                    (or float32), memory-mapped at search time for exact re-ranking ("refine")
+
+Refinement: PQ codes of 32-64 bytes cap recall@10 near 0.6-0.7 however many cells are probed (docs/scale.md), so
+`search(..., refine=R)` takes the top R * k by PQ score, reads those rows' raw vectors from vectors.npy and re-sorts
+them by exact inner product (faiss's IndexRefineFlat, but with the vectors on disk, so 10^7 x 256 never needs RAM:
+5.1 GB of float16 read by the OS a few hundred rows per query).
 
 Memory while building: one chunk of features plus the codes of one block (`block_size` rows); the codes of all
 blocks are merged into lists.ivfdata on disk. Memory while searching: the coarse centroids and PQ tables; the
-lists are paged in by the OS as cells are probed.
+lists are paged in by the OS as cells are probed, and so are the refined candidates' rows of vectors.npy.
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ from ..utils import atomic_save_npy, atomic_write_json, progress
 FORMAT = "reidkit-ivfpq-1"
 MANIFEST = "ivfpq.json"
 TRAINED, INDEX, LISTS, IDS, OFFSETS = "trained.faiss", "index.faiss", "lists.ivfdata", "ids.txt", "ids.offsets.npy"
+VECTORS = "vectors.npy"
+VECTOR_DTYPES = ("float16", "float32")
+NPY_HEADER = 128  # bytes reserved for the .npy header of vectors.npy: written last, once the row count is known
+DEFAULT_REFINE = 10  # candidates = refine * k when the index keeps its vectors (docs/benchmarks/scale.md)
 MIN_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means centroid
 BLOCK_SIZE = 1_000_000  # rows encoded in memory before their codes go to a block file
 
@@ -152,7 +163,8 @@ def _encode_ids(ids: Sequence[Any], where: str) -> tuple[bytes, np.ndarray]:
 @dataclass
 class IvfResults:
     """Top-k per query: `rows` (Q, k) into the index (-1 = fewer than k results), `scores` (cosine estimates
-    from the PQ codes), `ids` the item ids (None where rows is -1)."""
+    from the PQ codes, or exact inner products with the stored vectors when refined), `ids` the item ids (None
+    where rows is -1)."""
 
     scores: np.ndarray
     rows: np.ndarray
@@ -164,9 +176,15 @@ class IvfPqIndex:
     combine shards with `merge_ivfpq`."""
 
     def __init__(self, root: Path, manifest: dict[str, Any], index: Any, ids_blob: np.ndarray,
-                 offsets: np.ndarray):
+                 offsets: np.ndarray, vectors: np.ndarray | None = None):
         self.root, self.manifest, self.index = root, manifest, index
         self._ids_blob, self._offsets = ids_blob, offsets
+        self.vectors = vectors  # (count, dim) memory-mapped raw features, or None
+
+    @property
+    def refine(self) -> int:
+        """The stored default refine factor (0: no refinement; the index keeps no vectors)."""
+        return int(self.manifest.get("refine", 0)) if self.vectors is not None else 0
 
     @property
     def count(self) -> int:
@@ -201,7 +219,7 @@ class IvfPqIndex:
         if len(offsets) != manifest["count"] + 1 or (len(offsets) and offsets[-1] != len(blob)):
             raise ReIDError(f"IVF-PQ index {root / IDS}: damaged, its {len(blob)} bytes do not match "
                             f"{root / OFFSETS} for {manifest['count']} rows")
-        return cls(root, manifest, index, blob, offsets)
+        return cls(root, manifest, index, blob, offsets, _load_vectors(root, manifest))
 
     def item_ids(self, rows: np.ndarray) -> list[str | None]:
         """Item ids of index rows (-1 -> None), read from the memory-mapped ids file."""
@@ -214,20 +232,82 @@ class IvfPqIndex:
             out.append(bytes(self._ids_blob[start:stop]).decode())
         return out
 
-    def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, with_ids: bool = True
-               ) -> IvfResults:
-        """Top-k by (PQ-approximated) inner product, visiting `nprobe` cells (default: the built value)."""
+    def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, with_ids: bool = True,
+               refine: int | None = None) -> IvfResults:
+        """Top-k by (PQ-approximated) inner product, visiting `nprobe` cells (default: the built value); with
+        `refine` R >= 1 (default: the stored value when the index keeps its vectors) the top R * k are re-sorted by
+        exact inner product with the stored vectors. refine=0 switches refinement off."""
         queries = _as_features(queries, "queries", self.dim)
         set_nprobe(self.index, self.params.nprobe if nprobe is None else nprobe)
         if k < 1:
             raise ConfigError(f"k={k}: must be >= 1")
-        scores, rows = self.index.search(queries, k)
+        refine = _check_refine(self.refine if refine is None else refine, self.vectors is not None, self.root)
+        scores, rows = self.index.search(queries, k * max(refine, 1))
+        rows = rows.astype(np.int64)
+        if refine:
+            scores, rows = refine_candidates(queries, rows, k, self.rows_of)
         ids = [self.item_ids(r) for r in rows] if with_ids else []
-        return IvfResults(scores, rows.astype(np.int64), ids)
+        return IvfResults(scores, rows, ids)
+
+    def rows_of(self, rows: np.ndarray) -> np.ndarray:
+        """Stored raw vectors (float32) of sorted, valid rows, read from the memory map."""
+        if self.vectors is None:
+            raise ReIDError(f"IVF-PQ index {self.root}: keeps no vectors (build with keep_vectors)")
+        return np.asarray(self.vectors[rows], dtype=np.float32)
 
     def info(self) -> dict[str, Any]:
-        sizes = {name: os.path.getsize(self.root / name) for name in (TRAINED, INDEX, LISTS, IDS, OFFSETS)}
+        sizes = {name: os.path.getsize(self.root / name) for name in self.manifest["files"]}
         return {"root": str(self.root), **self.manifest, "bytes_on_disk": sum(sizes.values()), "file_bytes": sizes}
+
+
+def _check_refine(refine: Any, has_vectors: bool, where: Any) -> int:
+    if isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 0:
+        raise ConfigError(f"refine={refine!r}: must be an integer >= 0 (candidates = refine * k; 0: off)")
+    if refine and not has_vectors:
+        raise ConfigError(f"refine={refine}: IVF-PQ index {where} keeps no vectors (build it with keep_vectors)")
+    return int(refine)
+
+
+def refine_candidates(queries: np.ndarray, rows: np.ndarray, k: int, fetch, block: int = 256
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Re-sort candidate `rows` (Q, C; -1 = none) by exact inner product with their raw vectors, keep the top k.
+    `fetch(sorted unique rows)` returns their vectors: one vectorised gather per block of queries, in row order so
+    the memory-mapped reads walk the file forwards."""
+    out_s = np.full((len(rows), k), -np.inf, np.float32)
+    out_r = np.full((len(rows), k), -1, np.int64)
+    for start in range(0, len(rows), block):
+        cand, q = rows[start:start + block], queries[start:start + block]
+        valid = cand >= 0
+        unique, inverse = np.unique(cand[valid], return_inverse=True)
+        if not len(unique):
+            continue
+        vectors = fetch(unique)
+        where = np.zeros(cand.shape, np.int64)
+        where[valid] = inverse
+        exact = np.einsum("qcd,qd->qc", vectors[where], q, dtype=np.float32)
+        exact[~valid] = -np.inf
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        out_s[start:start + block, :order.shape[1]] = np.take_along_axis(exact, order, 1)
+        out_r[start:start + block, :order.shape[1]] = np.where(np.take_along_axis(valid, order, 1),
+                                                                np.take_along_axis(cand, order, 1), -1)
+    return out_s, out_r
+
+
+def _load_vectors(root: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The memory-mapped vectors.npy (its size already checked against the manifest), or None."""
+    dtype = manifest.get("vectors")
+    if not dtype:
+        return None
+    path = root / VECTORS
+    count, dim = manifest["count"], manifest["dim"]
+    try:
+        vectors = np.load(path, mmap_mode="r") if count else np.zeros((0, dim), dtype)
+    except (OSError, ValueError) as exc:
+        raise ReIDError(f"IVF-PQ index {path}: damaged, cannot be read ({exc})") from None
+    if vectors.shape != (count, dim) or vectors.dtype != np.dtype(dtype):
+        raise ReIDError(f"IVF-PQ index {path}: damaged, holds {vectors.dtype} {vectors.shape} where {dtype} "
+                        f"({count}, {dim}) were written")
+    return vectors
 
 
 def set_nprobe(index: Any, nprobe: int) -> None:
@@ -275,7 +355,7 @@ class IvfPqBuilder:
     `finish`; an exception (or `abort`) removes the temporary folder."""
 
     def __init__(self, root: str | os.PathLike, trained: Any, params: IvfPqParams, overwrite: bool = False,
-                 block_size: int = BLOCK_SIZE):
+                 block_size: int = BLOCK_SIZE, keep_vectors: str | None = "float16", refine: int = DEFAULT_REFINE):
         self.root = Path(root)
         if self.root.exists() and not overwrite:
             raise ReIDError(f"IVF-PQ index {self.root}: already exists (overwrite to replace it)")
@@ -283,6 +363,9 @@ class IvfPqBuilder:
             raise ReIDError("IVF-PQ builder: needs a trained, empty index")
         self.params, self.dim = params, trained.d
         params.check(self.dim)
+        if keep_vectors not in (None, *VECTOR_DTYPES):
+            raise ConfigError(f"keep_vectors={keep_vectors!r}: must be one of {', '.join(VECTOR_DTYPES)} or None")
+        self.keep_vectors, self.refine = keep_vectors, _check_refine(refine, True, self.root)
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".building", dir=self.root.parent))
         self._trained_bytes = _serialize(trained)
@@ -291,6 +374,9 @@ class IvfPqBuilder:
         self._blocks: list[Path] = []
         self._block_size = block_size
         self._ids = open(self.tmp / IDS, "wb")  # noqa: SIM115 (closed in finish/abort)
+        self._vectors = open(self.tmp / VECTORS, "wb") if keep_vectors else None  # noqa: SIM115 (as _ids)
+        if self._vectors is not None:
+            self._vectors.write(b"\0" * NPY_HEADER)  # the header follows in finish, once the count is known
         self._lengths: list[np.ndarray] = []
         self.count = 0
 
@@ -300,6 +386,11 @@ class IvfPqBuilder:
             raise ReIDError(f"IVF-PQ {self.root}: chunk at row {self.count} has {len(features)} features but "
                             f"{len(ids)} ids")
         blob, lengths = _encode_ids(ids, f"IVF-PQ {self.root}: chunk at row {self.count}")
+        if self._vectors is not None:
+            if self.keep_vectors == "float16" and len(features) and np.abs(features).max() > 65504:
+                raise ReIDError(f"IVF-PQ {self.root}: chunk at row {self.count} exceeds the float16 range "
+                                "(features should be L2-normalised; or keep float32 vectors)")
+            self._vectors.write(features.astype(self.keep_vectors).tobytes())
         for start in range(0, len(features), self._block_size):
             part = features[start:start + self._block_size]
             if self._block is None:
@@ -328,8 +419,11 @@ class IvfPqBuilder:
     def finish(self, extra: dict[str, Any] | None = None) -> IvfPqIndex:
         self._flush()
         self._ids.close()
+        if self._vectors is not None:
+            _finish_vectors(self._vectors, self.count, self.dim, self.keep_vectors)
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        extra = {"vectors": self.keep_vectors, "refine": self.refine if self.keep_vectors else 0, **(extra or {})}
         _write_merged(self.tmp, self._trained_bytes, self._blocks, [0] * len(self._blocks), self.params, offsets,
                       extra)
         for block in self._blocks:
@@ -338,6 +432,8 @@ class IvfPqBuilder:
 
     def abort(self) -> None:
         self._ids.close()
+        if self._vectors is not None:
+            self._vectors.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> IvfPqBuilder:
@@ -346,6 +442,25 @@ class IvfPqBuilder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _finish_vectors(fh: Any, count: int, dim: int, dtype: str) -> None:
+    """Write the .npy header into the space reserved at the start of an open vectors file, then close it."""
+    header = _npy_header(count, dim, dtype)
+    fh.seek(0)
+    fh.write(header)
+    fh.close()
+
+
+def _npy_header(count: int, dim: int, dtype: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": (count, dim)})
+    if len(buf.getvalue()) != NPY_HEADER:  # numpy pads to 64 bytes; 128 hold any shape below 10^15 rows
+        raise ReIDError(f"IVF-PQ vectors: a .npy header of {len(buf.getvalue())} bytes for shape ({count}, {dim})")
+    return buf.getvalue()
 
 
 def _write_merged(folder: Path, trained_bytes: bytes, sources: Sequence[Path], row_starts: Sequence[int],
@@ -380,7 +495,8 @@ def _write_merged(folder: Path, trained_bytes: bytes, sources: Sequence[Path], r
     atomic_save_npy(offsets, folder / OFFSETS)
     if not (folder / LISTS).exists():  # no rows: faiss never created the lists file
         (folder / LISTS).touch()
-    files = {name: os.path.getsize(folder / name) for name in (TRAINED, INDEX, LISTS, IDS, OFFSETS)}
+    names = (TRAINED, INDEX, LISTS, IDS, OFFSETS) + ((VECTORS,) if (extra or {}).get("vectors") else ())
+    files = {name: os.path.getsize(folder / name) for name in names}
     atomic_write_json({"format": FORMAT, "dim": int(merged.d), "count": int(total), "params": params.to_dict(),
                        "factory": params.factory(), "trained_sha256": hashlib.sha256(trained_bytes).hexdigest(),
                        "build_id": uuid.uuid4().hex, "files": files, **(extra or {})}, folder / MANIFEST)
@@ -426,13 +542,17 @@ def _take_sample(chunks: Iterator[tuple[np.ndarray, Sequence[Any]]], size: int
 def build_ivfpq(root: str | os.PathLike, chunks: Iterable[tuple[np.ndarray, Sequence[Any]]], params: IvfPqParams,
                 train_size: int | None = None, train_sample: np.ndarray | None = None, trained_from: Any = None,
                 overwrite: bool = False, seed: int = 0, block_size: int = BLOCK_SIZE, show_progress: bool = False,
-                total: int | None = None) -> IvfPqIndex:
+                total: int | None = None, keep_vectors: str | None = "float16", refine: int = DEFAULT_REFINE
+                ) -> IvfPqIndex:
     """Build an index from an iterable of (features (n, D), ids (n,)) chunks; no more than one chunk and one block
     of codes is held in memory.
 
     The quantizers come from `trained_from` (an index folder or a trained faiss index: what shards of one index
     must share), else are trained on `train_sample`, else on the first `train_size` vectors of the stream
-    (default 64 per cell; the stream should then be in random order)."""
+    (default 64 per cell; the stream should then be in random order).
+
+    keep_vectors ("float16", "float32" or None) also stores the raw features in vectors.npy for exact re-ranking;
+    `refine` is the default refine factor stored with them (see IvfPqIndex.search)."""
     chunks = iter(chunks)
     head: list[tuple[np.ndarray, Sequence[Any]]] = []
     if trained_from is not None:
@@ -443,7 +563,7 @@ def build_ivfpq(root: str | os.PathLike, chunks: Iterable[tuple[np.ndarray, Sequ
             train_sample, head = _take_sample(chunks, train_size or 64 * params.nlist)
         trained = train_ivfpq(train_sample, params, seed)
     bar = progress(desc="adding to IVF-PQ", total=total, enabled=show_progress, unit="vec")
-    with IvfPqBuilder(root, trained, params, overwrite, block_size) as builder:
+    with IvfPqBuilder(root, trained, params, overwrite, block_size, keep_vectors, refine) as builder:
         for features, ids in [*head, *chunks] if head else chunks:
             builder.add(features, ids)
             bar.update(len(features))
@@ -495,6 +615,9 @@ def merge_ivfpq(shards: Sequence[str | os.PathLike], out: str | os.PathLike, ove
             raise ReIDError(f"IVF-PQ merge: shard {shard.root} is the same build as {seen[shard.manifest['build_id']]}"
                             " (given twice?)")
         seen[shard.manifest["build_id"]] = shard.root
+        if shard.manifest.get("vectors") != first.manifest.get("vectors"):
+            raise ReIDError(f"IVF-PQ merge: shard {shard.root} keeps vectors {shard.manifest.get('vectors')} but "
+                            f"{first.root} keeps {first.manifest.get('vectors')} (build every shard alike)")
     out = Path(out)
     if out.exists() and not overwrite:
         raise ReIDError(f"IVF-PQ index {out}: already exists (overwrite to replace it)")
@@ -507,16 +630,31 @@ def merge_ivfpq(shards: Sequence[str | os.PathLike], out: str | os.PathLike, ove
             for shard in opened:
                 with open(shard.root / IDS, "rb") as src:
                     shutil.copyfileobj(src, fh, 16 << 20)
+        dtype = first.manifest.get("vectors")
+        if dtype:
+            _concat_vectors([s.root / VECTORS for s in opened if s.count], tmp / VECTORS, sum(s.count for s in opened),
+                            first.dim, dtype)
         shifts = np.cumsum([0] + [len(s._ids_blob) for s in opened[:-1]])
         offsets = np.concatenate([[0]] + [np.asarray(s._offsets[1:]) + shift for s, shift in zip(opened, shifts)])
         shard_info = [{"root": str(s.root), "count": s.count, "build_id": s.manifest["build_id"]} for s in opened]
         starts = np.cumsum([0] + [s.count for s in opened[:-1]]).tolist()
+        extra = {"vectors": dtype, "refine": first.manifest.get("refine", 0), "merged_from": shard_info}
         _write_merged(tmp, trained_bytes, [s.root / INDEX for s in opened], starts, first.params,
-                      offsets.astype(np.int64), {"merged_from": shard_info})
+                      offsets.astype(np.int64), extra)
         return _commit(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _concat_vectors(sources: Sequence[Path], out: Path, count: int, dim: int, dtype: str) -> None:
+    """The shards' vectors.npy data concatenated in row order under one header, copied file to file."""
+    with open(out, "wb") as fh:
+        fh.write(_npy_header(count, dim, dtype))
+        for path in sources:
+            with open(path, "rb") as src:
+                src.seek(np.load(path, mmap_mode="r").offset)
+                shutil.copyfileobj(src, fh, 16 << 20)
 
 
 class ShardedSearch:
@@ -537,14 +675,28 @@ class ShardedSearch:
             self.index.add_shard(shard.index)
         self.starts = np.cumsum([0] + [s.count for s in self.shards])
 
-    def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, with_ids: bool = True
-               ) -> IvfResults:
+    def search(self, queries: np.ndarray, k: int = 10, nprobe: int | None = None, with_ids: bool = True,
+               refine: int | None = None) -> IvfResults:
+        """As IvfPqIndex.search; refinement needs every shard to keep its vectors (default: the first shard's)."""
         queries = _as_features(queries, "queries", self.shards[0].dim)
         for shard in self.shards:
             set_nprobe(shard.index, shard.params.nprobe if nprobe is None else nprobe)
-        scores, rows = self.index.search(queries, k)
+        if k < 1:
+            raise ConfigError(f"k={k}: must be >= 1")
+        has_vectors = all(s.vectors is not None for s in self.shards)
+        refine = _check_refine(self.shards[0].refine if refine is None else refine, has_vectors, "shard")
+        scores, rows = self.index.search(queries, k * max(refine, 1))
+        rows = rows.astype(np.int64)
+        if refine:
+            scores, rows = refine_candidates(queries, rows, k, self.rows_of)
         ids = [self.item_ids(r) for r in rows] if with_ids else []
-        return IvfResults(scores, rows.astype(np.int64), ids)
+        return IvfResults(scores, rows, ids)
+
+    def rows_of(self, rows: np.ndarray) -> np.ndarray:
+        """Raw vectors of sorted global rows: each shard's contiguous run read from its own memory map."""
+        cuts = np.searchsorted(rows, self.starts)
+        return np.concatenate([shard.rows_of(rows[cuts[s]:cuts[s + 1]] - self.starts[s])
+                               for s, shard in enumerate(self.shards)])
 
     def item_ids(self, rows: np.ndarray) -> list[str | None]:
         rows = np.asarray(rows).ravel()
