@@ -183,7 +183,7 @@ def test_refine_lifts_recall_with_exact_scores(built, data, tmp_path):
     # measured 0.652 unrefined, 0.898 / 0.980 / 0.998 at refine 2 / 4 / 10 (a cluster holds 100 points: 100
     # candidates nearly always hold the exact top-10)
     assert _recall(refined.rows, exact) >= 0.95 > unrefined + 0.2
-    assert built.refine == 10 and _recall(built.search(queries, K, nprobe=8).rows, exact) >= 0.95  # stored default
+    assert built.refine == 20 and _recall(built.search(queries, K, nprobe=8).rows, exact) >= 0.95  # stored default
     # the scores are inner products with the stored float16 vectors: numpy reference within float16 rounding
     want = np.einsum("qkd,qd->qk", gallery[refined.rows], queries)
     np.testing.assert_allclose(refined.scores, want, atol=2e-3)

@@ -363,7 +363,7 @@ def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--keep-vectors", choices=("float16", "float32", "none"), default="float16",
                    help="also store the raw vectors (vectors.npy, 2 or 4 bytes per component) for exact re-ranking "
                         "of the PQ candidates at search: recall@10 0.6 -> ~1 for 8-16x the disk of the codes")
-    q.add_argument("--refine", type=int, default=10,
+    q.add_argument("--refine", type=int, default=20,
                    help="default refine factor stored in the index: re-rank refine * top PQ candidates (0: off)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing index")
     add_quiet(q)

@@ -56,7 +56,7 @@ TRAINED, INDEX, LISTS, IDS, OFFSETS = "trained.faiss", "index.faiss", "lists.ivf
 VECTORS = "vectors.npy"
 VECTOR_DTYPES = ("float16", "float32")
 NPY_HEADER = 128  # bytes reserved for the .npy header of vectors.npy: written last, once the row count is known
-DEFAULT_REFINE = 10  # candidates = refine * k when the index keeps its vectors (docs/benchmarks/scale.md)
+DEFAULT_REFINE = 20  # candidates = refine * k when the index keeps its vectors (docs/benchmarks/scale.md)
 MIN_POINTS_PER_CELL = 39  # faiss warns below this many training points per k-means centroid
 BLOCK_SIZE = 1_000_000  # rows encoded in memory before their codes go to a block file
 
