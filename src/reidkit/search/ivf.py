@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -304,6 +305,11 @@ def _load_vectors(root: Path, manifest: dict[str, Any]) -> np.ndarray | None:
         vectors = np.load(path, mmap_mode="r") if count else np.zeros((0, dim), dtype)
     except (OSError, ValueError) as exc:
         raise ReIDError(f"IVF-PQ index {path}: damaged, cannot be read ({exc})") from None
+    mapping = getattr(vectors, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_RANDOM"):
+        # candidates are scattered rows: without this the kernel reads ahead ~128 KB around each one (32x the
+        # bytes needed from disk, and the whole file ends up mapped into the process after a few hundred queries)
+        mapping.madvise(mmap.MADV_RANDOM)
     if vectors.shape != (count, dim) or vectors.dtype != np.dtype(dtype):
         raise ReIDError(f"IVF-PQ index {path}: damaged, holds {vectors.dtype} {vectors.shape} where {dtype} "
                         f"({count}, {dim}) were written")
