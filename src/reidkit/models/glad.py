@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .backbones import build_backbone
-from .parts import PartModel, bnneck, check_common, classifier, crop_resize, fused_descriptor
+from .parts import PartModel, bnneck, check_common, classifier, crop_resize
 from .pooling import build_pooling
 from .registry import register_model
 
@@ -63,15 +63,7 @@ class GLAD(PartModel):
     def forward(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> dict[str, Any] | torch.Tensor:
         boxes = self.boxes_for(x, boxes)
         maps = self.stream_maps(x, boxes)
-        features = [pool(m) for pool, m in zip(self.pools, maps)]
-        bn = [neck(f) for neck, f in zip(self.bottlenecks, features)]
-        if not self.training:
-            return fused_descriptor(bn)
-        logits = [head(self.dropout(b)) for head, b in zip(self.classifiers, bn)] if self.classifiers else None
-        return {"features": torch.cat(features, dim=1), "bn_features": torch.cat(bn, dim=1),
-                "logits": logits[0] if logits else None,
-                "part_logits": torch.stack(logits[1:], dim=1) if logits else None,
-                "feature_map": maps[0]}
+        return self.stream_outputs([pool(m) for pool, m in zip(self.pools, maps)], maps[0])
 
 
 @register_model("glad", task="parts")

@@ -9,6 +9,7 @@ the Extractor calls) to compute them from the pose of each input.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -116,6 +117,20 @@ class PartModel(nn.Module):
             raise ModelError(f"{type(self).__name__}: boxes must be (N, {self.num_boxes}, 4) for N={x.shape[0]} "
                              f"inputs, got {tuple(boxes.shape)}")
         return boxes.to(device=x.device, dtype=x.dtype)
+
+    def stream_outputs(self, features: list[torch.Tensor], feature_map: torch.Tensor | None
+                       ) -> dict[str, Any] | torch.Tensor:
+        """The outputs of the pooled streams (the whole image first): in eval mode the fused descriptor; in
+        training the concatenated features, BNNeck features, the whole image's logits and the parts' logits.
+        Subclasses own `bottlenecks`, `classifiers` (empty without identities) and `dropout`."""
+        bn = [neck(f) for neck, f in zip(self.bottlenecks, features)]
+        if not self.training:
+            return fused_descriptor(bn)
+        logits = [head(self.dropout(b)) for head, b in zip(self.classifiers, bn)] if self.classifiers else None
+        return {"features": torch.cat(features, dim=1), "bn_features": torch.cat(bn, dim=1),
+                "logits": logits[0] if logits else None,
+                "part_logits": torch.stack(logits[1:], dim=1) if logits else None,
+                "feature_map": feature_map}
 
     def embed(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The embedding model's feature map -> embedding step (used by `explain`'s Grad-CAM) has no equivalent

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .backbones import build_backbone
-from .parts import PartModel, bnneck, check_common, classifier, crop_resize, fused_descriptor, run_stage, stage_plan
+from .parts import PartModel, bnneck, check_common, classifier, crop_resize, run_stage, stage_plan
 from .pooling import build_pooling
 from .registry import register_model
 
@@ -96,15 +96,7 @@ class SpindleNet(PartModel):
         boxes = self.boxes_for(x, boxes)
         global_feature, regions = self.region_features(x, boxes)
         fused = tree_fusion({r: self.reduce[r](f) for r, f in regions.items()}, self.fusion)
-        features = [global_feature, fused]
-        bn = [neck(f) for neck, f in zip(self.bottlenecks, features)]
-        if not self.training:
-            return fused_descriptor(bn)
-        logits = [head(self.dropout(b)) for head, b in zip(self.classifiers, bn)] if self.classifiers else None
-        return {"features": torch.cat(features, dim=1), "bn_features": torch.cat(bn, dim=1),
-                "logits": logits[0] if logits else None,
-                "part_logits": torch.stack(logits[1:], dim=1) if logits else None,
-                "feature_map": None}
+        return self.stream_outputs([global_feature, fused], None)
 
 
 @register_model("spindle", task="parts")
