@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_batch_size, add_device, add_model, add_quiet, add_top, positive_int
+from .options import add_batch_size, add_device, add_model, add_quiet, add_top, non_negative_int, positive_int
 
 MODEL_HELP = ("re-identification model: a reidkit checkpoint (.pt), ONNX (.onnx) or OpenVINO IR (.xml), e.g. "
               "Intel's OSNet person-reidentification-retail-0277.xml. Required: reidkit ships no re-id weights "
@@ -88,7 +88,7 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
                         "cN prefix, frame numbers (25 fps) give the frame times")
     p.add_argument("--no-video", action="store_true", help="do not write annotated.mp4 (saves a second decode)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier track run in --out")
-    p.add_argument("--workers", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--workers", type=non_negative_int, default=0, metavar="N",
                    help="0 or 1: track every camera in this process; N >= 2: each camera is a task on a local Dask "
                         "cluster of N worker processes (1 thread each, loopback only), its tracklets streamed back "
                         "and associated here (docs/scale.md)")
@@ -101,14 +101,6 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_track_command)
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be >= 0")
-    return value
 
 
 # ----------------------------------------------------------------------------------------------------- find
