@@ -19,7 +19,7 @@ class ModelConfig:
     name: str = "embedding"
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    pooling: str = "gem"  # avg | max | gem
+    pooling: str = "gem"  # avg | max | gem | rmac
     embedding_dim: int | None = None  # optional FC to this size
     bnneck: bool = True
     dropout: float = 0.0
