@@ -27,6 +27,7 @@ from .options import (
     add_quiet,
     add_rerank_options,
     add_top,
+    non_negative_int,
     positive_int,
     reranker_from_args,
 )
@@ -363,7 +364,7 @@ def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--keep-vectors", choices=("float16", "float32", "none"), default="float16",
                    help="also store the raw vectors (vectors.npy, 2 or 4 bytes per component) for exact re-ranking "
                         "of the PQ candidates at search: recall@10 0.6 -> ~1 for 8-16x the disk of the codes")
-    q.add_argument("--refine", type=int, default=20,
+    q.add_argument("--refine", type=non_negative_int, default=20,
                    help="default refine factor stored in the index: re-rank refine * top PQ candidates (0: off)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing index")
     add_quiet(q)
@@ -378,7 +379,7 @@ def _add_ivf_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--split", choices=("gallery", "query", "train"), default="query", help="split of a .npz")
     add_top(q, 10, "results per query")
     q.add_argument("--nprobe", type=positive_int, help="cells visited per query (default: the index's)")
-    q.add_argument("--refine", type=int, metavar="R",
+    q.add_argument("--refine", type=non_negative_int, metavar="R",
                    help="re-rank the top R * top PQ candidates by exact inner product with the stored vectors; "
                         "0: PQ scores only (default: the index's)")
     q.add_argument("--json", action="store_true", help="print results as JSON (for scripts)")
