@@ -243,12 +243,7 @@ class IvfPqIndex:
         if k < 1:
             raise ConfigError(f"k={k}: must be >= 1")
         refine = _check_refine(self.refine if refine is None else refine, self.vectors is not None, self.root)
-        scores, rows = self.index.search(queries, k * max(refine, 1))
-        rows = rows.astype(np.int64)
-        if refine:
-            scores, rows = refine_candidates(queries, rows, k, self.rows_of)
-        ids = [self.item_ids(r) for r in rows] if with_ids else []
-        return IvfResults(scores, rows, ids)
+        return _search_candidates(self, queries, k, refine, with_ids)
 
     def rows_of(self, rows: np.ndarray) -> np.ndarray:
         """Stored raw vectors (float32) of sorted, valid rows, read from the memory map."""
@@ -267,6 +262,17 @@ def _check_refine(refine: Any, has_vectors: bool, where: Any) -> int:
     if refine and not has_vectors:
         raise ConfigError(f"refine={refine}: IVF-PQ index {where} keeps no vectors (build it with keep_vectors)")
     return int(refine)
+
+
+def _search_candidates(source: Any, queries: np.ndarray, k: int, refine: int, with_ids: bool) -> IvfResults:
+    """Top-k of `source.index` (an index or faiss IndexShards): refine x k PQ candidates re-ranked exactly through
+    `source.rows_of` when refine > 0; item ids through `source.item_ids`."""
+    scores, rows = source.index.search(queries, k * max(refine, 1))
+    rows = rows.astype(np.int64)
+    if refine:
+        scores, rows = refine_candidates(queries, rows, k, source.rows_of)
+    ids = [source.item_ids(r) for r in rows] if with_ids else []
+    return IvfResults(scores, rows, ids)
 
 
 def refine_candidates(queries: np.ndarray, rows: np.ndarray, k: int, fetch, block: int = 256
@@ -691,12 +697,7 @@ class ShardedSearch:
             raise ConfigError(f"k={k}: must be >= 1")
         has_vectors = all(s.vectors is not None for s in self.shards)
         refine = _check_refine(self.shards[0].refine if refine is None else refine, has_vectors, "shard")
-        scores, rows = self.index.search(queries, k * max(refine, 1))
-        rows = rows.astype(np.int64)
-        if refine:
-            scores, rows = refine_candidates(queries, rows, k, self.rows_of)
-        ids = [self.item_ids(r) for r in rows] if with_ids else []
-        return IvfResults(scores, rows, ids)
+        return _search_candidates(self, queries, k, refine, with_ids)
 
     def rows_of(self, rows: np.ndarray) -> np.ndarray:
         """Raw vectors of sorted global rows: each shard's contiguous run read from its own memory map."""
