@@ -143,9 +143,11 @@ def runtime_sessions(onnx_fp32: Path, onnx_int8: Path, threads: int) -> dict[str
     except ImportError:
         pass
     try:
-        import openvino as ov
+        import openvino  # noqa: F401  (ImportError: no OpenVINO rows)
 
-        core = ov.Core()
+        from reidkit.utils import openvino_core
+
+        core = openvino_core()
         for label, path, precision in (("fp32", onnx_fp32, "f32"), ("bf16", onnx_fp32, "bf16"),
                                        ("int8", onnx_int8, "f32")):
             compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,

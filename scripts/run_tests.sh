@@ -7,11 +7,8 @@ bash scripts/setup.sh dev
 if [ $# -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@"
 fi
-# The browser test and the Dask workers test run in pytest processes of their own. After the rest of the suite in
-# one process, the process died with SIGSEGV right after the browser test (4 of 4 full runs beside ../shared in
-# session 12, at the next test: the workers' first LocalCluster start, or XQDA's first test when the workers test
-# was left out), with no faulthandler dump and no kernel fault record; never in runs of either half of the suite
-# with them. Not understood yet: tracked on issue 27.
-.venv/bin/python -m pytest -q --ignore=tests/test_web_browser.py --ignore=tests/test_workers.py
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_web_browser.py
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/test_workers.py
+# One pytest process for the whole suite. (Session 12 split the browser and Dask workers tests out after the process
+# died with SIGSEGV following the browser test; the cause was two OpenVINO Cores destroyed in creation order, which
+# left the main thread's alternate signal stack unmapped: reidkit now keeps one Core per process,
+# tests/test_openvino_core.py.)
+exec .venv/bin/python -m pytest -q

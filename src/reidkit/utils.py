@@ -1,7 +1,8 @@
-"""Small shared helpers: seeding, device choice, atomic file writes, progress bars."""
+"""Small shared helpers: seeding, device choice, atomic file writes, progress bars, the one OpenVINO Core."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -20,6 +21,19 @@ from .errors import ConfigError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one `openvino.Core` (the caller has checked that openvino imports); never make another.
+
+    Each Core's CPU plugin swaps the calling thread's alternate signal stack for one of its own and unmaps it when
+    the Core dies; two Cores dying in creation order leave the thread's alternate stack on unmapped memory, and the
+    next signal with a Python handler (Ctrl-C, torch DataLoader's SIGCHLD) then kills the process with SIGSEGV
+    (tests/test_openvino_core.py). One Core kept for the process's life also saves re-reading the plugins."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def seed_everything(seed: int) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from ..data.images import ImageLike, load_image_tensor
 from ..errors import ModelError, ReIDError
-from ..utils import progress
+from ..utils import openvino_core, progress
 from .extractor import Extractor
 from .features import require_finite_features
 
@@ -324,7 +324,7 @@ class OpenVinoExtractor(_ArrayExtractor):
         if precision not in ("f32", "bf16", "f16"):
             raise ModelError(f"precision={precision!r}: expected 'f32', 'bf16' or 'f16'")
         ov = import_optional("openvino", f"{self.model_path}: the OpenVINO backend")
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(self.model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with C++ messages

@@ -33,6 +33,7 @@ import numpy as np
 from ..data.mot import read_mot
 from ..errors import ConfigError, ModelError
 from ..metrics.tracking import box_iou
+from ..utils import openvino_core
 
 DEFAULT_MODEL = "pedestrian-detection-adas-0002"
 DEFAULT_NAMES = ("default", "adas-0002", DEFAULT_MODEL)
@@ -167,13 +168,11 @@ class OpenVINODetector(Detector):
     def __init__(self, xml: str | os.PathLike, *, threads: int | None = None, labels: set[int] | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        import openvino as ov
-
         self.path, self.name, self.labels = Path(xml), Path(xml).stem, labels
         if not self.path.is_file() or not self.path.with_suffix(".bin").is_file():
             raise ModelError(f"detector {self.path}: the IR needs both {self.path.name} and "
                              f"{self.path.with_suffix('.bin').name}")
-        self._core = ov.Core()
+        self._core = openvino_core()
         try:
             self._model = self._core.read_model(str(self.path))
         except RuntimeError as exc:

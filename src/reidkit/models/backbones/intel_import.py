@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ...errors import ModelError
+from ...utils import openvino_core
 from .pretrained import load_checked
 
 # Backbone name -> (vendored file in reidkit/models/weights/, its sha256).
@@ -144,12 +145,12 @@ class _IRGraph:
 
     def __init__(self, path: Path):
         try:
-            import openvino as ov
+            import openvino  # noqa: F401  (imported here to name the missing package; the Core is shared)
         except ImportError as exc:
             raise ModelError(f"OSNet-AIN weights {path}: reading OpenVINO IRs needs the package 'openvino' "
                              f"({exc})") from None
         try:
-            self.model = ov.Core().read_model(str(path))
+            self.model = openvino_core().read_model(str(path))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with C++ messages
             raise ModelError(f"OSNet-AIN weights {path}: OpenVINO cannot read it ({exc})") from None
         self.path = path
