@@ -114,7 +114,7 @@ class PartsTask(EmbeddingTask):
             raise ConfigError(f"model.name={self.cfg.model.name!r} is not a pose-guided part model (glad, spindle)")
         self.box_layout = model.box_layout
         self.part_names = PART_STREAMS.get(self.box_layout, ())
-        self.pose_stats: dict[str, dict[str, int]] = {}
+        self.pose_stats: dict[str, dict[str, float]] = {}
         train, _ = relabel(self.splits.train)
         self.train_boxes = self._boxes([r.path for r in train], "train")
         if self.has_val and current().is_main:  # only rank 0 validates
@@ -129,7 +129,8 @@ class PartsTask(EmbeddingTask):
         if data.resize != "stretch":
             keypoints = resized_keypoints(keypoints, _image_sizes(paths), (data.height, data.width), data.resize)
         print(report_fallbacks(found, where), flush=True)
-        self.pose_stats[where] = {"crops": len(found), "pose_found": int(found.sum()), "computed": pose.computed}
+        self.pose_stats[where] = {"crops": len(found), "pose_found": int(found.sum()), "computed": pose.computed,
+                                  "seconds": round(pose.seconds, 1)}
         return torch.from_numpy(part_boxes(keypoints, model.box_layout, **model.box_params))
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
