@@ -23,6 +23,13 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def cache_root() -> Path:
+    """$REIDKIT_CACHE/reidkit (else $XDG_CACHE_HOME/reidkit, else ~/.cache/reidkit): the per-user folder of every
+    derived-file cache (compiled kernels, keypoints, decoded images, teacher embeddings)."""
+    root = os.environ.get("REIDKIT_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "reidkit"
+
+
 @functools.cache
 def openvino_core() -> Any:
     """The process's one `openvino.Core` (the caller has checked that openvino imports); never make another.

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError, ModelError
-from ..utils import atomic_path, progress
+from ..utils import atomic_path, cache_root, progress
 from .images import read_image
 
 POSE_INSTALL = "pip install 'reidkit[pose]' && pip install --no-deps mediapipe==0.10.14"
@@ -261,8 +261,7 @@ def mirror_boxes(boxes: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
 def keypoint_cache_dir() -> Path:
     """$REIDKIT_CACHE/reidkit/keypoints (else $XDG_CACHE_HOME, else ~/.cache): the per-user cache root the native
     kernels also use (the dataset folders may be read-only)."""
-    root = os.environ.get("REIDKIT_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "reidkit" / "keypoints"
+    return cache_root() / "keypoints"
 
 
 @dataclass

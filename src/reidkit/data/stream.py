@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from ..utils import atomic_write_json, progress
+from ..utils import atomic_write_json, cache_root, progress
 from .images import decode_images
 
 CACHE_VERSION = 1  # bump when the decoder's output for the same file could change
@@ -42,8 +42,7 @@ CHUNK = 256  # images decoded (and recorded as done) at a time
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("REIDKIT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "reidkit" / "decoded"
+    return cache_root() / "decoded"
 
 
 def cache_key(paths: Sequence[str | os.PathLike], size: tuple[int, int], mode: str) -> str:

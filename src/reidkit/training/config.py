@@ -53,7 +53,7 @@ class DataConfig:
     # in-memory tensor per process (docs/scale.md). Same batches, same augmentation.
     stream: bool = False
     workers: int = 2  # DataLoader worker processes reading cache rows (stream only; 0 = the main process)
-    cache_dir: str = ""  # where decoded-image caches live ("" = $REIDKIT_CACHE or ~/.cache/reidkit/decoded)
+    cache_dir: str = ""  # where decoded-image caches live ("" = utils.cache_root()/decoded: ~/.cache/reidkit/decoded)
 
 
 @dataclass
@@ -102,6 +102,23 @@ class OptimConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher (docs/training.md "Distillation"); empty teacher = off.
+
+    The teacher embeds the un-augmented training images once, flip-averaged (cached by teacher file, images and
+    settings), and the student learns how the teacher relates the samples of each batch. A teacher forward pass
+    on every augmented batch would cost more than the student's whole step on a CPU (OSNet x1.0 at 256x128)."""
+
+    teacher: str = ""  # a reidkit checkpoint (.pt), an ONNX model or an OpenVINO IR (.xml): any extract backend
+    backend: str = "auto"  # the teacher's backend: auto | torch | onnxruntime | openvino
+    darkrank_weight: float = 1.0  # DarkRank hard transfer (listwise ranking, Chen et al. 2018)
+    darkrank_alpha: float = 3.0
+    darkrank_beta: float = 3.0
+    darkrank_list_size: int = 0  # positions of each teacher ranking that count (0 = the whole batch)
+    similarity_weight: float = 0.0  # MSE of the two cosine-similarity matrices of the batch
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -109,6 +126,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     students: int = 1  # 2 = deep mutual learning of two copies of the model, each with its own optimiser
+    distill: DistillConfig = field(default_factory=DistillConfig)
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
@@ -315,6 +333,8 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
     "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1, "attention_lr_mult": _POSITIVE,
     "data.workers": _MIN, "dist_timeout_minutes": _POSITIVE,
+    "distill.darkrank_weight": _MIN, "distill.similarity_weight": _MIN, "distill.darkrank_alpha": _POSITIVE,
+    "distill.darkrank_beta": _POSITIVE, "distill.darkrank_list_size": _MIN,
 }
 UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
 

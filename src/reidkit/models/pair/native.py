@@ -24,15 +24,14 @@ from pathlib import Path
 
 import torch
 
-from ...utils import atomic_path
+from ...utils import atomic_path, cache_root
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("REIDKIT_CACHE") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "reidkit" / "native"
+    return cache_root() / "native"
 
 
 def _cpu_fingerprint() -> str:

@@ -38,6 +38,7 @@ from ...metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ...models import build_model
 from ...utils import progress
 from ..config import LossConfig, TrainConfig
+from ..distill import check_teacher, distillation_losses, teacher_embeddings
 from ..distributed import SYNC_BN_MODES, current, gather_with_grad
 from ..optim import build_optimizer, warmup_then_decay
 from ..plots import plot_training_curves
@@ -103,11 +104,14 @@ class EmbeddingTask(Task):
     # Distributed runs gather every per-item model output (first dimension = this rank's items, at most 3-d) over
     # the ranks, with gradients, before the losses; feature maps and the outputs named here stay local.
     local_outputs: ClassVar[tuple[str, ...]] = ("feature_map",)
+    # Distillation targets are per training image; tasks whose batch items are not images (tracklets) opt out.
+    supports_distillation: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig, data_root: str | Path | None = None, show_progress: bool = True):
         if cfg.students < 1:
             raise ConfigError(f"students={cfg.students}: must be >= 1")
         check_local_options(cfg)
+        self.distill_losses = self._check_distillation(cfg)
         super().__init__(cfg, data_root, show_progress)
         self.data_root = data_root or cfg.data.root
         self.amp = cfg.amp and self.device.type == "cuda"
@@ -123,7 +127,10 @@ class EmbeddingTask(Task):
         self.num_classes = len(self.label_map)
         size = (cfg.data.height, cfg.data.width)
         load = (size, cfg.data.resize, self.show_progress)
-        self.train_images = self._load_train_images([r.path for r in train], "train images")
+        self.train_paths = [r.path for r in train]  # in the order of the training images' rows
+        self.train_images = self._load_train_images(self.train_paths, "train images")
+        if self.distill_losses:
+            self.teacher_features = teacher_embeddings(cfg.distill, self.train_paths, cfg.device, self.show_progress)
         self.has_val = bool(self.splits.query)
         if self.has_val and current().is_main:  # only rank 0 validates
             self.query_images = load_image_tensor([r.path for r in self.splits.query],
@@ -143,6 +150,15 @@ class EmbeddingTask(Task):
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
         self.augment = BatchAugment(cfg.augment)
         self._build_losses()
+
+    def _check_distillation(self, cfg: TrainConfig) -> dict[str, tuple[float, nn.Module]]:
+        if not cfg.distill.teacher:
+            return {}
+        if not self.supports_distillation:
+            raise ConfigError(f"distill.teacher: the {self.name} task does not distil (its batch items are not "
+                              "single training images)")
+        check_teacher(cfg.distill)
+        return distillation_losses(cfg.distill)
 
     def _load_train_images(self, paths: list[str], what: str) -> torch.Tensor | DecodedImages:
         """The training images as one in-memory uint8 tensor, or (data.stream) as the rows of a decoded-image cache
@@ -224,7 +240,10 @@ class EmbeddingTask(Task):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     def checkpoint_extra(self, member: int) -> dict[str, Any]:
-        return {"label_map": self.label_map, "students": len(self.models), "student": member}
+        extra = {"label_map": self.label_map, "students": len(self.models), "student": member}
+        if self.distill_losses:
+            extra["distilled_from"] = str(Path(self.cfg.distill.teacher).resolve())
+        return extra
 
     # --------------------------------------------------------------- training
     def _student_loss(self, out: dict[str, Any], labels: torch.Tensor, ranking: bool,
@@ -242,6 +261,10 @@ class EmbeddingTask(Task):
             parts["metric"] = lc.metric_weight * apply_loss(losses["metric"], out, labels)
         if ranking and losses["local"] is not None:
             parts["local"] = lc.local_weight * losses["local"](out["features"], labels, out["local_features"])
+        if self.distill_losses:  # how the frozen teacher relates this batch's images (from the first epoch)
+            targets = self.teacher_features[torch.as_tensor(self.batch_items)].to(out["features"].device)
+            for name, (weight, loss) in self.distill_losses.items():
+                parts[f"distill_{name}"] = weight * loss(out["features"], targets)
         if not parts:
             raise ConfigError("no loss is active: set loss.id_loss or loss.metric_loss")
         return parts

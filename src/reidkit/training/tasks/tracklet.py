@@ -183,6 +183,7 @@ def evaluate_tracklets(embedder: FrameEmbedder, dataset: TrackletDataset, poolin
 class TrackletTask(EmbeddingTask):
     config_class = TrackletTrainConfig
     best_key = "mAP"
+    supports_distillation = False
 
     def __init__(self, cfg: TrackletTrainConfig, data_root: str | Path | None = None, show_progress: bool = True):
         if cfg.model.temporal_pooling not in TEMPORAL_POOLINGS:
