@@ -127,6 +127,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     students: int = 1  # 2 = deep mutual learning of two copies of the model, each with its own optimiser
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # Exponential moving average of the weights (training/ema.py): validation, best.pt and the final weights use
+    # the average; 0 = off, 0.999 is usual (about the last 1,000 steps)
+    ema_decay: float = 0.0
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
@@ -334,9 +337,9 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1, "attention_lr_mult": _POSITIVE,
     "data.workers": _MIN, "dist_timeout_minutes": _POSITIVE,
     "distill.darkrank_weight": _MIN, "distill.similarity_weight": _MIN, "distill.darkrank_alpha": _POSITIVE,
-    "distill.darkrank_beta": _POSITIVE, "distill.darkrank_list_size": _MIN,
+    "distill.darkrank_beta": _POSITIVE, "distill.darkrank_list_size": _MIN, "ema_decay": _MIN,
 }
-UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0}  # exclusive upper bounds
+UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0, "ema_decay": 1.0}  # exclusive upper bounds
 
 
 def check_config(cfg: Any) -> None:

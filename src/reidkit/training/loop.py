@@ -6,7 +6,9 @@ every model (the meta-architecture / engine split of fast-reid and torchreid):
     for each epoch (seeded from (seed, epoch), so `resume` continues to exactly an uninterrupted run):
         task.train_epoch(epoch, optimise)     optimise(loss, step, n): backward (+ AMP scaling, accumulation),
                                               then at accumulation boundaries clip, step, zero, schedule
+                                              (+ the weight average, ema_decay: training/ema.py)
         task.validate() when due              -> one console line; best.pt when task.selection improves
+                                              (both on the weight average when there is one)
         last.pt (atomic), log.jsonl line, training curves
         stop early when another epoch would end past `max_minutes` (the run stays resumable)
     task.finish(...)                          final report and pictures; summary.json
@@ -18,7 +20,7 @@ rank 0's, broadcast so all ranks stop together.
 
 Checkpoints (reidkit.checkpoint) hold member 0's model, optimiser, scheduler and scaler; the members' stateful
 extras (loss parameters such as CenterLoss centres, training-only heads) go in `extra` under their names, other
-members (mutual learning) in `extra["other_students"]`.
+members (mutual learning) in `extra["other_students"]`, the weight averages of last.pt in `extra["ema"]`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,7 @@ from .distributed import (
     wrap_models,
     wrapped,
 )
+from .ema import WeightEMA, averaged_weights
 from .runlog import append_log, start_run
 from .tasks.base import Member, Task
 
@@ -70,6 +74,7 @@ class Trainer:
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
         self.wrappers: list[nn.Module] = []  # the task's models in DDP (distributed runs)
+        self.emas: list[WeightEMA] = []  # weight averages of the members (ema_decay > 0)
         self._epoch = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -88,6 +93,8 @@ class Trainer:
             self.wrappers = wrap_models(task.models, task.device)
         self.optimizers = [task.optimizer(m) for m in task.members]
         self.schedulers = [task.scheduler(o) for o in self.optimizers]
+        decay = getattr(task.cfg, "ema_decay", 0.0)
+        self.emas = [WeightEMA(m.model, decay) for m in task.members] if decay > 0 else []
         # One scaler for all members: they share one loss and one backward(), so one scale applies to every
         # gradient; each optimiser is stepped through it and the scale is updated once per step.
         self.scaler = torch.amp.GradScaler("cuda", enabled=task.amp)
@@ -112,6 +119,8 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             sched.step()
         self.scaler.update()
+        for ema, member in zip(self.emas, self.task.members):
+            ema.update(member.model)
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         row = self.task.train_epoch(epoch, self.optimise)
@@ -121,6 +130,8 @@ class Trainer:
     def save(self, name: str, epoch: int, metrics: dict, member: int = 0) -> None:
         task, members = self.task, self.task.members
         extra = {**task.checkpoint_extra(member), **_extras_state(members[member])}
+        if self.emas and name == "last.pt":  # best.pt is saved with the averages applied: its model IS the average
+            extra["ema"] = [ema.state_dict() for ema in self.emas]
         if member == 0 and len(members) > 1:
             extra["other_students"] = [
                 {"model": m.model.state_dict(), "optimizer": o.state_dict(), "scheduler": s.state_dict(),
@@ -145,6 +156,12 @@ class Trainer:
             self._restore_extras(member, state, path)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+        if self.emas:
+            if "ema" not in payload["extra"]:
+                raise ConfigError(f"resume: {path} was trained without ema_decay; resume it with the same setting "
+                                  "or start a new run")
+            for ema, state in zip(self.emas, payload["extra"]["ema"]):
+                ema.load_state_dict(state)
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
@@ -223,8 +240,9 @@ class Trainer:
         """Rank 0 after an epoch: validation when due, last.pt, the log line, curves, callbacks."""
         task = self.task
         if task.validate_now(epoch, epoch + 1 == task.epochs or out_of_time):
-            row.update(task.validate())
-            best = self._update_best(row, best, epoch + 1)
+            with self._averaged():  # validated and saved as best: the weight average, when there is one
+                row.update(task.validate())
+                best = self._update_best(row, best, epoch + 1)
             print(task.console_line(row, best), flush=True)
         self.save("last.pt", epoch + 1, {"best": best, "last": row.get("val", {})})
         rows.append(row)
@@ -233,6 +251,9 @@ class Trainer:
         for callback in self.callbacks:
             callback(self, row)
         return best
+
+    def _averaged(self) -> AbstractContextManager[None]:
+        return averaged_weights(self.emas, [m.model for m in self.task.members])
 
     def _update_best(self, row: dict, best: dict, epoch: int) -> dict:
         selected = self.task.selection(row)
@@ -246,9 +267,10 @@ class Trainer:
 
     def _finish(self, epochs_done: int, best: dict, rows: list[dict]) -> dict[str, Any]:
         task = self.task
-        if not task.has_val:  # without validation the final weights are the deliverable
-            for s in range(len(task.members)):
-                self.save("best.pt" if s == 0 else f"best_student{s}.pt", epochs_done, {}, s)
+        if not task.has_val:  # without validation the final weights (or their average) are the deliverable
+            with self._averaged():
+                for s in range(len(task.members)):
+                    self.save("best.pt" if s == 0 else f"best_student{s}.pt", epochs_done, {}, s)
         summary: dict[str, Any] = {"model": task.model_name, "task": task.name, "epochs_done": epochs_done,
                                    "best": best}
         if task.has_val and best:
