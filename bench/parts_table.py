@@ -7,6 +7,7 @@ classifiers are training-only) from best.pt, and the pose set-up from the checkp
 
     .venv/bin/python bench/parts_table.py --run baseline=runs/baseline_today --run glad=runs/glad_cuhk03np ...
     .venv/bin/python bench/parts_table.py --markdown-only
+Rows are merged into the existing JSON by run name, so runs done in different sessions build one table.
 -> docs/benchmarks/parts_cuhk03np.json + .md
 """
 
@@ -14,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 from reidkit.checkpoint import load_checkpoint, model_from_checkpoint
+from reidkit.config import load_config
+from reidkit.models import build_model
+from reidkit.training.config import TrainConfig
 from reidkit.utils import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,8 +47,36 @@ def read_run(name: str, folder: Path, notes: str) -> dict:
         "mINP": round(best["mINP"], 1), "params_M": round(inference_params(folder / "best.pt"), 2),
         "train_images_per_second": round(sum(r["images_per_second"] for r in epochs) / len(epochs), 1),
         "train_minutes": round(sum(r["epoch_seconds"] for r in epochs) / 60, 1),
-        "pose": extra.get("pose"), "notes": notes,
+        "val_mAP_by_epoch": {r["epoch"]: round(r["val"]["mAP"], 1) for r in rows if "val" in r},
+        "pose": extra.get("pose"), "notes": notes, "measured": summary.get("finished") or time.strftime("%Y-%m-%d"),
     }
+
+
+def recipe_baseline_row() -> dict:
+    """The recipe's own run (docs/benchmarks/cuhk03np_train.json, run `main`: configs/cuhk03np_cpu.yaml on the quiet
+    machine) as the baseline row, so the part models compare with the documented recipe, not a re-run."""
+    bench = json.loads((ROOT / "docs" / "benchmarks" / "cuhk03np_train.json").read_text())
+    run = next(r for r in bench["runs"] if r["name"] == "main")
+    cfg = load_config(TrainConfig, ROOT / "configs" / "cuhk03np_cpu.yaml")
+    model = build_model(cfg.model.name, **{**cfg.model.builder_kwargs(), "num_classes": 617,
+                                           "input_size": (cfg.data.height, cfg.data.width)})
+    params = sum(p.numel() for name, p in model.named_parameters() if "classifier" not in name) / 1e6
+    val = run["val"]
+    return {
+        "run": "baseline", "folder": "docs/benchmarks/cuhk03np_train.json (run main)", "model": cfg.model.name,
+        "epochs_done": run["epochs"], "best_epoch": run["best_epoch"], "rank1": round(val["rank1"], 1),
+        "mAP": round(val["mAP"], 1), "mINP": round(val["mINP"], 1), "params_M": round(params, 2),
+        "train_images_per_second": round(run["train_images_per_second"], 1),
+        "train_minutes": round(run["train_minutes"], 1),
+        "val_mAP_by_epoch": {e: round(m[0], 1) for e, m in zip(run["val_track"]["epoch"], run["val_track"]["mAP"])},
+        "pose": None, "notes": "the recipe's documented run (max_minutes 58)", "measured": "recipe run",
+    }
+
+
+def early_curve(row: dict) -> str:
+    """Validation mAP at epochs 5-20: models of different speed compared at equal training, not equal time."""
+    curve = {int(e): m for e, m in (row.get("val_mAP_by_epoch") or {}).items()}  # JSON keys are strings
+    return " / ".join(str(curve.get(e, "-")) for e in (5, 10, 15, 20))
 
 
 def markdown(data: dict) -> str:
@@ -56,13 +89,13 @@ def markdown(data: dict) -> str:
         "Validation: the 150 carved-out identities (seed 0), flip TTA, best epoch. Never a test split.",
         "",
         "| model | rank-1 | mAP | mINP | params (M, inference) | train images/s | epochs in 57 min | best epoch "
-        "| notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| val mAP at epochs 5 / 10 / 15 / 20 | measured | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in data["rows"]:
         lines.append(f"| {LABELS.get(r['run'], r['run'])} | {r['rank1']} | {r['mAP']} | {r['mINP']} | "
                      f"{r['params_M']} | {r['train_images_per_second']} | {r['epochs_done']} | {r['best_epoch']} | "
-                     f"{r['notes']} |")
+                     f"{early_curve(r)} | {r.get('measured', '')} | {r['notes']} |")
     lines += ["", *data.get("remarks", [])]
     return "\n".join(lines) + "\n"
 
@@ -71,16 +104,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="name=folder[=notes] (repeatable)")
     parser.add_argument("--remark", action="append", default=[], help="a paragraph under the table")
+    parser.add_argument("--recipe-baseline", action="store_true",
+                        help="(re)write the baseline row from the recipe's documented run")
     parser.add_argument("--markdown-only", action="store_true")
     args = parser.parse_args()
     if args.markdown_only:
         data = json.loads(OUT.read_text())
     else:
-        rows = []
+        # Runs accumulate across sessions (a run folder does not outlive its checkout): a new run replaces the
+        # row of the same name, the others stay; remarks given now replace the old ones.
+        data = json.loads(OUT.read_text()) if OUT.exists() else {"rows": [], "remarks": []}
+        rows = {r["run"]: r for r in data["rows"]}
         for spec in args.run:
             name, folder, *notes = spec.split("=", 2)
-            rows.append(read_run(name, Path(folder), notes[0] if notes else ""))
-        data = {"rows": rows, "remarks": args.remark}
+            rows[name] = read_run(name, Path(folder), notes[0] if notes else "")
+        if args.recipe_baseline:
+            rows["baseline"] = recipe_baseline_row()
+        order = list(LABELS)
+        data["rows"] = sorted(rows.values(), key=lambda r: order.index(r["run"]) if r["run"] in order else len(order))
+        if args.remark:
+            data["remarks"] = args.remark
         atomic_write_json(data, OUT)
     atomic_write_text(markdown(data), OUT.with_suffix(".md"))
 
