@@ -96,7 +96,8 @@ def markdown(data: dict) -> str:
         lines.append(f"| {LABELS.get(r['run'], r['run'])} | {r['rank1']} | {r['mAP']} | {r['mINP']} | "
                      f"{r['params_M']} | {r['train_images_per_second']} | {r['epochs_done']} | {r['best_epoch']} | "
                      f"{early_curve(r)} | {r.get('measured', '')} | {r['notes']} |")
-    lines += ["", *data.get("remarks", [])]
+    for remark in data.get("remarks", []):  # one paragraph each
+        lines += ["", remark]
     return "\n".join(lines) + "\n"
 
 
