@@ -30,6 +30,29 @@ def cache_root() -> Path:
     return Path(root) / "reidkit"
 
 
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the system (glibc `malloc_trim`; a no-op elsewhere).
+
+    A long stream frees and re-allocates many differently sized native buffers (OpenVINO's inference tensors, the
+    decoder's frames); glibc keeps the freed pages, so resident memory crept ~8 MB per stream-minute with the
+    OpenVINO re-id model although nothing leaked: trimming once a minute held it at ~1 MB per minute
+    (docs/benchmarks/video.md). Cheap (milliseconds), so a long-running loop can call it every few seconds."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+        return None
+
+
 @functools.cache
 def openvino_core() -> Any:
     """The process's one `openvino.Core` (the caller has checked that openvino imports); never make another.

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import DataError, ReIDError
 from ..metrics.tracking import box_iou
-from ..utils import atomic_write_json, progress
+from ..utils import atomic_write_json, progress, release_free_heap
 from .association import AssociationConfig, OnlineAssociator, TrackletSet, associate
 from .outputs import (
     RUN_MARKER,
@@ -47,6 +47,7 @@ from .outputs import (
 )
 
 STAGES = ("decode", "detect", "embed", "track", "associate", "write")
+HEAP_RELEASE_SECONDS = 5.0  # how often a run hands the freed C heap back (utils.release_free_heap)
 PUBLIC_DETECTIONS = "public"  # --detector public: each MOTChallenge sequence's own det/det.txt
 
 
@@ -425,7 +426,7 @@ class TrackRun:
         self.workers: dict[str, Any] = {}  # filled by video.workers
         self.started = time.perf_counter()
         self._gallery_rows = 0
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self._last_heap_release = time.monotonic()
         self._local: dict[int, Any] = {}
         for cam in self.cameras:
             cam.dir.mkdir(parents=True, exist_ok=True)
@@ -440,9 +441,14 @@ class TrackRun:
         return self.finish(interrupted)
 
     def tick(self) -> None:
-        """Online mode: identities.json and the gallery rewritten every `checkpoint_seconds`."""
-        if self.online and time.monotonic() - self._last_checkpoint > self.options.checkpoint_seconds:
+        """Online mode: identities.json and the gallery rewritten every `checkpoint_seconds`; the freed C heap
+        returned to the system every few seconds, so a long stream's resident memory stays flat."""
+        now = time.monotonic()
+        if self.online and now - self._last_checkpoint > self.options.checkpoint_seconds:
             self._checkpoint()
+        if now - self._last_heap_release > HEAP_RELEASE_SECONDS:
+            release_free_heap()
+            self._last_heap_release = now
 
     def accept(self, closed: ClosedTracklet) -> None:
         """A finished tracklet: its global id (online), best crop and rows written, kept for the outputs."""
