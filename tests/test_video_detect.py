@@ -149,3 +149,19 @@ def test_onnx_boxes_scores_outputs(tmp_path):
     _constant_onnx(tmp_path / "det.onnx", {"boxes": boxes, "scores": scores})
     out = build_detector(tmp_path / "det.onnx", min_height=10).detect([np.zeros((100, 200, 3), np.uint8)])[0]
     assert out.tolist() == [[10, 10, 50, 90, pytest.approx(0.8)]]  # second suppressed by NMS, third too small
+
+
+def test_default_detector_runs_in_f32_on_every_host():
+    # OpenVINO would pick bf16 by itself on CPUs that have it, and bf16 moves the detections (docs/video.md);
+    # the reference is the runtime's own report of the compiled network's precision
+    from reidkit.video.detect import OpenVINODetector
+
+    detector = OpenVINODetector(default_model_path())
+    assert str(detector._network(1).get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
+
+
+def test_detector_precision_is_checked():
+    from reidkit.video.detect import OpenVINODetector
+
+    with pytest.raises(ModelError, match="precision='fp8'"):
+        OpenVINODetector(default_model_path(), precision="fp8")
