@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -51,6 +51,14 @@ def _malloc_trim() -> Any:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
         return None
+
+
+def openvino_precision(precision: str, what: str = "") -> dict[str, str]:
+    """The compile setting for an inference precision ("f32", "bf16", "f16"). Always set it: left alone, OpenVINO
+    runs bf16 by itself on CPUs that have it, and results then differ between hosts (docs/video.md)."""
+    if precision not in ("f32", "bf16", "f16"):
+        raise ModelError(f"{what}precision={precision!r}: expected 'f32', 'bf16' or 'f16'")
+    return {"INFERENCE_PRECISION_HINT": precision}
 
 
 @functools.cache

@@ -26,7 +26,7 @@ import torch
 
 from ..data.images import ImageLike, load_image_tensor
 from ..errors import ModelError, ReIDError
-from ..utils import openvino_core, progress
+from ..utils import openvino_core, openvino_precision, progress
 from .extractor import Extractor
 from .features import require_finite_features
 
@@ -321,8 +321,7 @@ class OpenVinoExtractor(_ArrayExtractor):
                  batch_size: int = 32, precision: str = "f32", threads: int | None = None, device: str = "CPU",
                  flip: bool = False):
         super().__init__(model_path, preprocessing, batch_size, flip)
-        if precision not in ("f32", "bf16", "f16"):
-            raise ModelError(f"precision={precision!r}: expected 'f32', 'bf16' or 'f16'")
+        config: dict[str, Any] = openvino_precision(precision)
         ov = import_optional("openvino", f"{self.model_path}: the OpenVINO backend")
         core = openvino_core()
         try:
@@ -330,7 +329,6 @@ class OpenVinoExtractor(_ArrayExtractor):
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with C++ messages
             raise ModelError(f"model {self.model_path}: OpenVINO cannot read it ({exc})") from None
         self.fixed_batch = self._make_batch_dynamic(model, ov)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, device, config)
