@@ -48,7 +48,7 @@ class Extractor:
 
     @property
     def dim(self) -> int:
-        return int(self.model.embedding_dim)
+        return int(self.model.descriptor_dim)
 
     @property
     def has_local(self) -> bool:

@@ -52,6 +52,10 @@ class ACRNModel(EmbeddingModel):
         out["attributes"] = torch.sigmoid(logits)
         return out
 
+    @property
+    def descriptor_dim(self) -> int:
+        return self.embedding_dim + self.num_attributes
+
     def embed_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(L2-normalised ReID features (N, D), attribute probabilities (N, A)) in one backbone pass."""
         _, bn_features = self.embed(self.backbone(x))

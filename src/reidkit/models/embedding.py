@@ -84,6 +84,11 @@ class EmbeddingModel(nn.Module):
         if self.classifier is not None:
             nn.init.normal_(self.classifier.weight, std=0.001)
 
+    @property
+    def descriptor_dim(self) -> int:
+        """Width of the eval-mode descriptor (what an extractor returns); part and attribute heads add to it."""
+        return self.embedding_dim
+
     def embed(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feature map -> (features before the BNNeck, features after it)."""
         features = self.pool(feature_map)

@@ -106,6 +106,10 @@ class PartModel(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.box_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    @property
+    def descriptor_dim(self) -> int:
+        return self.embedding_dim  # the streams' concatenation (set by the subclass)
+
     def boxes_for(self, x: torch.Tensor, boxes: torch.Tensor | None) -> torch.Tensor:
         if boxes is None:
             if self.box_fn is None:

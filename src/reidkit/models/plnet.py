@@ -113,6 +113,10 @@ class PLNetModel(EmbeddingModel):
         self.part_classifier = (nn.Parameter(torch.randn(parts, part_dim, self.num_classes) * 0.001)
                                 if self.num_classes else None)
 
+    @property
+    def descriptor_dim(self) -> int:
+        return self.embedding_dim + self.parts * self.part_dim
+
     @torch.no_grad()
     def fit_parts(self, feature_maps: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """Cluster the channels into parts from backbone feature maps (N, C, h, w) of sample images."""

@@ -55,7 +55,8 @@ class TemporalModel(nn.Module):
         self.pooling = pooling
         self.attention = TemporalAttention(frame_model.embedding_dim, attention_hidden) \
             if pooling == "attention" else None
-        for name in ("embedding_dim", "input_size", "input_mean", "input_std", "num_classes", "local_dim"):
+        for name in ("embedding_dim", "descriptor_dim", "input_size", "input_mean", "input_std", "num_classes",
+                     "local_dim"):
             setattr(self, name, getattr(frame_model, name))
         self.local_branch = None
 
