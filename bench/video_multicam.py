@@ -8,16 +8,17 @@
    them appear).
    Both are `reidkit synth-video --crops` videos (3 cameras, camera k shows the identity's CUHK03 camera-k crops,
    so matching across cameras faces real appearance change), 10 fps, 640x360.
-2. Detections: the default detector (vendored adas-0002) is run once on the evaluation video (every
+2. Detections: the default detector (vendored adas-0002) is run once on each video (every
    `--detect-every` frames; the tracker predicts in between) and stored as det/det.txt, so each model reuses them
    (tracked with the tracker settings of the live detector, not those for rescaled public-detection scores);
    "ground truth" rows feed the ground-truth boxes instead (tracking and association only).
 3. Each (model, boxes) pair is tracked once with association switched off (threshold 0: one id per tracklet);
    association is then applied to the tracklets -- cosine or k-reciprocal re-ranked distances, with cannot-link --
-   with the threshold calibrated on the calibration video (the same model, ground-truth boxes; tracklets get their
-   majority ground-truth id by IoU >= 0.5), and scored on the evaluation video with TrackEval
-   (`metrics.tracking.evaluate_multicamera`: cross-camera IDF1 of Ristani et al. over all cameras, and per-camera
-   HOTA / IDF1 / MOTA combined). "no association" = every tracklet its own identity.
+   with the threshold calibrated on the calibration video (the same model and the same boxes: detector rows
+   detect on the calibration video too; tracklets get their majority ground-truth id by IoU >= 0.5), and scored
+   on the evaluation video with TrackEval (`metrics.tracking.evaluate_multicamera`: cross-camera IDF1 of Ristani
+   et al. over all cameras, and per-camera HOTA / IDF1 / MOTA combined).
+   "no association" = every tracklet its own identity.
 
 Writes the "multicamera" section of docs/benchmarks/video.json and docs/benchmarks/video.md's table.
 """
@@ -50,7 +51,10 @@ MODELS = {"reidkit emb_val (EfficientNet-Lite0, val R1 37.0)": ROOT / "runs" / "
           # issue 25 lever 1: 0277's weights imported into PyTorch, fine-tuned 1 epoch on 160 training ids
           # (configs/cuhk03np_osnet_x1.yaml's sanity check; the validation identities are never seen)
           "reidkit OSNet-AIN x1.0 from 0277, 1-epoch fine-tune (val R1 70.7)":
-              ROOT / "runs" / "osnet_x1_ft" / "best.pt"}
+              ROOT / "runs" / "osnet_x1_ft" / "best.pt",
+          # issue 26's PL-Net row: configs/plnet_cuhk03np_cpu.yaml, 57 min on the 617 other training ids
+          "reidkit PL-Net (EfficientNet-Lite0, 57-min recipe, val R1 61.7)":
+              ROOT / "runs" / "plnet_cuhk03np" / "best.pt"}
 OUT_JSON = ROOT / "docs" / "benchmarks" / "video.json"
 RERANK = {"k1": 10, "k2": 3, "lambda_value": 0.3}  # tracklet sets are small: k1 below the usual 20
 
@@ -220,17 +224,17 @@ def score(labels: np.ndarray, gids: np.ndarray, tables: dict[str, MotTable], vid
 
 def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path,
                    every: int) -> list[dict]:
-    """Thresholds come from the calibration video with ground-truth boxes (detector rows too: detecting on the
-    calibration video as well did not fit the session's CPU budget)."""
+    """Thresholds come from the calibration video tracked the same way (same model, boxes and detection stride)."""
     # cached runs are per model: the OpenVINO model is "osnet", runs/emb_val "emb" (the names of the first runs),
     # any other checkpoint its run folder's name
     tag = "osnet" if model.suffix == ".xml" else {"emb_val": "emb"}.get(model.parent.name, model.parent.name)
-    cal_run = work / "runs" / f"calibration_{tag}_gt"
-    track_unassociated(videos["calibration"], model, "gt", cal_run)
+    ev_every = every if boxes == "detector" else 1
+    suffix = f"{tag}_{boxes}" + ("" if ev_every == 1 else f"_every{ev_every}")
+    cal_run = work / "runs" / f"calibration_{suffix}"
+    track_unassociated(videos["calibration"], model, boxes, cal_run, ev_every)
     cal_tracklets, cal_gids, cal_tables = run_tracklets(cal_run)
     cal_truth = tracklet_truth(cal_gids, cal_tables, videos["calibration"])
-    ev_every = every if boxes == "detector" else 1
-    ev_run = work / "runs" / (f"evaluation_{tag}_{boxes}" + ("" if ev_every == 1 else f"_every{ev_every}"))
+    ev_run = work / "runs" / f"evaluation_{suffix}"
     timing = track_unassociated(videos["evaluation"], model, boxes, ev_run, ev_every)
     ev_tracklets, ev_gids, ev_tables = run_tracklets(ev_run)
     label = "ground truth" if boxes == "gt" else f"adas-0002 every {ev_every} frames" if ev_every > 1 else "adas-0002"
@@ -336,7 +340,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     videos = make_videos(args.work, args.people, args.seconds)
     if "detector" in args.boxes:
-        detect_once(videos["evaluation"], args.detect_every)
+        for video in videos.values():
+            detect_once(video, args.detect_every)
     if args.stage == "videos":
         return
     load = os.getloadavg()[0]
@@ -349,9 +354,10 @@ def main() -> None:
                       "10 fps (640x360); calibration video: 40 other validation identities, 3 x 90 s.",
             "load_avg_1min_at_start": round(load, 2)}
     data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
-    measured = {row["model"] for row in rows}  # rows of models not measured in this run are kept
-    kept = [row for row in data.get("multicamera", {}).get("rows", []) if row["model"] not in measured]
-    data["multicamera"] = {"rows": kept + rows, **meta}
+    measured = {(row["model"], row["boxes"]) for row in rows}  # rows not measured in this run are kept
+    old = data.get("multicamera", {})
+    kept = [row for row in old.get("rows", []) if (row["model"], row["boxes"]) not in measured]
+    data["multicamera"] = {**old, "rows": kept + rows, **meta}
     atomic_write_json(data, OUT_JSON)
     print(markdown(rows, meta))
 
