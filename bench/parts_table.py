@@ -29,7 +29,7 @@ from reidkit.utils import atomic_write_json, atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks" / "parts_cuhk03np.json"
 LABELS = {"baseline": "global baseline (recipe)", "glad": "GLAD", "spindle": "SpindleNet-style", "plnet": "PL-Net",
-          "alignedreid": "AlignedReID (global + local)"}
+          "alignedreid": "AlignedReID, global descriptor"}
 
 
 def inference_params(model: torch.nn.Module) -> float:
@@ -52,7 +52,15 @@ def read_run(name: str, folder: Path, notes: str) -> dict:
         "train_minutes": round(sum(r["epoch_seconds"] for r in epochs) / 60, 1),
         "val_mAP_by_epoch": {r["epoch"]: round(r["val"]["mAP"], 1) for r in rows if "val" in r},
         "pose": extra.get("pose"), "notes": notes, "measured": time.strftime("%Y-%m-%d"),
+        "local_at_best": local_at_best(rows, best["epoch"]),
     }
+
+
+def local_at_best(log: list[dict], epoch: int) -> dict | None:
+    """AlignedReID: the global + local distance (val_local) of best.pt's epoch, the checkpoint a user evaluates
+    with `--local-weight`; None for models without the local branch."""
+    row = next((r for r in log if r.get("epoch") == epoch and "val_local" in r), None)
+    return {k: round(row["val_local"][k], 1) for k in ("rank1", "mAP", "mINP")} if row else None
 
 
 def recipe_baseline_row() -> dict:
@@ -98,6 +106,11 @@ def markdown(data: dict) -> str:
         lines.append(f"| {LABELS.get(r['run'], r['run'])} | {r['rank1']} | {r['mAP']} | {r['mINP']} | "
                      f"{r['params_M']} | {r['train_images_per_second']} | {r['epochs_done']} | {r['best_epoch']} | "
                      f"{early_curve(r)} | {r.get('measured', '')} | {r['notes']} |")
+        if r.get("local_at_best"):
+            loc = r["local_at_best"]
+            lines.append(f"| {LABELS.get(r['run'], r['run'])} + local distance (same checkpoint, evaluation only) | "
+                         f"{loc['rank1']} | {loc['mAP']} | {loc['mINP']} | {r['params_M']} | - | - | - | - | "
+                         f"{r.get('measured', '')} | global euclidean + local distance (weight 1) |")
     for remark in data.get("remarks", []):  # one paragraph each
         lines += ["", remark]
     return "\n".join(lines) + "\n"
