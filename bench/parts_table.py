@@ -113,6 +113,12 @@ def markdown(data: dict) -> str:
                          f"{r.get('measured', '')} | global euclidean + local distance (weight 1) |")
     for remark in data.get("remarks", []):  # one paragraph each
         lines += ["", remark]
+    streams = data.get("glad_streams")
+    if streams:  # bench/glad_streams.py
+        lines += ["", f"GLAD's streams alone and combined (`bench/glad_streams.py {streams['checkpoint']}`: the "
+                  f"same checkpoint, validation carve, flip TTA, pose found in {streams['pose_found']} images; "
+                  f"load {streams['load_avg_1min']}):", "", "| streams | rank-1 | mAP | mINP |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {s['rank1']} | {s['mAP']} | {s['mINP']} |" for name, s in streams["scores"].items()]
     return "\n".join(lines) + "\n"
 
 
