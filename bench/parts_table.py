@@ -52,15 +52,18 @@ def read_run(name: str, folder: Path, notes: str) -> dict:
         "train_minutes": round(sum(r["epoch_seconds"] for r in epochs) / 60, 1),
         "val_mAP_by_epoch": {r["epoch"]: round(r["val"]["mAP"], 1) for r in rows if "val" in r},
         "pose": extra.get("pose"), "notes": notes, "measured": time.strftime("%Y-%m-%d"),
-        "local_at_best": local_at_best(rows, best["epoch"]),
+        "local_at_best": local_at_best(rows, best["epoch"], folder),
     }
 
 
-def local_at_best(log: list[dict], epoch: int) -> dict | None:
+def local_at_best(log: list[dict], epoch: int, folder: Path) -> dict | None:
     """AlignedReID: the global + local distance (val_local) of best.pt's epoch, the checkpoint a user evaluates
-    with `--local-weight`; None for models without the local branch."""
+    with `--local-weight`, and the run's local weight; None for models without the local branch."""
     row = next((r for r in log if r.get("epoch") == epoch and "val_local" in r), None)
-    return {k: round(row["val_local"][k], 1) for k in ("rank1", "mAP", "mINP")} if row else None
+    if row is None:
+        return None
+    weight = json.loads((folder / "config.json").read_text()).get("val_local_weight", 1.0)
+    return {**{k: round(row["val_local"][k], 1) for k in ("rank1", "mAP", "mINP")}, "weight": weight}
 
 
 def recipe_baseline_row() -> dict:
@@ -110,7 +113,7 @@ def markdown(data: dict) -> str:
             loc = r["local_at_best"]
             lines.append(f"| {LABELS.get(r['run'], r['run'])} + local distance (same checkpoint, evaluation only) | "
                          f"{loc['rank1']} | {loc['mAP']} | {loc['mINP']} | {r['params_M']} | - | - | - | - | "
-                         f"{r.get('measured', '')} | global euclidean + local distance (weight 1) |")
+                         f"{r.get('measured', '')} | global euclidean + local distance (weight {loc['weight']:g}) |")
     for remark in data.get("remarks", []):  # one paragraph each
         lines += ["", remark]
     streams = data.get("glad_streams")
