@@ -13,7 +13,8 @@
    (tracked with the tracker settings of the live detector, not those for rescaled public-detection scores);
    "ground truth" rows feed the ground-truth boxes instead (tracking and association only).
 3. Each (model, boxes) pair is tracked once with association switched off (threshold 0: one id per tracklet);
-   association is then applied to the tracklets -- cosine or k-reciprocal re-ranked distances, with cannot-link --
+   association is then applied to the tracklets -- without and with stitching within cameras (the tracklets'
+   first / last boxes from the run's tracks), cosine or k-reciprocal re-ranked distances, with cannot-link --
    with the threshold calibrated on the calibration video (the same model and the same boxes: detector rows
    detect on the calibration video too; tracklets get their majority ground-truth id by IoU >= 0.5), and scored
    on the evaluation video with TrackEval (`metrics.tracking.evaluate_multicamera`: cross-camera IDF1 of Ristani
@@ -26,6 +27,8 @@ Writes the "multicamera" section of docs/benchmarks/video.json and docs/benchmar
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import os
 import time
@@ -38,7 +41,14 @@ from reidkit.data.mot import MotTable, read_gt, read_mot, write_mot
 from reidkit.data.synth_video import SynthVideoConfig, generate_synth_video
 from reidkit.metrics.tracking import box_iou, evaluate_multicamera
 from reidkit.utils import atomic_write_json
-from reidkit.video.association import AssociationConfig, TrackletSet, associate, calibrate_threshold
+from reidkit.video.association import (
+    DEFAULT_STITCH_SECONDS,
+    AssociationConfig,
+    TrackletSet,
+    associate,
+    calibrate_threshold,
+)
+from reidkit.video.association import stitch as stitch_chains
 from reidkit.video.pipeline import TrackOptions, track
 from reidkit.video.tracker import TrackerConfig
 
@@ -155,8 +165,8 @@ def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: i
     started = time.perf_counter()
     result = track([str(s) for s in seqs], out, model=str(model), detector=detector, overwrite=True,
                    detect_every=every,
-                   options=TrackOptions(association=AssociationConfig(threshold=0.0), video=False, crops=False,
-                                        detect_every=every, tracker=TrackerConfig()),
+                   options=TrackOptions(association=AssociationConfig(threshold=0.0, stitch_seconds=0.0),
+                                        video=False, crops=False, detect_every=every, tracker=TrackerConfig()),
                    show_progress=False)
     summary = result.to_json()
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -178,7 +188,6 @@ def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTabl
     keys = list(zip(index.metadata.sources.tolist(), index.metadata.tracks.tolist()))
     spans = np.array([(entries[k][1]["start"], entries[k][1]["end"]) for k in keys])
     lengths = [entries[k][1]["boxes"] for k in keys]
-    tracklets = TrackletSet.from_arrays(index.features, index.metadata.camids, spans[:, 0], spans[:, 1], lengths)
     tables = {}
     for camera in (c["name"] for c in doc["cameras"]):
         table = read_mot(run / camera / "tracks.txt")
@@ -191,6 +200,16 @@ def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTabl
                     & (table.frames <= entry["last_frame"])] = n
         table.ids = numbers
         tables[camera] = table.select(numbers > 0)
+    first, last = np.zeros((len(keys), 4)), np.zeros((len(keys), 4))  # what stitching compares
+    for table in tables.values():
+        order = np.lexsort((table.frames, table.ids))
+        ids = table.ids[order]
+        starts = np.r_[True, ids[1:] != ids[:-1]]
+        ends = np.r_[ids[1:] != ids[:-1], True]
+        first[ids[starts] - 1] = table.xyxy[order[starts]]
+        last[ids[ends] - 1] = table.xyxy[order[ends]]
+    tracklets = TrackletSet.from_arrays(index.features, index.metadata.camids, spans[:, 0], spans[:, 1], lengths,
+                                        first, last)
     return tracklets, np.arange(1, len(keys) + 1), tables
 
 
@@ -247,15 +266,16 @@ def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes:
     label = "ground truth" if boxes == "gt" else f"adas-0002 every {ev_every} frames" if ev_every > 1 else "adas-0002"
     rows = [{"model": model_name, "boxes": label, "association": "none (one id per tracklet)", "threshold": None,
              **score(np.arange(1, len(ev_gids) + 1), ev_gids, ev_tables, videos["evaluation"])}]
-    for rerank in (False, True):
-        cfg = AssociationConfig(rerank=rerank, **(RERANK if rerank else {}))
+    for stitch, rerank in itertools.product((0.0, DEFAULT_STITCH_SECONDS), (False, True)):
+        cfg = AssociationConfig(rerank=rerank, stitch_seconds=stitch, **(RERANK if rerank else {}))
         threshold, curve = calibrate_threshold(cal_tracklets, cal_truth, cfg)
-        labels = associate(ev_tracklets, AssociationConfig(threshold=threshold, rerank=rerank,
-                                                           **(RERANK if rerank else {})))
+        labels = associate(ev_tracklets, dataclasses.replace(cfg, threshold=threshold))
+        name = ("k-reciprocal" if rerank else "cosine") + " + cannot-link"
         rows.append({"model": model_name, "boxes": label,
-                     "association": "k-reciprocal + cannot-link" if rerank else "cosine + cannot-link",
+                     "association": f"stitching ({stitch:g} s) + {name}" if stitch else name,
                      "threshold": round(threshold, 4),
                      "calibration_tracklet_IDF1": round(max(v for _, v in curve), 1),
+                     "chains": len(stitch_chains(ev_tracklets, cfg)[0]),
                      **score(labels, ev_gids, ev_tables, videos["evaluation"])})
     for row in rows:
         row["tracklets"] = len(ev_gids)

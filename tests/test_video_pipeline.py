@@ -22,10 +22,11 @@ COLOURS = {1: (220, 40, 40), 2: (40, 200, 40), 3: (40, 40, 220), 4: (220, 220, 4
 SIZE = (160, 120)  # w, h
 
 
-def make_camera(root: Path, name: str, people: list[tuple[int, int, int, int, int]], frames: int, fps: float
-                ) -> Path:
+def make_camera(root: Path, name: str, people: list[tuple[int, int, int, int, int]], frames: int, fps: float,
+                recolour: dict[int, tuple[int, tuple[int, int, int]]] | None = None) -> Path:
     """A MOTChallenge folder: people (id, x0, y, dx per frame, first visible frame) as 16x40 coloured boxes on a
-    grey textured background; gt/gt.txt (MOT15 columns) written by hand as the reference."""
+    grey textured background; gt/gt.txt (MOT15 columns) written by hand as the reference. `recolour` {id: (frame,
+    colour)}: that person looks different from that frame on (a new crop, a turn)."""
     seq = root / name
     (seq / "img1").mkdir(parents=True)
     (seq / "gt").mkdir()
@@ -42,7 +43,8 @@ def make_camera(root: Path, name: str, people: list[tuple[int, int, int, int, in
             x = x0 + dx * (f - first)
             if x < 0 or x + 16 > SIZE[0]:
                 continue
-            image[y:y + 40, x:x + 16] = COLOURS[pid]
+            change = (recolour or {}).get(pid)
+            image[y:y + 40, x:x + 16] = change[1] if change and f >= change[0] else COLOURS[pid]
             gt.append(f"{f + 1},{pid},{x},{y},16,40,1,-1,-1,-1")
         Image.fromarray(image).save(seq / "img1" / f"{f + 1:06d}.png")
     (seq / "gt" / "gt.txt").write_text("\n".join(gt) + ("\n" if gt else ""))
@@ -175,6 +177,24 @@ def test_online_mode_gives_the_same_identities(two_cameras, tmp_path):
     for seq in two_cameras:
         assert _motmetrics(seq / "gt" / "gt.txt", out / seq.name / "tracks.txt")["idf1"] == pytest.approx(1.0)
     assert json.loads((out / "identities.json").read_text())["association"]["mode"] == "online"
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_a_person_whose_look_changes_mid_walk_keeps_one_id(tmp_path, online):
+    """Person 1 turns from red to blue at frame 12 without moving off its path: the tracker's appearance gate
+    breaks the track there (a crop change in the composited videos does the same), stitching within the camera
+    joins the two pieces by motion. Without stitching the two pieces look like two people (cosine distance 1.35)."""
+    seq = make_camera(tmp_path / "seqs", "cam", [(1, 4, 10, 3, 0), (2, 140, 70, -3, 0)], 30, 10.0,
+                      recolour={1: (12, COLOURS[3])})
+    for stitch, ids in ((1.0, 2), (0.0, 3)):
+        out = tmp_path / f"run_{stitch}_{online}"
+        options = TrackOptions(association=AssociationConfig(threshold=0.3, stitch_seconds=stitch), online=online,
+                               video=False)
+        result = track([str(seq)], out, model=ColourExtractor(), detector=[GroundTruthDetector(seq)],
+                       options=options, show_progress=False)
+        assert result.num_identities == ids
+        idf1 = _motmetrics(seq / "gt" / "gt.txt", out / "cam" / "tracks.txt")["idf1"]
+        assert (idf1 == pytest.approx(1.0)) == (stitch > 0)
 
 
 def test_find_ranks_the_persons_tracklets_first(two_cameras, tmp_path):

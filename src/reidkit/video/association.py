@@ -7,6 +7,12 @@ contradict each other in time.
 - Distances: cosine distances of quality-weighted tracklet features (L2-normalised), optionally k-reciprocal
   re-ranked (`reidkit.rerank.re_ranking` on the tracklet x tracklet matrix; the threshold is then on the re-ranked
   scale and is calibrated separately).
+- Stitching (must-link), before the clustering: within one camera, a tracklet that starts at most
+  `stitch_seconds` after another ended, where that one's last box overlaps its first box (IoU >= `stitch_iou`),
+  continues it -- the tracker lost the person for a moment (occlusion, a change of pose or crop that broke its
+  appearance gate) and motion says it is the same one. Pairs are matched one to one (Hungarian on 1 - IoU plus a
+  small appearance term that breaks ties at crossings); the chains are clustered as single tracklets (features
+  averaged by length). Tracklets without boxes are not stitched.
 - Constraints (cannot-link): two tracklets of one camera that overlap in time are two people; optional
   camera-transition windows (`transitions`): tracklets of cameras A and B whose time gap lies outside
   [min, max] seconds are two people.
@@ -17,9 +23,10 @@ contradict each other in time.
   far above any threshold, and the cut never merges it (the test checks this against a brute-force search).
 - `calibrate_threshold`: the threshold maximising tracklet-level IDF1 (length-weighted, the cross-camera IDF1 of
   Ristani et al. when tracklets are pure) on validation tracklets with known identities.
-- `OnlineAssociator`: the streaming variant for live sources: each finished tracklet joins the identity with the
-  smallest average distance (the same linkage, computed from running feature sums) if below the threshold and
-  not forbidden, else opens a new identity.
+- `OnlineAssociator`: the streaming variant for live sources: each finished tracklet continues the identity of the
+  tracklet it stitches to (the same rule, greedy: tracklets come in the order they finish), else joins the
+  identity with the smallest average distance (the same linkage, computed from running feature sums) if below the
+  threshold and not forbidden, else opens a new identity.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ from scipy.spatial.distance import squareform
 from ..errors import ReIDError
 
 FORBIDDEN = 1e12  # distance given to cannot-link pairs (see the module docstring)
+INELIGIBLE = 1e6   # assignment cost of a pair that may not be stitched
 DEFAULT_THRESHOLD = 0.35  # cosine distance; calibrated per model by `calibrate_threshold` (docs/video.md)
 DEFAULT_RERANK_THRESHOLD = 0.6  # on the k-reciprocal scale
+DEFAULT_STITCH_SECONDS = 1.0  # longest gap a stitch bridges (docs/benchmarks/video.md measures it)
+STITCH_APPEARANCE_WEIGHT = 0.25  # tie-breaker only: a crop change must not prevent a stitch
 
 
 @dataclass(frozen=True)
@@ -51,10 +61,16 @@ class AssociationConfig:
     k2: int = 6
     lambda_value: float = 0.3
     transitions: Mapping[tuple[int, int], tuple[float, float]] = field(default_factory=dict)
+    stitch_seconds: float = DEFAULT_STITCH_SECONDS  # 0: no stitching
+    stitch_iou: float = 0.3
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.threshold) or self.threshold < 0:
             raise ReIDError(f"association threshold {self.threshold!r}: expected a distance >= 0")
+        if not (np.isfinite(self.stitch_seconds) and self.stitch_seconds >= 0):
+            raise ReIDError(f"stitch_seconds {self.stitch_seconds!r}: expected seconds >= 0 (0 = no stitching)")
+        if not 0.0 < self.stitch_iou <= 1.0:
+            raise ReIDError(f"stitch_iou {self.stitch_iou!r}: expected an IoU in (0, 1]")
         for pair, (low, high) in self.transitions.items():
             if low > high:
                 raise ReIDError(f"camera transition {pair}: window ({low}, {high}) s has min > max")
@@ -63,17 +79,21 @@ class AssociationConfig:
 @dataclass
 class TrackletSet:
     """Tracklets as columns: features (N, D) L2-normalised; cameras (N,) camera index; start/end (N,) seconds;
-    lengths (N,) boxes per tracklet (weights of the IDF1 used for calibration)."""
+    lengths (N,) boxes per tracklet (weights of the IDF1 used for calibration); first/last boxes (N, 4) x1, y1, x2,
+    y2 of each tracklet's first and last detection (optional: what stitching needs)."""
 
     features: np.ndarray
     cameras: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
     lengths: np.ndarray
+    first_boxes: np.ndarray | None = None
+    last_boxes: np.ndarray | None = None
 
     @classmethod
     def from_arrays(cls, features: np.ndarray, cameras: Sequence[int], starts: Sequence[float],
-                    ends: Sequence[float], lengths: Sequence[int] | None = None) -> TrackletSet:
+                    ends: Sequence[float], lengths: Sequence[int] | None = None,
+                    first_boxes: np.ndarray | None = None, last_boxes: np.ndarray | None = None) -> TrackletSet:
         feats = np.asarray(features, dtype=np.float32)
         n = len(feats)
         if feats.ndim != 2:
@@ -87,8 +107,16 @@ class TrackletSet:
         cams, t0, t1, lens = cols
         if (t1 < t0).any():
             raise ReIDError(f"tracklet {int(np.argmax(t1 < t0))}: ends before it starts")
+        if (first_boxes is None) != (last_boxes is None):
+            raise ReIDError("tracklets: first_boxes and last_boxes come together (both or neither)")
+        if first_boxes is not None:
+            first_boxes, last_boxes = (np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in (first_boxes,
+                                                                                                 last_boxes))
+            if len(first_boxes) != n or len(last_boxes) != n:
+                raise ReIDError(f"tracklets: {n} features but {len(first_boxes)} first and {len(last_boxes)} last "
+                                "boxes")
         return cls(feats / np.maximum(norms, 1e-12), cams.astype(np.int64), t0.astype(np.float64),
-                   t1.astype(np.float64), lens.astype(np.float64))
+                   t1.astype(np.float64), lens.astype(np.float64), first_boxes, last_boxes)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -178,12 +206,71 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return (order[inverse] + 1).astype(np.int64)
 
 
+# ----------------------------------------------------------------------------------------- stitching
+
+def stitch_links(tracklets: TrackletSet, max_gap: float, min_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """(predecessors, successors) index arrays: tracklet successors[i] continues predecessors[i] in the same
+    camera (starts 0 < gap <= max_gap seconds after it ends, boxes overlap by IoU >= min_iou); one to one."""
+    from ..metrics.tracking import box_iou
+
+    t = tracklets
+    none = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if t.first_boxes is None or max_gap <= 0 or len(t) < 2:
+        return none
+    links = [none]
+    for camera in np.unique(t.cameras):  # a loop over cameras, not pairs: stitching never crosses cameras
+        idx = np.flatnonzero(t.cameras == camera)
+        gap = t.starts[idx][None, :] - t.ends[idx][:, None]   # [a, b]: seconds from a's end to b's start
+        iou = box_iou(t.last_boxes[idx], t.first_boxes[idx])
+        eligible = (gap > 0) & (gap <= max_gap) & (iou >= min_iou)
+        if not eligible.any():
+            continue
+        appearance = np.clip(1.0 - t.features[idx] @ t.features[idx].T, 0.0, 2.0)
+        cost = np.where(eligible, 1.0 - iou + STITCH_APPEARANCE_WEIGHT * appearance, INELIGIBLE)
+        rows, cols = linear_sum_assignment(cost)
+        keep = eligible[rows, cols]
+        links.append((idx[rows[keep]], idx[cols[keep]]))
+    return np.concatenate([a for a, _ in links]), np.concatenate([b for _, b in links])
+
+
+def stitch(tracklets: TrackletSet, config: AssociationConfig) -> tuple[TrackletSet, np.ndarray]:
+    """Stitched chains as tracklets (features averaged by length, spans joined, lengths summed, the first member's
+    first box and the last member's last box) and the chain index (0..C-1) of every tracklet. Without links the
+    set comes back as it is, each tracklet its own chain."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(tracklets)
+    before, after = stitch_links(tracklets, config.stitch_seconds, config.stitch_iou)
+    if len(before) == 0:
+        return tracklets, np.arange(n)
+    graph = coo_matrix((np.ones(len(before)), (before, after)), shape=(n, n))
+    count, chain = connected_components(graph, directed=False)
+    chain = _renumber(chain) - 1
+    t = tracklets
+    summed = np.zeros((count, t.features.shape[1]))
+    np.add.at(summed, chain, t.features * t.lengths[:, None])
+    starts, ends = np.full(count, np.inf), np.full(count, -np.inf)
+    np.minimum.at(starts, chain, t.starts)
+    np.maximum.at(ends, chain, t.ends)
+    cameras = np.zeros(count, np.int64)
+    cameras[chain] = t.cameras
+    order = np.lexsort((t.starts, chain))   # members of each chain in time order
+    first = order[np.r_[True, chain[order][1:] != chain[order][:-1]]]
+    last = order[np.r_[chain[order][1:] != chain[order][:-1], True]]
+    merged = TrackletSet.from_arrays(summed, cameras, starts, ends, np.bincount(chain, t.lengths, count),
+                                     t.first_boxes[first], t.last_boxes[last])
+    return merged, chain
+
+
 def associate(tracklets: TrackletSet, config: AssociationConfig = AssociationConfig()) -> np.ndarray:
-    """Global identity (1..K) of every tracklet."""
+    """Global identity (1..K) of every tracklet: stitched within cameras, then clustered."""
     if len(tracklets) == 0:
         return np.zeros(0, dtype=np.int64)
-    return cluster_distances(tracklet_distances(tracklets, config), cannot_link(tracklets, config.transitions),
-                             config.threshold)
+    chains, member_of = stitch(tracklets, config)
+    labels = cluster_distances(tracklet_distances(chains, config), cannot_link(chains, config.transitions),
+                               config.threshold)
+    return _renumber(labels[member_of])
 
 
 # --------------------------------------------------------------------------------------- calibration
@@ -213,15 +300,18 @@ def calibrate_threshold(tracklets: TrackletSet, truth: Sequence[int], config: As
         raise ReIDError(f"calibration: {len(tracklets)} tracklets but {len(truth)} identities")
     if len(tracklets) < 2:
         raise ReIDError("calibration needs at least 2 tracklets")
-    d = np.where(cannot_link(tracklets, config.transitions), FORBIDDEN, tracklet_distances(tracklets, config))
+    chains, member_of = stitch(tracklets, config)
+    if len(chains) < 2:
+        return 0.0, [(0.0, tracklet_idf1(np.ones(len(tracklets), np.int64), truth, tracklets.lengths))]
+    d = np.where(cannot_link(chains, config.transitions), FORBIDDEN, tracklet_distances(chains, config))
     d = 0.5 * (d + d.T)
     np.fill_diagonal(d, 0.0)
     tree = linkage(squareform(d, checks=False), method="average")
     if thresholds is None:
         heights = np.unique(tree[:, 2][tree[:, 2] < FORBIDDEN / 10])  # every distinct cut (N - 1 at most)
         thresholds = np.concatenate([[0.0], heights])
-    curve = [(float(t), tracklet_idf1(fcluster(tree, t=t, criterion="distance"), truth, tracklets.lengths))
-             for t in thresholds]
+    curve = [(float(t), tracklet_idf1(fcluster(tree, t=t, criterion="distance")[member_of], truth,
+                                      tracklets.lengths)) for t in thresholds]
     best = max(curve, key=lambda c: (c[1], -c[0]))
     return best[0], curve
 
@@ -269,19 +359,26 @@ class OnlineAssociator:
         self._starts = _Rows(None, np.float64)
         self._ends = _Rows(None, np.float64)
         self._labels = _Rows(None, np.int64)
+        self._last_boxes = _Rows(4, np.float64)     # NaN: added without boxes (never stitched to)
+        self._continued = _Rows(None, np.bool_)     # True: a later tracklet already continues this one
 
     @property
     def num_identities(self) -> int:
         return self._counts.size
 
-    def add(self, feature: np.ndarray, camera: int, start: float, end: float) -> int:
+    def add(self, feature: np.ndarray, camera: int, start: float, end: float,
+            first_box: Sequence[float] | None = None, last_box: Sequence[float] | None = None) -> int:
+        """The global id of a finished tracklet. With its first and last boxes it may continue (stitching, as
+        offline) an earlier tracklet of its camera that has no successor yet; otherwise the nearest identity."""
         f = np.asarray(feature, dtype=np.float64).reshape(-1)
         f = f / max(float(np.linalg.norm(f)), 1e-12)
         if self._sums is None:
             self._sums = _Rows(len(f), np.float64)
         elif len(f) != self._sums.width:
             raise ReIDError(f"feature of dimension {len(f)}: the associator holds {self._sums.width}-d features")
-        gid = self._best_identity(f, camera, start, end)
+        gid = self._continued_identity(f, camera, start, end, first_box)
+        if gid is None:
+            gid = self._best_identity(f, camera, start, end)
         if gid is None:
             self._sums.append(f)
             self._counts.append(1.0)
@@ -289,9 +386,41 @@ class OnlineAssociator:
         else:
             self._sums.view[gid - 1] += f
             self._counts.view[gid - 1] += 1.0
-        for rows, value in ((self._cams, camera), (self._starts, start), (self._ends, end), (self._labels, gid)):
+        for rows, value in ((self._cams, camera), (self._starts, start), (self._ends, end), (self._labels, gid),
+                            (self._last_boxes, np.full(4, np.nan) if last_box is None else last_box),
+                            (self._continued, False)):
             rows.append(value)
         return gid
+
+    def _continued_identity(self, f: np.ndarray, camera: int, start: float, end: float,
+                            first_box: Sequence[float] | None) -> int | None:
+        """The identity of the tracklet this one stitches to (see `stitch_links`), or None."""
+        from ..metrics.tracking import box_iou
+
+        cfg = self.config
+        if first_box is None or cfg.stitch_seconds <= 0 or self._cams.size == 0:
+            return None
+        gap = start - self._ends.view
+        near = np.flatnonzero((self._cams.view == camera) & (gap > 0) & (gap <= cfg.stitch_seconds)
+                              & ~self._continued.view)
+        if len(near) == 0:
+            return None
+        iou = box_iou(self._last_boxes.view[near], np.asarray(first_box, np.float64))[:, 0]
+        near, iou = near[iou >= cfg.stitch_iou], iou[iou >= cfg.stitch_iou]
+        if len(near) == 0:
+            return None
+        labels = self._labels.view[near]
+        # a stitch joins the predecessor's identity: never one that holds a tracklet this one may not join
+        spans = (self._cams.view, self._starts.view, self._ends.view)
+        clash = forbidden_pairs(([camera], [start], [end]), spans, cfg.transitions)[0]
+        allowed = ~np.isin(labels, self._labels.view[clash])
+        if not allowed.any():
+            return None
+        near, iou, labels = near[allowed], iou[allowed], labels[allowed]
+        mean_distance = 1.0 - (self._sums.view[labels - 1] @ f) / self._counts.view[labels - 1]
+        best = int(np.argmin(1.0 - iou + STITCH_APPEARANCE_WEIGHT * mean_distance))
+        self._continued.view[near[best]] = True
+        return int(labels[best])
 
     def _best_identity(self, f: np.ndarray, camera: int, start: float, end: float) -> int | None:
         if self._sums is None or self._sums.size == 0:

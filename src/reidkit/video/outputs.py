@@ -61,6 +61,8 @@ class TrackletRecord:
     crop: str | None = None  # path relative to OUT
     gid: int = 0            # global identity (0 = not yet associated)
     frame_file: str | None = None  # frame image name for frame-folder sources
+    first_box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 of the first and last rows:
+    last_box: tuple[float, float, float, float] | None = None   # what stitching within a camera compares
 
     def crop_name(self, gid: int) -> str:
         return f"crops/{gid:04d}_c{self.cam_index + 1}_t{self.track:05d}_f{max(self.best_frame, 0) + 1:06d}.jpg"

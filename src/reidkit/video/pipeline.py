@@ -453,9 +453,12 @@ class TrackRun:
     def accept(self, closed: ClosedTracklet) -> None:
         """A finished tracklet: its global id (online), best crop and rows written, kept for the outputs."""
         rec = closed.record
+        if len(closed.rows):
+            (x, y, w, h), (x2, y2, w2, h2) = closed.rows[0, 1:5], closed.rows[-1, 1:5]
+            rec.first_box, rec.last_box = (x, y, x + w, y + h), (x2, y2, x2 + w2, y2 + h2)
         t0 = time.perf_counter()
         if self.online:
-            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end)
+            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end, rec.first_box, rec.last_box)
         self.timings["associate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if closed.crop is not None and self.options.crops:
@@ -497,7 +500,8 @@ class TrackRun:
             return
         recs = self.records
         tracklets = TrackletSet.from_arrays(np.stack([r.feature for r in recs]), [r.cam_index for r in recs],
-                                            [r.start for r in recs], [r.end for r in recs], [r.boxes for r in recs])
+                                            [r.start for r in recs], [r.end for r in recs], [r.boxes for r in recs],
+                                            np.array([r.first_box for r in recs]), np.array([r.last_box for r in recs]))
         labels = associate(tracklets, self.options.association)
         for rec, gid in zip(recs, labels.tolist()):
             rec.gid = int(gid)
