@@ -62,7 +62,9 @@ MODELS = {"reidkit emb_val (EfficientNet-Lite0, val R1 37.0)": ROOT / "runs" / "
           # (configs/cuhk03np_osnet_x1.yaml, a short schedule: docs/benchmarks/video.md says which)
           "reidkit OSNet-AIN x1.0 from 0277, short fine-tune": ROOT / "runs" / "osnet_x1_ft" / "best.pt",
           # issue 26's PL-Net row: configs/plnet_cuhk03np_cpu.yaml, 57 min on the 617 other training ids
-          "reidkit PL-Net (EfficientNet-Lite0, 57-min recipe)": ROOT / "runs" / "plnet_cuhk03np" / "best.pt"}
+          "reidkit PL-Net (EfficientNet-Lite0, 57-min recipe)": ROOT / "runs" / "plnet_cuhk03np" / "best.pt",
+          # issue 25's best recipe: configs/cuhk03np_best.yaml (0277 start, 10 epochs) on the 617 other training ids
+          "reidkit OSNet-AIN x1.0 from 0277, best recipe": ROOT / "runs" / "best" / "best.pt"}
 OUT_JSON = ROOT / "docs" / "benchmarks" / "video.json"
 RERANK = {"k1": 10, "k2": 3, "lambda_value": 0.3}  # tracklet sets are small: k1 below the usual 20
 

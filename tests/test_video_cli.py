@@ -45,6 +45,16 @@ def test_track_and_find_from_the_command_line(public_sequence, small_checkpoint,
     assert Path(found["picture"]).is_file()
 
 
+def test_stitch_seconds_reaches_the_association(public_sequence, small_checkpoint, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["track", str(public_sequence), "--out", str(out), "--model", str(small_checkpoint), "--detector",
+                 "public", "--quiet", "--no-video", "--stitch-seconds", "0.5"]) == 0
+    assert json.loads((out / "identities.json").read_text())["association"]["stitch_seconds"] == 0.5
+    with pytest.raises(SystemExit) as exit_info:
+        main(["track", str(public_sequence), "--out", str(tmp_path / "bad"), "--stitch-seconds", "-1"])
+    assert exit_info.value.code == 2 and "--stitch-seconds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["missing source", "existing out", "det.txt for two cameras", "find not a run"])
 def test_bad_input_exits_2_naming_the_cause(case, public_sequence, small_checkpoint, tmp_path, capsys):
     out = tmp_path / "run"

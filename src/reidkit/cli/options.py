@@ -119,6 +119,17 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
+    return value
+
+
 def add_batch_size(parser: argparse.ArgumentParser, default: int = 64) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=default, help="images per forward pass")
 

@@ -8,7 +8,16 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_batch_size, add_device, add_model, add_quiet, add_top, non_negative_int, positive_int
+from .options import (
+    add_batch_size,
+    add_device,
+    add_model,
+    add_quiet,
+    add_top,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 MODEL_HELP = ("re-identification model: a reidkit checkpoint (.pt), ONNX (.onnx) or OpenVINO IR (.xml), e.g. "
               "Intel's OSNet person-reidentification-retail-0277.xml. Required: reidkit ships no re-id weights "
@@ -22,10 +31,11 @@ def _track_command(args: argparse.Namespace) -> None:
     from ..video.pipeline import TrackOptions, track
 
     rerank = args.rerank == "k_reciprocal"
+    stitch = {} if args.stitch_seconds is None else {"stitch_seconds": args.stitch_seconds}
     threshold = args.threshold if args.threshold is not None else (
         DEFAULT_RERANK_THRESHOLD if rerank else AssociationConfig().threshold)
     options = TrackOptions(detect_every=args.detect_every, min_length=args.min_length,
-                           association=AssociationConfig(threshold=threshold, rerank=rerank),
+                           association=AssociationConfig(threshold=threshold, rerank=rerank, **stitch),
                            online=True if args.online else None, video=not args.no_video,
                            tracker=_snapshot_tracker() if args.split_cameras_by_prefix else None)
     sources = list(args.sources)
@@ -78,6 +88,9 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
                         "see docs/video.md)")
     p.add_argument("--rerank", choices=("none", "k_reciprocal"), default="none",
                    help="re-rank tracklet distances before clustering (offline only)")
+    p.add_argument("--stitch-seconds", type=non_negative_float, metavar="S",
+                   help="join a tracklet to one of its camera that ended at most S seconds before it started where "
+                        "their boxes overlap (IoU >= 0.3), before association; 0 = off (default: 1)")
     p.add_argument("--min-length", type=positive_int, default=1, metavar="N",
                    help="drop tracklets with fewer boxes (counted in the summary)")
     p.add_argument("--online", action="store_true",

@@ -1,0 +1,89 @@
+"""Issue 25's student against its teacher: inference images/s side by side, and validation accuracy.
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/student_speed.py [--teacher runs/best/best.pt]
+        [--student runs/student/best.pt] [--rounds 3]
+
+The 1,450 validation images (the 150-identity carve's query + gallery, ../shared's CUHK03-NP training folder) are
+decoded once per model at its own input size (the teacher 256x128, the student 192x96); then each model embeds
+all of them, teacher and student alternating for `--rounds` rounds (so a change of load on the shared box hits
+both), torch with 2 threads, batch 64, no flip. Reported: the median images/s of each and their ratio, the
+validation figures of each run (its summary.json: flip TTA, as trained) and the load average.
+Writes docs/benchmarks/student.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from reidkit.data.images import load_image_tensor  # noqa: E402
+from reidkit.data.market import scan_image_folder  # noqa: E402
+from reidkit.data.split import carve_validation_records  # noqa: E402
+from reidkit.inference.extractor import Extractor  # noqa: E402
+from reidkit.utils import atomic_write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CUHK = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
+OUT = ROOT / "docs" / "benchmarks" / "student.json"
+
+
+def validation_paths() -> list[str]:
+    carved = carve_validation_records(scan_image_folder(CUHK).records, 150, seed=0)
+    return [r.path for r in carved.query + carved.gallery]
+
+
+def run_summary(checkpoint: Path) -> dict:
+    summary = checkpoint.parent / "summary.json"
+    return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=ROOT / "runs" / "best" / "best.pt")
+    parser.add_argument("--student", type=Path, default=ROOT / "runs" / "student" / "best.pt")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    paths = validation_paths()
+    models = {}
+    for role, checkpoint in (("teacher", args.teacher), ("student", args.student)):
+        extractor = Extractor(checkpoint, device="cpu", batch_size=args.batch_size)
+        pixels = load_image_tensor(paths, extractor.input_size, extractor.resize)
+        params = sum(p.numel() for p in extractor.model.parameters())
+        models[role] = (checkpoint, extractor, pixels, params)
+    load_before = os.getloadavg()[0]
+    seconds: dict[str, list[float]] = {role: [] for role in models}
+    for _ in range(args.rounds):
+        for role, (_, extractor, pixels, _) in models.items():
+            start = time.perf_counter()
+            extractor.embed_uint8(pixels)
+            seconds[role].append(time.perf_counter() - start)
+    result = {"images": len(paths), "rounds": args.rounds, "batch_size": args.batch_size, "threads": 2,
+              "load_avg_1min_before": round(load_before, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
+              "torch": torch.__version__, "models": {}}
+    for role, (checkpoint, extractor, _, params) in models.items():
+        summary = run_summary(checkpoint)
+        result["models"][role] = {
+            "checkpoint": str(checkpoint.relative_to(ROOT)) if checkpoint.is_relative_to(ROOT) else str(checkpoint),
+            "backbone": extractor.config.get("model", {}).get("backbone"),
+            "input": list(extractor.input_size), "params_M": round(params / 1e6, 2),
+            "seconds": [round(s, 2) for s in seconds[role]],
+            "images_per_second": round(len(paths) / statistics.median(seconds[role]), 1),
+            "val": summary.get("best")}
+    t, s = (result["models"][r]["images_per_second"] for r in ("teacher", "student"))
+    result["speedup"] = round(s / t, 2)
+    atomic_write_json(result, OUT)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
