@@ -94,8 +94,41 @@ def test_width_mismatch_names_the_right_backbone(onnx_path):
         build_backbone("osnet_ain_x1_0", pretrained=str(onnx_path))
 
 
-def test_no_vendored_weights_at_other_widths():
-    with pytest.raises(ModelError, match=r"osnet_ain_x1_0: no weights ship with reidkit.*0277"):
+def test_no_vendored_weights_for_other_backbones():
+    with pytest.raises(ModelError, match=r"osnet_x1_0: no weights ship with reidkit.*osnet_ain_x0_5, osnet_ain_x1_0"):
+        vendored_weights("osnet_x1_0")
+
+
+def test_vendored_0277_import_equals_openvino():
+    """The vendored 0277 IR (OSNet-AIN x1.0) behind `pretrained=True`: OpenVINO running the same files is the
+    reference; BatchNorms come folded, so the first training batch will re-estimate them."""
+    from reidkit.inference import build_extractor
+
+    net = build_backbone("osnet_ain_x1_0", pretrained=True).eval()
+    assert net.calibrate_bn_on_first_batch
+    u8 = torch.randint(0, 256, (2, 3, 256, 128), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+    reference = build_extractor(vendored_weights("osnet_ain_x1_0"), threads=1).embed_uint8(u8)
+    assert np.abs(_embed(net, u8) - reference).max() < 1e-4
+
+
+def test_altered_vendored_ir_weights_are_refused(tmp_path, monkeypatch):
+    """The IR's .bin is checked too, not only the .xml that is loaded."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    xml = vendored_weights("osnet_ain_x1_0")
+    for source in (xml, xml.with_suffix(".bin")):
+        shutil.copyfile(source, folder / source.name)
+    monkeypatch.setattr(intel_import, "weights_folder", lambda: folder)
+    assert vendored_weights("osnet_ain_x1_0") == folder / xml.name
+    with open(folder / xml.with_suffix(".bin").name, "r+b") as fh:
+        fh.seek(100)
+        byte = fh.read(1)
+        fh.seek(100)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ModelError, match=r"0277.bin are altered"):
+        vendored_weights("osnet_ain_x1_0")
+    (folder / xml.with_suffix(".bin").name).unlink()
+    with pytest.raises(ModelError, match=r"0277.bin not found"):
         build_backbone("osnet_ain_x1_0", pretrained=True)
 
 

@@ -6,9 +6,10 @@ import is a strict name-for-name load: every tensor of the backbone must be in t
 the file may hold only those plus Intel's 1041-class training classifier (`classifier.weight`, stored transposed
 as (256, 1041): MSMT17 has 1,041 training identities), which an embedding model does not use and which is left
 out. The 0267 file ships inside the package (`reidkit/models/weights/`, Apache-2.0, README there), so
-`build_backbone("osnet_ain_x0_5", pretrained=True)` works offline.
+`build_backbone("osnet_ain_x0_5", pretrained=True)` works offline; so does 0277's IR (OSNet-AIN x1.0, 4.8 MB):
+`build_backbone("osnet_ain_x1_0", pretrained=True)`.
 
-Intel's OpenVINO IRs (0277: OSNet-AIN x1.0, not shipped) import too (`read_openvino_state`), through
+Intel's OpenVINO IRs (0277 and any copy of them) import (`read_openvino_state`), through
 `openvino.Core().read_model`: only unfused tensors keep their torchreid names there (`conv1.conv.weight`, the lite
 convs' 1x1 `conv1.weight`, `gate.fc1/fc2`, `fc.0.weight`); the Model Optimizer folded every BatchNorm into the conv
 before it (weight `Multiply_18586`, bias `Constant_18034`) and left the GroupNorm gates' parameters anonymous, so
@@ -33,10 +34,15 @@ from ...errors import ModelError
 from ...utils import openvino_core
 from .pretrained import load_checked
 
-# Backbone name -> (vendored file in reidkit/models/weights/, its sha256).
+# Backbone name -> the vendored files in reidkit/models/weights/ with their sha256 (the first is the one loaded; an
+# OpenVINO IR needs its .bin beside the .xml).
 VENDORED = {
-    "osnet_ain_x0_5": ("person-reidentification-retail-0267.onnx",
-                       "ca531dc7b2f0efabc6d26b128dbf6a5e9c7b634339acdb36d11476f999f2c186"),
+    "osnet_ain_x0_5": (("person-reidentification-retail-0267.onnx",
+                        "ca531dc7b2f0efabc6d26b128dbf6a5e9c7b634339acdb36d11476f999f2c186"),),
+    "osnet_ain_x1_0": (("person-reidentification-retail-0277.xml",
+                        "82039b1bb986231c50345550e59def94e63579998e9cddbd1a312f293eb87729"),
+                       ("person-reidentification-retail-0277.bin",
+                        "6bb69e09d07733cc3896b29081d2627f92db7b9aacd50f1a8c3df491cb10f1b7")),
 }
 # Initializers every OSNet-AIN graph of Intel's holds (their presence is the "is this OSNet-AIN?" check).
 SIGNATURE = ("in_first.weight", "conv1.conv.weight", "conv1.bn.weight", "conv2.1.gate.gn.weight",
@@ -58,21 +64,23 @@ def sha256(path: Path) -> str:
 
 
 def vendored_weights(backbone: str) -> Path:
-    """The packaged Intel file for `backbone`, checked against its sha256; ModelError if absent or altered."""
+    """The packaged Intel file for `backbone`, checked (with its companions) against its sha256; ModelError if
+    absent or altered."""
     if backbone not in VENDORED:
-        hint = {"osnet_ain_x1_0": "person-reidentification-retail-0277"}.get(backbone, "an Intel OSNet-AIN model")
-        raise ModelError(f"{backbone}: no weights ship with reidkit at this width (only osnet_ain_x0_5: Intel "
-                         f"person-reidentification-retail-0267); pass pretrained=<path to {hint}.xml> (Intel's "
-                         "OpenVINO IR) or build it with pretrained=False")
-    name, expected = VENDORED[backbone]
-    path = weights_folder() / name
-    if not path.is_file():
-        raise ModelError(f"{backbone}: packaged weights {path} not found (the reidkit installation is incomplete; "
-                         "reinstall reidkit)")
-    if sha256(path) != expected:
-        raise ModelError(f"{backbone}: packaged weights {path} are altered (sha256 differs from {expected}); "
-                         "reinstall reidkit")
-    return path
+        raise ModelError(f"{backbone}: no weights ship with reidkit at this width (only {', '.join(VENDORED)}: "
+                         "Intel's OSNet-AIN models); pass pretrained=<path to an Intel OSNet-AIN .onnx/.xml> or "
+                         "build it with pretrained=False")
+    paths = []
+    for name, expected in VENDORED[backbone]:
+        path = weights_folder() / name
+        if not path.is_file():
+            raise ModelError(f"{backbone}: packaged weights {path} not found (the reidkit installation is "
+                             "incomplete; reinstall reidkit)")
+        if sha256(path) != expected:
+            raise ModelError(f"{backbone}: packaged weights {path} are altered (sha256 differs from {expected}); "
+                             "reinstall reidkit")
+        paths.append(path)
+    return paths[0]
 
 
 def read_onnx_initializers(path: str | os.PathLike) -> dict[str, np.ndarray]:

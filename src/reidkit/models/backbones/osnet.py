@@ -224,9 +224,10 @@ class OSNetAIN(Backbone):
         return self.fc(pooled)[:, :, None, None]
 
 
-# width name -> stage channels; Intel ships x1.0 (0277) and x0.5 (0267, vendored). Their x0.25 (0288) is left
+# width name -> stage channels; Intel ships x1.0 (0277) and x0.5 (0267), both vendored. Their x0.25 (0288) is left
 # out: its 24-channel stage-3 gate cannot hold 16 GroupNorm groups, so its gate differs from the one read here.
 OSNET_AIN_CHANNELS = {"x1_0": (64, 256, 384, 512), "x0_5": (32, 128, 192, 256)}
+INTEL_ALIAS = {"x1_0": "intel-0277", "x0_5": "intel-0267"}  # `pretrained` names of the vendored files
 
 
 def _osnet_ain(width: str, pretrained: bool | str, feature_dim: int) -> OSNetAIN:
@@ -234,9 +235,9 @@ def _osnet_ain(width: str, pretrained: bool | str, feature_dim: int) -> OSNetAIN
 
     net = OSNetAIN(OSNET_AIN_CHANNELS[width], feature_dim)
     name = f"osnet_ain_{width}"
-    if pretrained is True or pretrained == "intel-0267":
-        load_intel_weights(net, vendored_weights(name), name)
-    elif isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
+    if pretrained is True or pretrained == INTEL_ALIAS[width]:
+        pretrained = vendored_weights(name)
+    if isinstance(pretrained, (str, os.PathLike)) and str(pretrained):
         load_intel_weights(net, pretrained, name)
         net.calibrate_bn_on_first_batch = Path(pretrained).suffix.lower() == ".xml"  # IR: BatchNorm folded
     return net
@@ -244,7 +245,8 @@ def _osnet_ain(width: str, pretrained: bool | str, feature_dim: int) -> OSNetAIN
 
 @register_backbone("osnet_ain_x1_0")
 def osnet_ain_x1_0(pretrained: bool | str = False, feature_dim: int = 256) -> OSNetAIN:
-    """pretrained: a path to Intel's person-reidentification-retail-0277.xml (OpenVINO IR, not shipped)."""
+    """pretrained=True (or "intel-0277"): the vendored Intel person-reidentification-retail-0277 (OpenVINO IR);
+    a path: that Intel OSNet-AIN x1.0 file (.xml)."""
     return _osnet_ain("x1_0", pretrained, feature_dim)
 
 
