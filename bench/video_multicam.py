@@ -42,14 +42,13 @@ from reidkit.data.synth_video import SynthVideoConfig, generate_synth_video
 from reidkit.metrics.tracking import box_iou, evaluate_multicamera
 from reidkit.utils import atomic_write_json
 from reidkit.video.association import (
-    DEFAULT_STITCH_SECONDS,
     AssociationConfig,
     TrackletSet,
     associate,
     calibrate_threshold,
 )
 from reidkit.video.association import stitch as stitch_chains
-from reidkit.video.pipeline import TrackOptions, track
+from reidkit.video.pipeline import TrackOptions, seen_intervals, track
 from reidkit.video.tracker import TrackerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +66,8 @@ MODELS = {"reidkit emb_val (EfficientNet-Lite0, val R1 37.0)": ROOT / "runs" / "
           "reidkit OSNet-AIN x1.0 from 0277, best recipe": ROOT / "runs" / "best" / "best.pt"}
 OUT_JSON = ROOT / "docs" / "benchmarks" / "video.json"
 RERANK = {"k1": 10, "k2": 3, "lambda_value": 0.3}  # tracklet sets are small: k1 below the usual 20
+FPS = 10.0  # of the composited videos (make_videos)
+STITCH_SECONDS = 1.0  # the stitched rows (stitching is off by default in `track`: these rows are why)
 
 
 def model_label(name: str, model: Path) -> str:
@@ -94,7 +95,7 @@ def make_videos(work: Path, people: int, seconds: float) -> dict[str, Path]:
     for name, (pids, count, secs, seed) in plans.items():
         root = work / name
         if not (root / "identities.json").is_file():
-            cfg = SynthVideoConfig(cameras=3, people=count, seconds=secs, fps=10.0, crops=str(CUHK),
+            cfg = SynthVideoConfig(cameras=3, people=count, seconds=secs, fps=FPS, crops=str(CUHK),
                                    pids=[int(p) for p in pids], seed=seed)
             generate_synth_video(root, cfg, overwrite=True, show_progress=True)
         out[name] = root
@@ -158,7 +159,8 @@ class GroundTruthBoxes:
         return out
 
 
-def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: int = 1) -> dict:
+def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: int = 1,
+                       tracker: TrackerConfig | None = None) -> dict:
     """One id per tracklet (threshold 0); returns timings."""
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -168,7 +170,8 @@ def track_unassociated(video: Path, model: Path, boxes: str, out: Path, every: i
     result = track([str(s) for s in seqs], out, model=str(model), detector=detector, overwrite=True,
                    detect_every=every,
                    options=TrackOptions(association=AssociationConfig(threshold=0.0, stitch_seconds=0.0),
-                                        video=False, crops=False, detect_every=every, tracker=TrackerConfig()),
+                                        video=False, crops=False, detect_every=every,
+                                        tracker=tracker or TrackerConfig()),
                    show_progress=False)
     summary = result.to_json()
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -203,6 +206,7 @@ def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTabl
         table.ids = numbers
         tables[camera] = table.select(numbers > 0)
     first, last = np.zeros((len(keys), 4)), np.zeros((len(keys), 4))  # what stitching compares
+    intervals: list = [None] * len(keys)   # what cannot-link compares (as `track` computes them)
     for table in tables.values():
         order = np.lexsort((table.frames, table.ids))
         ids = table.ids[order]
@@ -210,8 +214,10 @@ def run_tracklets(run: Path) -> tuple[TrackletSet, np.ndarray, dict[str, MotTabl
         ends = np.r_[ids[1:] != ids[:-1], True]
         first[ids[starts] - 1] = table.xyxy[order[starts]]
         last[ids[ends] - 1] = table.xyxy[order[ends]]
+        for n, frames in zip(ids[starts], np.split(table.frames[order], np.flatnonzero(starts)[1:])):
+            intervals[n - 1] = seen_intervals(frames, spans[n - 1, 0], FPS, tolerance=3)
     tracklets = TrackletSet.from_arrays(index.features, index.metadata.camids, spans[:, 0], spans[:, 1], lengths,
-                                        first, last)
+                                        first, last, intervals)
     return tracklets, np.arange(1, len(keys) + 1), tables
 
 
@@ -251,24 +257,28 @@ def score(labels: np.ndarray, gids: np.ndarray, tables: dict[str, MotTable], vid
 
 
 def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path,
-                   every: int) -> list[dict]:
+                   every: int, gate_iou: float = 1.0) -> list[dict]:
     """Thresholds come from the calibration video tracked the same way (same model, boxes and detection stride)."""
     # cached runs are per model: the OpenVINO model is "osnet", runs/emb_val "emb" (the names of the first runs),
     # any other checkpoint its run folder's name
     tag = "osnet" if model.suffix == ".xml" else {"emb_val": "emb"}.get(model.parent.name, model.parent.name)
     ev_every = every if boxes == "detector" else 1
-    suffix = f"{tag}_{boxes}" + ("" if ev_every == 1 else f"_every{ev_every}")
+    suffix = f"{tag}_{boxes}" + ("" if ev_every == 1 else f"_every{ev_every}") + \
+        ("" if gate_iou >= 1.0 else f"_gate{gate_iou:g}")
+    tracker = TrackerConfig(appearance_gate_iou=gate_iou)
     cal_run = work / "runs" / f"calibration_{suffix}"
-    track_unassociated(videos["calibration"], model, boxes, cal_run, ev_every)
+    track_unassociated(videos["calibration"], model, boxes, cal_run, ev_every, tracker)
     cal_tracklets, cal_gids, cal_tables = run_tracklets(cal_run)
     cal_truth = tracklet_truth(cal_gids, cal_tables, videos["calibration"])
     ev_run = work / "runs" / f"evaluation_{suffix}"
-    timing = track_unassociated(videos["evaluation"], model, boxes, ev_run, ev_every)
+    timing = track_unassociated(videos["evaluation"], model, boxes, ev_run, ev_every, tracker)
     ev_tracklets, ev_gids, ev_tables = run_tracklets(ev_run)
     label = "ground truth" if boxes == "gt" else f"adas-0002 every {ev_every} frames" if ev_every > 1 else "adas-0002"
+    if gate_iou < 1.0:
+        label += f"; appearance gate off at IoU >= {gate_iou:g}"
     rows = [{"model": model_name, "boxes": label, "association": "none (one id per tracklet)", "threshold": None,
              **score(np.arange(1, len(ev_gids) + 1), ev_gids, ev_tables, videos["evaluation"])}]
-    for stitch, rerank in itertools.product((0.0, DEFAULT_STITCH_SECONDS), (False, True)):
+    for stitch, rerank in itertools.product((0.0, STITCH_SECONDS), (False, True)):
         cfg = AssociationConfig(rerank=rerank, stitch_seconds=stitch, **(RERANK if rerank else {}))
         threshold, curve = calibrate_threshold(cal_tracklets, cal_truth, cfg)
         labels = associate(ev_tracklets, dataclasses.replace(cfg, threshold=threshold))
@@ -359,6 +369,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--detect-every", type=int, default=3, help="detector rows: detect every N-th frame")
     parser.add_argument("--stage", choices=["videos", "all"], default="all")
+    parser.add_argument("--gate-iou", type=float, default=1.0,
+                        help="tracker: appearance_gate_iou (1 = the appearance gate always applies)")
     parser.add_argument("--report", action="store_true", help="only write docs/benchmarks/video.md from video.json")
     args = parser.parse_args()
     if args.report:
@@ -379,7 +391,7 @@ def main() -> None:
     for m in args.models:
         for boxes in args.boxes:
             rows += evaluate_model(videos, model_label(names[m], MODELS[names[m]]), MODELS[names[m]], boxes,
-                                   args.work, args.detect_every)
+                                   args.work, args.detect_every, args.gate_iou)
     meta = {"videos": f"Evaluation video: {args.people} validation identities, 3 cameras x {args.seconds:g} s at "
                       "10 fps (640x360); calibration video: 40 other validation identities, 3 x 90 s.",
             "load_avg_1min_at_start": round(load, 2)}

@@ -17,6 +17,7 @@ from reidkit.errors import ReIDError
 from reidkit.video.association import AssociationConfig
 from reidkit.video.pipeline import TrackOptions, track
 from reidkit.video.sources import Frame, FrameSource, open_source
+from reidkit.video.tracker import TrackerConfig
 
 COLOURS = {1: (220, 40, 40), 2: (40, 200, 40), 3: (40, 40, 220), 4: (220, 220, 40)}
 SIZE = (160, 120)  # w, h
@@ -181,20 +182,22 @@ def test_online_mode_gives_the_same_identities(two_cameras, tmp_path):
 
 @pytest.mark.parametrize("online", [False, True])
 def test_a_person_whose_look_changes_mid_walk_keeps_one_id(tmp_path, online):
-    """Person 1 turns from red to blue at frame 12 without moving off its path: the tracker's appearance gate
-    breaks the track there (a crop change in the composited videos does the same), stitching within the camera
-    joins the two pieces by motion. Without stitching the two pieces look like two people (cosine distance 1.35)."""
+    """Person 1 turns from red to blue at frame 12 without moving off its path. A tracker whose appearance gate
+    always applies breaks the track there (a crop change in the composited videos does the same): stitching within
+    the camera joins the two pieces by motion, without it they look like two people (cosine distance 1.35). The
+    default tracker lifts the gate where the boxes overlap well and keeps one track."""
     seq = make_camera(tmp_path / "seqs", "cam", [(1, 4, 10, 3, 0), (2, 140, 70, -3, 0)], 30, 10.0,
                       recolour={1: (12, COLOURS[3])})
-    for stitch, ids in ((1.0, 2), (0.0, 3)):
-        out = tmp_path / f"run_{stitch}_{online}"
+    always = TrackerConfig(appearance_gate_iou=1.0)  # the appearance gate applies even where boxes overlap well
+    for stitch, tracker, ids in ((1.0, always, 2), (0.0, always, 3), (0.0, None, 2)):
+        out = tmp_path / f"run_{stitch}_{online}_{tracker is None}"
         options = TrackOptions(association=AssociationConfig(threshold=0.3, stitch_seconds=stitch), online=online,
-                               video=False)
+                               video=False, tracker=tracker)
         result = track([str(seq)], out, model=ColourExtractor(), detector=[GroundTruthDetector(seq)],
                        options=options, show_progress=False)
         assert result.num_identities == ids
         idf1 = _motmetrics(seq / "gt" / "gt.txt", out / "cam" / "tracks.txt")["idf1"]
-        assert (idf1 == pytest.approx(1.0)) == (stitch > 0)
+        assert (idf1 == pytest.approx(1.0)) == (ids == 2)
 
 
 def test_find_ranks_the_persons_tracklets_first(two_cameras, tmp_path):

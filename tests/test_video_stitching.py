@@ -16,6 +16,7 @@ from reidkit.video.association import (
     TrackletSet,
     associate,
     calibrate_threshold,
+    cannot_link,
     stitch,
     stitch_links,
 )
@@ -35,7 +36,7 @@ def _orthogonal(n: int, dim: int = 8) -> np.ndarray:
 def test_a_crop_change_is_stitched_although_appearance_disagrees():
     # A ends at 1.0 s, B starts 0.1 s later at the same place; their features are orthogonal (distance 1)
     t = _set(_orthogonal(2), [0, 0], [0.0, 1.1], [1.0, 2.0], [BOX, BOX], [BOX, BOX])
-    assert associate(t, AssociationConfig(threshold=0.2)).tolist() == [1, 1]
+    assert associate(t, AssociationConfig(threshold=0.2, stitch_seconds=1.0)).tolist() == [1, 1]
     assert associate(t, AssociationConfig(threshold=0.2, stitch_seconds=0.0)).tolist() == [1, 2]
 
 
@@ -56,7 +57,7 @@ def test_what_is_not_stitched(case):
         t = _set(_orthogonal(2), cams, starts, ends, first, [BOX, BOX])
     before, after = stitch_links(t, 1.0, 0.3)
     assert len(before) == len(after) == 0
-    assert associate(t, AssociationConfig(threshold=0.2)).tolist() == [1, 2]
+    assert associate(t, AssociationConfig(threshold=0.2, stitch_seconds=1.0)).tolist() == [1, 2]
 
 
 def _cost(t: TrackletSet, a: int, b: int, max_gap: float, min_iou: float) -> float | None:
@@ -101,7 +102,7 @@ def test_chains_merge_features_by_length_and_join_spans():
     feats = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
     boxes = [BOX] * 4
     t = _set(feats, [0, 0, 0, 1], [0.0, 1.1, 2.0, 0.0], [1.0, 1.9, 3.0, 5.0], boxes, boxes, [10, 20, 30, 5])
-    chains, member_of = stitch(t, AssociationConfig())
+    chains, member_of = stitch(t, AssociationConfig(stitch_seconds=1.0))
     assert member_of.tolist() == [0, 0, 0, 1]
     expected = np.array([10, 20, 30]) / np.linalg.norm([10, 20, 30])
     np.testing.assert_allclose(chains.features[0], expected, atol=1e-6)
@@ -115,7 +116,7 @@ def test_a_stitched_chain_spans_its_gap():
     feats = np.array([[1, 0], [1, 0], [1, 0]], np.float32)
     other = (400.0, 50.0, 440.0, 150.0)
     t = _set(feats, [0, 0, 0], [0.0, 1.5, 1.1], [1.0, 2.5, 1.4], [BOX, BOX, other], [BOX, BOX, other])
-    assert associate(t, AssociationConfig(threshold=0.5)).tolist() == [1, 1, 2]
+    assert associate(t, AssociationConfig(threshold=0.5, stitch_seconds=1.0)).tolist() == [1, 1, 2]
     assert associate(t, AssociationConfig(threshold=0.5, stitch_seconds=0.0)).tolist() == [1, 1, 1]
 
 
@@ -126,14 +127,14 @@ def test_calibration_scores_the_stitched_tracklets():
     far = (400.0, 50.0, 440.0, 150.0)
     t = _set(feats, [0, 0, 0, 0], [0.0, 1.1, 0.0, 1.1], [1.0, 2.0, 1.0, 2.0], [BOX, BOX, far, far],
              [BOX, BOX, far, far])
-    _, curve = calibrate_threshold(t, [1, 1, 2, 2], AssociationConfig())
+    _, curve = calibrate_threshold(t, [1, 1, 2, 2], AssociationConfig(stitch_seconds=1.0))
     assert max(v for _, v in curve) == pytest.approx(100.0)
     _, curve = calibrate_threshold(t, [1, 1, 2, 2], AssociationConfig(stitch_seconds=0.0))
     assert max(v for _, v in curve) == pytest.approx(50.0)
 
 
 def test_online_stitches_once_and_only_within_the_rules():
-    online = OnlineAssociator(AssociationConfig(threshold=0.2))
+    online = OnlineAssociator(AssociationConfig(threshold=0.2, stitch_seconds=1.0))
     f = _orthogonal(4)
     a = online.add(f[0], 0, 0.0, 1.0, BOX, BOX)
     b = online.add(f[1], 0, 1.1, 2.0, BOX, BOX)       # continues a despite orthogonal features
@@ -153,3 +154,42 @@ def test_bad_stitch_settings_are_refused():
         AssociationConfig(stitch_iou=0.0)
     with pytest.raises(ReIDError, match="first_boxes and last_boxes"):
         TrackletSet.from_arrays(_orthogonal(2), [0, 0], [0, 1], [1, 2], None, np.zeros((2, 4)), None)
+
+
+def _interleaved(with_intervals: bool) -> TrackletSet:
+    """A seen 0-1.4 s and 3.0-4.4 s, B 1.5-2.9 s in between (the tracker lost A and found it again while B
+    followed the person): one person, identical features; their spans overlap, their intervals do not."""
+    feats = np.array([[1, 0], [1, 0]], np.float32)
+    intervals = [np.array([[0.0, 1.4], [3.0, 4.4]]), np.array([[1.5, 2.9]])] if with_intervals else None
+    return TrackletSet.from_arrays(feats, [0, 0], [0.0, 1.5], [4.4, 2.9], None, None, None, intervals)
+
+
+def test_interleaved_tracklets_of_one_person_may_join_when_intervals_are_known():
+    assert associate(_interleaved(True), AssociationConfig(threshold=0.2)).tolist() == [1, 1]
+    assert associate(_interleaved(False), AssociationConfig(threshold=0.2)).tolist() == [1, 2]
+    online = OnlineAssociator(AssociationConfig(threshold=0.2))
+    a = online.add([1.0, 0.0], 0, 0.0, 4.4, intervals=np.array([[0.0, 1.4], [3.0, 4.4]]))
+    assert online.add([1.0, 0.0], 0, 1.5, 2.9, intervals=np.array([[1.5, 2.9]])) == a
+    assert online.add([1.0, 0.0], 0, 1.0, 2.0) != a  # its span meets both: seen at the same time
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_seen_together_equals_a_frame_by_frame_check(seed):
+    """Random tracklets of random runs on a 0.1 s grid in 2 cameras: cannot-link must equal "some frame has
+    both", checked frame by frame."""
+    rng = np.random.default_rng(seed)
+    n, grid = 12, 60
+    seen = np.zeros((n, grid), bool)
+    intervals, cameras = [], rng.integers(0, 2, n)
+    for i in range(n):
+        starts = np.sort(rng.choice(grid - 4, rng.integers(1, 4), replace=False))
+        runs = [(s, min(s + rng.integers(0, 6), grid - 1)) for s in starts]
+        for s, e in runs:
+            seen[i, s:e + 1] = True
+        intervals.append(np.array(runs, float) / 10)
+    starts = np.array([k[:, 0].min() for k in intervals])
+    ends = np.array([k[:, 1].max() for k in intervals])
+    t = TrackletSet.from_arrays(rng.normal(size=(n, 4)), cameras, starts, ends, None, None, None, intervals)
+    expected = (cameras[:, None] == cameras[None, :]) & ((seen.astype(int) @ seen.T.astype(int)) > 0)
+    np.fill_diagonal(expected, False)
+    np.testing.assert_array_equal(cannot_link(t), expected)

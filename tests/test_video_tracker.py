@@ -128,6 +128,24 @@ def test_appearance_keeps_ids_through_a_crossing_that_iou_alone_swaps():
     assert all(len(o) == 2 for o in out[2:])  # both output at every frame once confirmed (min_hits 3)
 
 
+@pytest.mark.parametrize("gate_iou", [1.0, 0.5])
+def test_the_crossing_holds_with_the_appearance_gate_lifted_at_high_iou(gate_iou):
+    """Lifting the appearance gate where the boxes overlap well must not reopen the swap: the fused cost still
+    prefers the pair whose look agrees."""
+    out = run(Tracker(TrackerConfig(appearance_gate_iou=gate_iou)), crossing_scene())
+    a, b = id_at(out[5], 43), id_at(out[5], 61)
+    assert a != b and id_at(out[35], 56 + 24) == a and id_at(out[35], 48 - 24) == b
+
+
+def test_a_change_of_look_in_place_ends_the_track_only_under_the_gate():
+    """One person walks steadily; at frame 15 its features turn orthogonal (a new crop, a turn). With the gate
+    always on, the track is lost there and a new id starts; with the gate lifted at IoU >= 0.5, one id throughout."""
+    frames = [([box(10 + 3 * f)], [[1.0, 0.0, 0.0] if f < 15 else [0.0, 1.0, 0.0]]) for f in range(30)]
+    ids = {gate: {int(o[0, 4]) for o in run(Tracker(TrackerConfig(appearance_gate_iou=gate)), frames) if len(o)}
+           for gate in (1.0, 0.5)}
+    assert len(ids[1.0]) == 2 and len(ids[0.5]) == 1
+
+
 def test_gap_shorter_than_max_age_keeps_the_id():
     frames = [([box(10 + 5 * f)] if not 10 <= f < 16 else [], None) for f in range(30)]
     out = run(Tracker(TrackerConfig(max_age=10)), frames)

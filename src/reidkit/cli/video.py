@@ -90,7 +90,7 @@ def add_track_arguments(p: argparse.ArgumentParser) -> None:
                    help="re-rank tracklet distances before clustering (offline only)")
     p.add_argument("--stitch-seconds", type=non_negative_float, metavar="S",
                    help="join a tracklet to one of its camera that ended at most S seconds before it started where "
-                        "their boxes overlap (IoU >= 0.3), before association; 0 = off (default: 1)")
+                        "their boxes overlap (IoU >= 0.3), before association (default: 0 = off; docs/video.md)")
     p.add_argument("--min-length", type=positive_int, default=1, metavar="N",
                    help="drop tracklets with fewer boxes (counted in the summary)")
     p.add_argument("--online", action="store_true",

@@ -13,7 +13,10 @@ contradict each other in time.
   appearance gate) and motion says it is the same one. Pairs are matched one to one (Hungarian on 1 - IoU plus a
   small appearance term that breaks ties at crossings); the chains are clustered as single tracklets (features
   averaged by length). Tracklets without boxes are not stitched.
-- Constraints (cannot-link): two tracklets of one camera that overlap in time are two people; optional
+- Constraints (cannot-link): two tracklets of one camera seen at the same time are two people -- compared by the
+  runs of frames each was seen in (`intervals`) when given, else by their whole spans (a tracker that loses a
+  person and finds them again later interleaves two tracklets of one person whose spans overlap although they
+  never share a frame); optional
   camera-transition windows (`transitions`): tracklets of cameras A and B whose time gap lies outside
   [min, max] seconds are two people.
 - Clustering: average-linkage agglomerative clustering cut at a distance threshold (scipy.cluster.hierarchy).
@@ -45,7 +48,7 @@ FORBIDDEN = 1e12  # distance given to cannot-link pairs (see the module docstrin
 INELIGIBLE = 1e6   # assignment cost of a pair that may not be stitched
 DEFAULT_THRESHOLD = 0.35  # cosine distance; calibrated per model by `calibrate_threshold` (docs/video.md)
 DEFAULT_RERANK_THRESHOLD = 0.6  # on the k-reciprocal scale
-DEFAULT_STITCH_SECONDS = 1.0  # longest gap a stitch bridges (docs/benchmarks/video.md measures it)
+DEFAULT_STITCH_SECONDS = 0.0  # off: on the multi-camera benchmark it joined wrong tracklets (docs/benchmarks/video.md)
 STITCH_APPEARANCE_WEIGHT = 0.25  # tie-breaker only: a crop change must not prevent a stitch
 
 
@@ -89,11 +92,13 @@ class TrackletSet:
     lengths: np.ndarray
     first_boxes: np.ndarray | None = None
     last_boxes: np.ndarray | None = None
+    intervals: list[np.ndarray] | None = None  # per tracklet (K, 2) start/end seconds of the runs it was seen in
 
     @classmethod
     def from_arrays(cls, features: np.ndarray, cameras: Sequence[int], starts: Sequence[float],
                     ends: Sequence[float], lengths: Sequence[int] | None = None,
-                    first_boxes: np.ndarray | None = None, last_boxes: np.ndarray | None = None) -> TrackletSet:
+                    first_boxes: np.ndarray | None = None, last_boxes: np.ndarray | None = None,
+                    intervals: Sequence[np.ndarray] | None = None) -> TrackletSet:
         feats = np.asarray(features, dtype=np.float32)
         n = len(feats)
         if feats.ndim != 2:
@@ -115,8 +120,14 @@ class TrackletSet:
             if len(first_boxes) != n or len(last_boxes) != n:
                 raise ReIDError(f"tracklets: {n} features but {len(first_boxes)} first and {len(last_boxes)} last "
                                 "boxes")
+        if intervals is not None:
+            intervals = [np.asarray(k, dtype=np.float64).reshape(-1, 2) for k in intervals]
+            if len(intervals) != n:
+                raise ReIDError(f"tracklets: {n} features but intervals for {len(intervals)}")
+            if any(len(k) == 0 or (k[:, 1] < k[:, 0]).any() for k in intervals):
+                raise ReIDError("tracklets: every tracklet needs at least one interval, each with start <= end")
         return cls(feats / np.maximum(norms, 1e-12), cams.astype(np.int64), t0.astype(np.float64),
-                   t1.astype(np.float64), lens.astype(np.float64), first_boxes, last_boxes)
+                   t1.astype(np.float64), lens.astype(np.float64), first_boxes, last_boxes, intervals)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -158,20 +169,44 @@ def cannot_link(tracklets: TrackletSet, transitions: Mapping[tuple[int, int], tu
     """(N, N) bool: True where two tracklets cannot be one person. Same camera and overlapping time spans (a
     person is one box per camera at a time); a camera pair with a transition window whose gap is outside it."""
     t = tracklets
-    forbidden = forbidden_pairs((t.cameras, t.starts, t.ends), (t.cameras, t.starts, t.ends), transitions)
+    spans = (t.cameras, t.starts, t.ends)
+    if t.intervals is None:
+        forbidden = forbidden_pairs(spans, spans, transitions)
+    else:
+        forbidden = forbidden_pairs(spans, spans, transitions, same_camera=False) | seen_together(t)
     np.fill_diagonal(forbidden, False)
     return forbidden
+
+
+def seen_together(tracklets: TrackletSet) -> np.ndarray:
+    """(N, N) bool: two tracklets of one camera with intersecting intervals (seen at the same time). One
+    (K, K) interval comparison per camera, folded onto tracklets by an owner matrix: no loop over pairs."""
+    t = tracklets
+    n = len(t)
+    out = np.zeros((n, n), dtype=bool)
+    owner = np.repeat(np.arange(n), [len(k) for k in t.intervals])
+    runs = np.concatenate(t.intervals) if n else np.zeros((0, 2))
+    for camera in np.unique(t.cameras):
+        sel = np.flatnonzero(t.cameras[owner] == camera)
+        a = runs[sel]
+        meet = (a[:, None, 0] <= a[None, :, 1]) & (a[None, :, 0] <= a[:, None, 1])
+        members = np.unique(owner[sel])
+        onehot = (owner[sel][:, None] == members[None, :]).astype(np.float64)  # (K, members)
+        out[np.ix_(members, members)] = (onehot.T @ meet.astype(np.float64) @ onehot) > 0
+    return out
 
 
 Spans = tuple[np.ndarray, np.ndarray, np.ndarray]  # camera index, start, end (seconds) per tracklet
 
 
-def forbidden_pairs(a: Spans, b: Spans, transitions: Mapping[tuple[int, int], tuple[float, float]] | None = None
-                    ) -> np.ndarray:
-    """(A, B) bool cannot-link block between two groups of tracklets given as (cameras, starts, ends)."""
+def forbidden_pairs(a: Spans, b: Spans, transitions: Mapping[tuple[int, int], tuple[float, float]] | None = None,
+                    same_camera: bool = True) -> np.ndarray:
+    """(A, B) bool cannot-link block between two groups of tracklets given as (cameras, starts, ends); with
+    same_camera=False only the transition windows (the caller compares same-camera tracklets by interval)."""
     (ca, sa, ea), (cb, sb, eb) = ([np.asarray(x) for x in g] for g in (a, b))
     same_cam = ca[:, None] == cb[None, :]
-    forbidden = same_cam & (sa[:, None] <= eb[None, :]) & (sb[None, :] <= ea[:, None])
+    forbidden = same_cam & (sa[:, None] <= eb[None, :]) & (sb[None, :] <= ea[:, None]) if same_camera \
+        else np.zeros(same_cam.shape, dtype=bool)
     if transitions:
         gap = np.maximum(sa[:, None] - eb[None, :], sb[None, :] - ea[:, None])  # > 0: seconds between the spans
         for (x, y), (low, high) in transitions.items():
@@ -258,8 +293,12 @@ def stitch(tracklets: TrackletSet, config: AssociationConfig) -> tuple[TrackletS
     order = np.lexsort((t.starts, chain))   # members of each chain in time order
     first = order[np.r_[True, chain[order][1:] != chain[order][:-1]]]
     last = order[np.r_[chain[order][1:] != chain[order][:-1], True]]
+    intervals = None
+    if t.intervals is not None:
+        members = np.split(np.argsort(chain, kind="stable"), np.cumsum(np.bincount(chain, minlength=count))[:-1])
+        intervals = [np.concatenate([t.intervals[i] for i in group]) for group in members]
     merged = TrackletSet.from_arrays(summed, cameras, starts, ends, np.bincount(chain, t.lengths, count),
-                                     t.first_boxes[first], t.last_boxes[last])
+                                     t.first_boxes[first], t.last_boxes[last], intervals)
     return merged, chain
 
 
@@ -344,9 +383,10 @@ class OnlineAssociator:
 
     An identity keeps the sum of its tracklets' features, so the average cosine distance of a new tracklet to
     all its members is 1 - f . sum / n (the same average linkage as the offline clustering, against one side
-    that no longer changes). Identities holding a forbidden tracklet (same camera, overlapping time, or outside a
-    transition window) are skipped. Memory: one D-vector per identity and four numbers per tracklet, in arrays
-    that grow in place, so an add costs one (identities x D) product and vectorised comparisons.
+    that no longer changes). Identities holding a forbidden tracklet (same camera and seen at the same time, or
+    outside a transition window) are skipped. Memory: one D-vector per identity, eight numbers per tracklet and
+    three per interval, in arrays that grow in place, so an add costs one (identities x D) product and vectorised
+    comparisons.
     (k-reciprocal re-ranking needs the whole set, so it is offline only.)"""
 
     def __init__(self, config: AssociationConfig = AssociationConfig()):
@@ -361,24 +401,30 @@ class OnlineAssociator:
         self._labels = _Rows(None, np.int64)
         self._last_boxes = _Rows(4, np.float64)     # NaN: added without boxes (never stitched to)
         self._continued = _Rows(None, np.bool_)     # True: a later tracklet already continues this one
+        self._runs = _Rows(2, np.float64)           # every tracklet's intervals (seconds), flattened
+        self._run_owner = _Rows(None, np.int64)     # the tracklet of each interval
 
     @property
     def num_identities(self) -> int:
         return self._counts.size
 
     def add(self, feature: np.ndarray, camera: int, start: float, end: float,
-            first_box: Sequence[float] | None = None, last_box: Sequence[float] | None = None) -> int:
+            first_box: Sequence[float] | None = None, last_box: Sequence[float] | None = None,
+            intervals: np.ndarray | None = None) -> int:
         """The global id of a finished tracklet. With its first and last boxes it may continue (stitching, as
-        offline) an earlier tracklet of its camera that has no successor yet; otherwise the nearest identity."""
+        offline) an earlier tracklet of its camera that has no successor yet; otherwise the nearest identity.
+        `intervals` (K, 2): the runs of seconds it was seen in (cannot-link as offline); default its span."""
         f = np.asarray(feature, dtype=np.float64).reshape(-1)
         f = f / max(float(np.linalg.norm(f)), 1e-12)
         if self._sums is None:
             self._sums = _Rows(len(f), np.float64)
         elif len(f) != self._sums.width:
             raise ReIDError(f"feature of dimension {len(f)}: the associator holds {self._sums.width}-d features")
-        gid = self._continued_identity(f, camera, start, end, first_box)
+        runs = np.asarray([[start, end]] if intervals is None else intervals, np.float64).reshape(-1, 2)
+        clash = self._clash(camera, start, end, runs)
+        gid = self._continued_identity(f, camera, start, first_box, clash)
         if gid is None:
-            gid = self._best_identity(f, camera, start, end)
+            gid = self._best_identity(f, clash)
         if gid is None:
             self._sums.append(f)
             self._counts.append(1.0)
@@ -390,10 +436,26 @@ class OnlineAssociator:
                             (self._last_boxes, np.full(4, np.nan) if last_box is None else last_box),
                             (self._continued, False)):
             rows.append(value)
+        for run in runs:
+            self._runs.append(run)
+            self._run_owner.append(self._cams.size - 1)
         return gid
 
-    def _continued_identity(self, f: np.ndarray, camera: int, start: float, end: float,
-                            first_box: Sequence[float] | None) -> int | None:
+    def _clash(self, camera: int, start: float, end: float, runs: np.ndarray) -> np.ndarray:
+        """(tracklets so far,) bool: those this one may not share an identity with (seen at the same time in its
+        camera, or outside a transition window)."""
+        if self._cams.size == 0:
+            return np.zeros(0, dtype=bool)
+        spans = (self._cams.view, self._starts.view, self._ends.view)
+        clash = forbidden_pairs(([camera], [start], [end]), spans, self.config.transitions, same_camera=False)[0]
+        stored = self._runs.view
+        meet = ((runs[:, None, 0] <= stored[None, :, 1]) & (stored[None, :, 0] <= runs[:, None, 1])).any(axis=0)
+        owners = self._run_owner.view[meet]
+        clash[owners[self._cams.view[owners] == camera]] = True
+        return clash
+
+    def _continued_identity(self, f: np.ndarray, camera: int, start: float, first_box: Sequence[float] | None,
+                            clash: np.ndarray) -> int | None:
         """The identity of the tracklet this one stitches to (see `stitch_links`), or None."""
         from ..metrics.tracking import box_iou
 
@@ -411,8 +473,6 @@ class OnlineAssociator:
             return None
         labels = self._labels.view[near]
         # a stitch joins the predecessor's identity: never one that holds a tracklet this one may not join
-        spans = (self._cams.view, self._starts.view, self._ends.view)
-        clash = forbidden_pairs(([camera], [start], [end]), spans, cfg.transitions)[0]
         allowed = ~np.isin(labels, self._labels.view[clash])
         if not allowed.any():
             return None
@@ -422,12 +482,10 @@ class OnlineAssociator:
         self._continued.view[near[best]] = True
         return int(labels[best])
 
-    def _best_identity(self, f: np.ndarray, camera: int, start: float, end: float) -> int | None:
+    def _best_identity(self, f: np.ndarray, clash: np.ndarray) -> int | None:
         if self._sums is None or self._sums.size == 0:
             return None
         mean_distance = 1.0 - (self._sums.view @ f) / self._counts.view
-        spans = (self._cams.view, self._starts.view, self._ends.view)
-        clash = forbidden_pairs(([camera], [start], [end]), spans, self.config.transitions)[0]
         if clash.any():
             mean_distance[np.unique(self._labels.view[clash]) - 1] = np.inf
         best = int(np.argmin(mean_distance))

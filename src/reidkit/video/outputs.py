@@ -63,6 +63,7 @@ class TrackletRecord:
     frame_file: str | None = None  # frame image name for frame-folder sources
     first_box: tuple[float, float, float, float] | None = None  # x1, y1, x2, y2 of the first and last rows:
     last_box: tuple[float, float, float, float] | None = None   # what stitching within a camera compares
+    intervals: np.ndarray | None = None  # (K, 2) seconds: the runs of frames it was seen in (cannot-link)
 
     def crop_name(self, gid: int) -> str:
         return f"crops/{gid:04d}_c{self.cam_index + 1}_t{self.track:05d}_f{max(self.best_frame, 0) + 1:06d}.jpg"

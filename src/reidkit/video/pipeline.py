@@ -456,9 +456,12 @@ class TrackRun:
         if len(closed.rows):
             (x, y, w, h), (x2, y2, w2, h2) = closed.rows[0, 1:5], closed.rows[-1, 1:5]
             rec.first_box, rec.last_box = (x, y, x + w, y + h), (x2, y2, x2 + w2, y2 + h2)
+            fps = self.cameras[rec.cam_index].summary.fps
+            rec.intervals = seen_intervals(closed.rows[:, 0], rec.start, fps, self.options.detect_every)
         t0 = time.perf_counter()
         if self.online:
-            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end, rec.first_box, rec.last_box)
+            rec.gid = self.associator.add(rec.feature, rec.cam_index, rec.start, rec.end, rec.first_box, rec.last_box,
+                                          rec.intervals)
         self.timings["associate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         if closed.crop is not None and self.options.crops:
@@ -501,7 +504,8 @@ class TrackRun:
         recs = self.records
         tracklets = TrackletSet.from_arrays(np.stack([r.feature for r in recs]), [r.cam_index for r in recs],
                                             [r.start for r in recs], [r.end for r in recs], [r.boxes for r in recs],
-                                            np.array([r.first_box for r in recs]), np.array([r.last_box for r in recs]))
+                                            np.array([r.first_box for r in recs]), np.array([r.last_box for r in recs]),
+                                            [r.intervals for r in recs])
         labels = associate(tracklets, self.options.association)
         for rec, gid in zip(recs, labels.tolist()):
             rec.gid = int(gid)
@@ -619,6 +623,15 @@ def _merge_rows(tracklet: Any, output_rows: np.ndarray) -> np.ndarray:
     predicted = output_rows[~np.isin(output_rows[:, 0].astype(np.int64), frames + 1)]
     merged = np.concatenate([detected, predicted])
     return merged[np.argsort(merged[:, 0], kind="stable")]
+
+
+def seen_intervals(frames: np.ndarray, start: float, fps: float, tolerance: int = 1) -> np.ndarray:
+    """(K, 2) seconds: the runs of a tracklet's (sorted) frame numbers, split where more than `tolerance` frames
+    pass without a row (a person lost and found again); the first frame is at `start` seconds."""
+    frames = np.asarray(frames, np.float64)
+    breaks = np.flatnonzero(np.diff(frames) > tolerance)
+    firsts, lasts = frames[np.r_[0, breaks + 1]], frames[np.r_[breaks, len(frames) - 1]]
+    return start + (np.column_stack([firsts, lasts]) - frames[0]) / fps
 
 
 def _has_features(tracklet: Any) -> bool:

@@ -11,7 +11,8 @@ Each frame:
 1. every track's Kalman state (constant velocity on cx, cy, w/h, h; `kalman.py`) is predicted to the frame;
 2. high-score detections (>= `high_score`) are assigned to confirmed tracks (tracked or lost) with a cost that
    fuses 1 - IoU and the appearance cosine distance to the track's feature (an EMA of its clean detections),
-   gated by a minimum IoU and a maximum appearance distance;
+   gated by a minimum IoU and a maximum appearance distance -- the latter only where the IoU is below
+   `appearance_gate_iou` (BoT-SORT's rule: a person who turns or changes look in place keeps the track);
 3. low-score detections (ByteTrack's idea: occluded people score low) are assigned to the still unmatched tracked
    tracks by IoU only (their crops are occluded: appearance would mislead);
 4. tentative tracks (seen fewer than `min_hits` consecutive frames) take remaining high detections;
@@ -57,7 +58,10 @@ class TrackerConfig:
     low_match_iou: float = 0.5     # second stage (low-score detections): minimum IoU
     tentative_match_iou: float = 0.3  # tentative tracks: minimum IoU
     appearance_weight: float = 0.5  # cost = (1 - w) (1 - IoU) + w cosine distance, when both sides have features
-    max_appearance_distance: float = 0.5  # first stage: pairs farther apart in appearance are not matched
+    max_appearance_distance: float = 0.5  # first stage: pairs farther apart in appearance are not matched...
+    appearance_gate_iou: float = 0.5  # ...unless their IoU is at least this (BoT-SORT's rule: where motion is
+    #   certain, a change of look -- a turn, a new crop -- does not end the track; 1 = the gate always applies).
+    #   Measured: docs/benchmarks/video_tracking.md (TUD-Campus) and video.md (multi-camera)
     max_cost: float = 0.8          # first stage: pairs costing more are not matched
     reid_distance: float = 0.2     # re-identifying a lost / remembered track: maximum cosine distance
     feature_ema: float = 0.9       # track feature = ema x feature + (1 - ema) x new clean detection's feature
@@ -69,7 +73,8 @@ class TrackerConfig:
 
     def __post_init__(self) -> None:
         for name in ("high_score", "low_score", "new_track_score", "match_iou", "low_match_iou",
-                     "tentative_match_iou", "appearance_weight", "feature_ema", "min_visibility"):
+                     "tentative_match_iou", "appearance_weight", "feature_ema", "min_visibility",
+                     "appearance_gate_iou"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ReIDError(f"TrackerConfig.{name}={value}: must be in [0, 1]")
@@ -314,7 +319,9 @@ class Tracker:
                 app = np.clip(1.0 - track_feats @ features[dets].T, 0.0, 1.0)
                 fused = (1 - w) * cost + w * app
                 cost = np.where(has[:, None], fused, cost)
-                gate |= has[:, None] & (app > self.config.max_appearance_distance)
+                uncertain = iou < self.config.appearance_gate_iou if self.config.appearance_gate_iou < 1.0 \
+                    else np.ones_like(iou, dtype=bool)  # 1.0: the gate always applies
+                gate |= has[:, None] & (app > self.config.max_appearance_distance) & uncertain
         return np.where(gate, INF_COST, cost)
 
     def _reidentify(self, frame_index: int, boxes: np.ndarray, features: np.ndarray | None, vis: np.ndarray,
