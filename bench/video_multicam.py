@@ -256,6 +256,10 @@ def score(labels: np.ndarray, gids: np.ndarray, tables: dict[str, MotTable], vid
             "identities": int(len(np.unique(labels))), "true_identities": combined.get("gt_ids")}
 
 
+def tracker_label(gate_iou: float) -> str:
+    return "appearance gate always (before 2026-12-07)" if gate_iou >= 1.0 else f"gate below IoU {gate_iou:g}"
+
+
 def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes: str, work: Path,
                    every: int, gate_iou: float = 1.0) -> list[dict]:
     """Thresholds come from the calibration video tracked the same way (same model, boxes and detection stride)."""
@@ -274,16 +278,15 @@ def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes:
     timing = track_unassociated(videos["evaluation"], model, boxes, ev_run, ev_every, tracker)
     ev_tracklets, ev_gids, ev_tables = run_tracklets(ev_run)
     label = "ground truth" if boxes == "gt" else f"adas-0002 every {ev_every} frames" if ev_every > 1 else "adas-0002"
-    if gate_iou < 1.0:
-        label += f"; appearance gate off at IoU >= {gate_iou:g}"
-    rows = [{"model": model_name, "boxes": label, "association": "none (one id per tracklet)", "threshold": None,
+    rows = [{"model": model_name, "boxes": label, "tracker": tracker_label(gate_iou),
+             "association": "none (one id per tracklet)", "threshold": None,
              **score(np.arange(1, len(ev_gids) + 1), ev_gids, ev_tables, videos["evaluation"])}]
     for stitch, rerank in itertools.product((0.0, STITCH_SECONDS), (False, True)):
         cfg = AssociationConfig(rerank=rerank, stitch_seconds=stitch, **(RERANK if rerank else {}))
         threshold, curve = calibrate_threshold(cal_tracklets, cal_truth, cfg)
         labels = associate(ev_tracklets, dataclasses.replace(cfg, threshold=threshold))
         name = ("k-reciprocal" if rerank else "cosine") + " + cannot-link"
-        rows.append({"model": model_name, "boxes": label,
+        rows.append({"model": model_name, "boxes": label, "tracker": tracker_label(gate_iou),
                      "association": f"stitching ({stitch:g} s) + {name}" if stitch else name,
                      "threshold": round(threshold, 4),
                      "calibration_tracklet_IDF1": round(max(v for _, v in curve), 1),
@@ -296,14 +299,26 @@ def evaluate_model(videos: dict[str, Path], model_name: str, model: Path, boxes:
     return rows
 
 
+ASSOCIATIONS = ("none (one id per tracklet)", "cosine + cannot-link", "k-reciprocal + cannot-link",
+                f"stitching ({STITCH_SECONDS:g} s) + cosine + cannot-link",
+                f"stitching ({STITCH_SECONDS:g} s) + k-reciprocal + cannot-link")
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = ["| model | boxes | association | threshold | cross-camera IDF1 | per-camera IDF1 | HOTA | MOTA | ids "
-             "(true) |", "|---|---|---|---|---|---|---|---|---|"]
+    """One line per (model, boxes): cross-camera IDF1 of each association, then the per-camera figures and the
+    identity count of the cosine row."""
+    lines = ["| model | boxes | tracker | tracklets | none | cosine | k-reciprocal | stitching + cosine | stitching + "
+             "k-reciprocal | per-camera IDF1 / HOTA / MOTA (cosine) | ids (true) (cosine) | threshold (cosine) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, str], dict[str, dict]] = {}
     for r in rows:
-        lines.append(f"| {r['model']} | {r['boxes']} | "
-                     f"{r['association']} | {r['threshold'] if r['threshold'] is not None else '-'} | "
-                     f"**{r['cross_camera_IDF1']}** | {r['IDF1']} | {r['HOTA']} | {r['MOTA']} | "
-                     f"{r['identities']} ({r['true_identities']}) |")
+        groups.setdefault((r["model"], r["boxes"], r.get("tracker", tracker_label(1.0))), {})[r["association"]] = r
+    for (model, boxes, tracker), by in groups.items():
+        cells = [f"**{by[a]['cross_camera_IDF1']}**" if a in by else "-" for a in ASSOCIATIONS]
+        c = by.get(ASSOCIATIONS[1], next(iter(by.values())))
+        lines.append(f"| {model} | {boxes} | {tracker} | {c.get('tracklets', '-')} | " + " | ".join(cells) +
+                     f" | {c['IDF1']} / {c['HOTA']} / {c['MOTA']} | {c['identities']} ({c['true_identities']}) | "
+                     f"{c['threshold'] if c['threshold'] is not None else '-'} |")
     return "\n".join(lines) + f"\n\n{meta['videos']}\n"
 
 
@@ -396,9 +411,12 @@ def main() -> None:
                       "10 fps (640x360); calibration video: 40 other validation identities, 3 x 90 s.",
             "load_avg_1min_at_start": round(load, 2)}
     data = json.loads(OUT_JSON.read_text()) if OUT_JSON.is_file() else {}
-    measured = {(row["model"], row["boxes"]) for row in rows}  # rows not measured in this run are kept
+    def key(row: dict) -> tuple:
+        return row["model"], row["boxes"], row.get("tracker", tracker_label(1.0))
+
+    measured = {key(row) for row in rows}  # rows not measured in this run are kept
     old = data.get("multicamera", {})
-    kept = [row for row in old.get("rows", []) if (row["model"], row["boxes"]) not in measured]
+    kept = [row for row in old.get("rows", []) if key(row) not in measured]
     data["multicamera"] = {**old, "rows": kept + rows, **meta}
     atomic_write_json(data, OUT_JSON)
     print(markdown(rows, meta))
