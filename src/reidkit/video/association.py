@@ -178,6 +178,11 @@ def cannot_link(tracklets: TrackletSet, transitions: Mapping[tuple[int, int], tu
     return forbidden
 
 
+def overlapping(starts_a: np.ndarray, ends_a: np.ndarray, starts_b: np.ndarray, ends_b: np.ndarray) -> np.ndarray:
+    """(A, B) bool: closed time ranges [start, end] of group a that meet those of group b."""
+    return (starts_a[:, None] <= ends_b[None, :]) & (starts_b[None, :] <= ends_a[:, None])
+
+
 def seen_together(tracklets: TrackletSet) -> np.ndarray:
     """(N, N) bool: two tracklets of one camera with intersecting intervals (seen at the same time). One
     (K, K) interval comparison per camera, folded onto tracklets by an owner matrix: no loop over pairs."""
@@ -189,7 +194,7 @@ def seen_together(tracklets: TrackletSet) -> np.ndarray:
     for camera in np.unique(t.cameras):
         sel = np.flatnonzero(t.cameras[owner] == camera)
         a = runs[sel]
-        meet = (a[:, None, 0] <= a[None, :, 1]) & (a[None, :, 0] <= a[:, None, 1])
+        meet = overlapping(a[:, 0], a[:, 1], a[:, 0], a[:, 1])
         members = np.unique(owner[sel])
         onehot = (owner[sel][:, None] == members[None, :]).astype(np.float64)  # (K, members)
         out[np.ix_(members, members)] = (onehot.T @ meet.astype(np.float64) @ onehot) > 0
@@ -205,8 +210,7 @@ def forbidden_pairs(a: Spans, b: Spans, transitions: Mapping[tuple[int, int], tu
     same_camera=False only the transition windows (the caller compares same-camera tracklets by interval)."""
     (ca, sa, ea), (cb, sb, eb) = ([np.asarray(x) for x in g] for g in (a, b))
     same_cam = ca[:, None] == cb[None, :]
-    forbidden = same_cam & (sa[:, None] <= eb[None, :]) & (sb[None, :] <= ea[:, None]) if same_camera \
-        else np.zeros(same_cam.shape, dtype=bool)
+    forbidden = same_cam & overlapping(sa, ea, sb, eb) if same_camera else np.zeros(same_cam.shape, dtype=bool)
     if transitions:
         gap = np.maximum(sa[:, None] - eb[None, :], sb[None, :] - ea[:, None])  # > 0: seconds between the spans
         for (x, y), (low, high) in transitions.items():
@@ -449,7 +453,7 @@ class OnlineAssociator:
         spans = (self._cams.view, self._starts.view, self._ends.view)
         clash = forbidden_pairs(([camera], [start], [end]), spans, self.config.transitions, same_camera=False)[0]
         stored = self._runs.view
-        meet = ((runs[:, None, 0] <= stored[None, :, 1]) & (stored[None, :, 0] <= runs[:, None, 1])).any(axis=0)
+        meet = overlapping(runs[:, 0], runs[:, 1], stored[:, 0], stored[:, 1]).any(axis=0)
         owners = self._run_owner.view[meet]
         clash[owners[self._cams.view[owners] == camera]] = True
         return clash
