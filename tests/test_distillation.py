@@ -20,7 +20,7 @@ from reidkit.checkpoint import load_checkpoint, model_from_checkpoint
 from reidkit.data import load_dataset
 from reidkit.data.images import load_image_tensor
 from reidkit.errors import ConfigError, TrainingError
-from reidkit.losses import DarkRankLoss, SimilarityDistillationLoss, build_loss
+from reidkit.losses import DarkRankLoss, FeatureDistillationLoss, SimilarityDistillationLoss, build_loss
 from reidkit.training.config import DataConfig, DistillConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
 from reidkit.training.embedding import EmbeddingTrainer
 
@@ -82,6 +82,27 @@ def test_similarity_distillation_equals_loops():
     assert SimilarityDistillationLoss()(student, teacher).item() == pytest.approx(expected, rel=1e-9)
 
 
+def naive_feature_distillation(student: np.ndarray, teacher: np.ndarray) -> float:
+    """Mean over images of 1 - cos(student_i, teacher_i), with the cosine written as a loop."""
+    total = 0.0
+    for s, t in zip(student, teacher):
+        dot = sum(a * b for a, b in zip(s, t))
+        total += 1.0 - dot / (math.sqrt(sum(a * a for a in s)) * math.sqrt(sum(b * b for b in t)))
+    return total / len(student)
+
+
+def test_feature_distillation_equals_loops_and_is_zero_for_a_rescaled_teacher():
+    gen = torch.Generator().manual_seed(4)
+    student = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    loss = FeatureDistillationLoss()(student, teacher)
+    assert loss.item() == pytest.approx(naive_feature_distillation(student.detach().numpy(), teacher.numpy()),
+                                        rel=1e-9)
+    loss.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert FeatureDistillationLoss()(3.0 * teacher, teacher).item() == pytest.approx(0.0, abs=1e-12)
+
+
 def test_distillation_losses_refuse_bad_input():
     with pytest.raises(TrainingError, match="same N samples"):
         DarkRankLoss()(torch.randn(4, 3), torch.randn(5, 3))
@@ -89,6 +110,8 @@ def test_distillation_losses_refuse_bad_input():
         SimilarityDistillationLoss()(torch.randn(2, 3), torch.randn(2, 3))
     with pytest.raises(ConfigError, match="alpha=0"):
         build_loss("darkrank", alpha=0)
+    with pytest.raises(TrainingError, match="student's embeddings have 3 dimensions and the teacher's 5"):
+        FeatureDistillationLoss()(torch.randn(4, 3), torch.randn(4, 5))
 
 
 # ------------------------------------------------------------------------------------------- the task
@@ -116,8 +139,8 @@ def _by_hand_teacher_embeddings(checkpoint: Path, paths: list[str]) -> np.ndarra
 def test_teacher_targets_are_the_teachers_flip_averaged_embeddings_and_are_cached(tiny_market, small_checkpoint,
                                                                                 tmp_path, monkeypatch):
     monkeypatch.setenv("REIDKIT_CACHE", str(tmp_path / "cache"))
-    trainer = EmbeddingTrainer(distill_config(small_checkpoint, similarity_weight=0.5), tmp_path / "run",
-                               tiny_market, show_progress=False)
+    trainer = EmbeddingTrainer(distill_config(small_checkpoint, similarity_weight=0.5, feature_weight=0.25),
+                               tmp_path / "run", tiny_market, show_progress=False)
     trainer.setup()
     train_paths = [r.path for r in sorted(load_dataset(tiny_market).train, key=lambda r: r.path)]
     by_path = dict(zip(trainer.train_paths, trainer.teacher_features.numpy()))
@@ -127,16 +150,20 @@ def test_teacher_targets_are_the_teachers_flip_averaged_embeddings_and_are_cache
     cached = list((tmp_path / "cache" / "reidkit" / "teacher").glob("*.npy"))
     assert len(cached) == 1
 
-    # The batch's terms: DarkRank and the similarity loss on the batch items' teacher rows.
+    # The batch's terms on the batch items' teacher rows: DarkRank and the similarity loss on the features before
+    # the BNNeck, the feature term on the retrieval embedding after it.
     gen = torch.Generator().manual_seed(3)
     trainer.task.batch_items = np.array([0, 1, 2, 3, 4, 5])
+    rows = trainer.teacher_features[:6].numpy().astype(np.float64)
     out = {"features": torch.randn(6, 4, generator=gen, dtype=torch.float64),
+           "bn_features": torch.randn(6, rows.shape[1], generator=gen, dtype=torch.float64),
            "logits": torch.randn(6, trainer.num_classes, generator=gen, dtype=torch.float64)}
     parts = trainer._student_loss(out, torch.tensor([0, 0, 1, 1, 2, 2]), ranking=False)
-    rows = trainer.teacher_features[:6].numpy().astype(np.float64)
-    assert set(parts) == {"id", "distill_darkrank", "distill_similarity"}
+    assert set(parts) == {"id", "distill_darkrank", "distill_similarity", "distill_feature"}
     assert parts["distill_darkrank"].item() == pytest.approx(
         naive_darkrank(out["features"].numpy(), rows, 3.0, 3.0, 0), rel=1e-5)
+    assert parts["distill_feature"].item() == pytest.approx(
+        0.25 * naive_feature_distillation(out["bn_features"].numpy(), rows), rel=1e-5)
 
     # Reused, not recomputed: a poisoned cache file is what the next run reads.
     np.save(cached[0], np.zeros_like(np.load(cached[0])))
@@ -162,6 +189,7 @@ def test_distillation_trains_end_to_end_and_records_the_teacher(tiny_market, sma
     ("missing.pt", {}, r"distill.teacher='.*missing.pt': file not found"),
     (None, {"darkrank_weight": 0.0}, r"nothing would be distilled"),
     (None, {"darkrank_weight": -1.0}, r"distill.darkrank_weight"),
+    (None, {"feature_weight": -0.5}, r"distill.feature_weight"),
 ])
 def test_distillation_errors_stop_before_loading_data(small_checkpoint, tmp_path, teacher, changes, pattern):
     cfg = distill_config(tmp_path / teacher if teacher else small_checkpoint, **changes)

@@ -8,7 +8,8 @@ Call conventions (each class says which in its `inputs` attribute):
     "pair_logits"       loss(pair_logits, pair_labels, triplets)                   improved_ranking
     "attribute_logits"  loss(attribute_logits, attribute_targets)                  attribute_wce
     "embeddings+attributes"  loss(embeddings, labels, attributes[, indices_tuple])  attribute_triplet
-    "distillation"      loss(student_embeddings, teacher_embeddings)                darkrank, similarity_distillation
+    "distillation"      loss(student_embeddings, teacher_embeddings)                darkrank, similarity_distillation,
+                                                                                   feature_distillation
 Metric losses also accept a distance matrix: `loss.forward_distance(dist, labels[, indices_tuple])`.
 """
 
@@ -17,7 +18,7 @@ from . import attributes as _attributes  # noqa: F401  (registers attribute_wce,
 from .aligned import AlignedTripletLoss
 from .base import MetricLoss, reduce_losses
 from .classification import CenterLoss, CrossEntropyLabelSmooth
-from .distillation import DarkRankLoss, SimilarityDistillationLoss
+from .distillation import DarkRankLoss, FeatureDistillationLoss, SimilarityDistillationLoss
 from .mutual import MutualLearningLoss
 from .pair import ContrastiveLoss, MarginSampleMiningLoss
 from .quadruplet import QuadrupletLoss
@@ -33,6 +34,7 @@ __all__ = [
     "ContrastiveLoss",
     "CrossEntropyLabelSmooth",
     "DarkRankLoss",
+    "FeatureDistillationLoss",
     "ImprovedRankingLoss",
     "ImprovedTripletLoss",
     "MarginSampleMiningLoss",

@@ -1,7 +1,10 @@
 """Knowledge distillation losses between a student's and a frozen teacher's embeddings of the same batch.
 
-Both compare how each network relates the batch's samples to one another, never the features themselves, so the
-student's embedding size and scale are free (a 1280-d student learns from a 512-d teacher without a projection).
+`darkrank` and `similarity_distillation` compare how each network relates the batch's samples to one another,
+never the features themselves, so the student's embedding size and scale are free (a 1280-d student learns from a
+512-d teacher without a projection). `feature_distillation` matches the features themselves: the student's
+retrieval embedding should point where the teacher's does, which needs the same size (OSNet-AIN x0.5 and x1.0 from
+Intel's models are both 256-d) and leaves the scale free.
 
 - `darkrank` (Chen, Wang & Zhang, "DarkRank: accelerating deep metric learning via cross sample similarities
   transfer", AAAI 2018), hard transfer: for each anchor q, the other samples ranked by the TEACHER's similarity
@@ -11,6 +14,8 @@ student's embedding size and scale are free (a 1280-d student learns from a 512-
   averaged over anchors and over the first `list_size` positions (0: the whole list). Features are L2-normalised
   first, so the distances lie in [0, 2] for any network.
 - `similarity_distillation`: the mean squared difference of the two cosine-similarity matrices (off-diagonal).
+- `feature_distillation`: the mean cosine distance 1 - cos(s_i, t_i) between each image's student and teacher
+  embeddings (the retrieval embeddings: the student's after its BNNeck).
 """
 
 from __future__ import annotations
@@ -85,3 +90,19 @@ class SimilarityDistillationLoss(nn.Module):
         s, t = _unit_rows(student), _unit_rows(teacher)
         off_diagonal = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
         return ((s @ s.t() - (t @ t.t()).detach())[off_diagonal] ** 2).mean()
+
+
+@register_loss("feature_distillation")
+class FeatureDistillationLoss(nn.Module):
+    """Mean cosine distance between each sample's student and teacher embedding (equal sizes; module docstring)."""
+
+    inputs: ClassVar[str] = "distillation"
+    student_output: ClassVar[str] = "bn_features"  # the embedding retrieval uses, as the teacher's cache holds
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        _check_pair(student, teacher, "feature_distillation")
+        if student.shape[1] != teacher.shape[1]:
+            raise TrainingError(f"feature_distillation: the student's embeddings have {student.shape[1]} dimensions "
+                                f"and the teacher's {teacher.shape[1]}; matching features needs the same size (use "
+                                "distill.darkrank_weight / distill.similarity_weight, which compare relations)")
+        return (1.0 - (_unit_rows(student) * _unit_rows(teacher).detach()).sum(dim=1)).mean()

@@ -116,6 +116,7 @@ class DistillConfig:
     darkrank_beta: float = 3.0
     darkrank_list_size: int = 0  # positions of each teacher ranking that count (0 = the whole batch)
     similarity_weight: float = 0.0  # MSE of the two cosine-similarity matrices of the batch
+    feature_weight: float = 0.0  # cosine distance of each image's student and teacher embedding (same size)
 
 
 @dataclass
@@ -336,8 +337,9 @@ BOUNDS: dict[str, tuple[float, bool]] = {
     "eval.cmc_ids": _AT_LEAST_1, "eval.cmc_draws": _AT_LEAST_1,
     "data.clip_len": _AT_LEAST_1, "model.attention_hidden": _AT_LEAST_1, "attention_lr_mult": _POSITIVE,
     "data.workers": _MIN, "dist_timeout_minutes": _POSITIVE,
-    "distill.darkrank_weight": _MIN, "distill.similarity_weight": _MIN, "distill.darkrank_alpha": _POSITIVE,
-    "distill.darkrank_beta": _POSITIVE, "distill.darkrank_list_size": _MIN, "ema_decay": _MIN,
+    "distill.darkrank_weight": _MIN, "distill.similarity_weight": _MIN, "distill.feature_weight": _MIN,
+    "distill.darkrank_alpha": _POSITIVE, "distill.darkrank_beta": _POSITIVE, "distill.darkrank_list_size": _MIN,
+    "ema_decay": _MIN,
 }
 UPPER: dict[str, float] = {"model.dropout": 1.0, "loss.label_smooth": 1.0, "ema_decay": 1.0}  # exclusive upper bounds
 

@@ -28,9 +28,9 @@ CACHE_VERSION = 1
 
 def distillation_losses(cfg: DistillConfig) -> dict[str, tuple[float, torch.nn.Module]]:
     """{name: (weight, loss)} of the active distillation terms (checked before any image is loaded)."""
-    if cfg.darkrank_weight == 0 and cfg.similarity_weight == 0:
-        raise ConfigError(f"distill.teacher={cfg.teacher!r} with distill.darkrank_weight and "
-                          "distill.similarity_weight both 0: nothing would be distilled")
+    if cfg.darkrank_weight == 0 and cfg.similarity_weight == 0 and cfg.feature_weight == 0:
+        raise ConfigError(f"distill.teacher={cfg.teacher!r} with distill.darkrank_weight, "
+                          "distill.similarity_weight and distill.feature_weight all 0: nothing would be distilled")
     losses: dict[str, tuple[float, torch.nn.Module]] = {}
     if cfg.darkrank_weight > 0:
         losses["darkrank"] = (cfg.darkrank_weight, build_loss("darkrank", alpha=cfg.darkrank_alpha,
@@ -38,6 +38,8 @@ def distillation_losses(cfg: DistillConfig) -> dict[str, tuple[float, torch.nn.M
                                                               list_size=cfg.darkrank_list_size))
     if cfg.similarity_weight > 0:
         losses["similarity"] = (cfg.similarity_weight, build_loss("similarity_distillation"))
+    if cfg.feature_weight > 0:
+        losses["feature"] = (cfg.feature_weight, build_loss("feature_distillation"))
     return losses
 
 

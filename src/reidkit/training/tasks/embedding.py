@@ -264,7 +264,8 @@ class EmbeddingTask(Task):
         if self.distill_losses:  # how the frozen teacher relates this batch's images (from the first epoch)
             targets = self.teacher_features[torch.as_tensor(self.batch_items)].to(out["features"].device)
             for name, (weight, loss) in self.distill_losses.items():
-                parts[f"distill_{name}"] = weight * loss(out["features"], targets)
+                student = out[getattr(loss, "student_output", "features")]
+                parts[f"distill_{name}"] = weight * loss(student, targets)
         if not parts:
             raise ConfigError("no loss is active: set loss.id_loss or loss.metric_loss")
         return parts
