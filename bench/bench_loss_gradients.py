@@ -31,7 +31,7 @@ from reidkit.utils import atomic_write_text
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
 OUT = ROOT / "docs" / "benchmarks" / "loss_gradients"
-RECIPE = ROOT / "configs" / "cuhk03np_cpu.yaml"
+RECIPE = ROOT / "configs" / "cuhk03np_imagenet.yaml"
 LOSSES = {"triplet_batch_hard": {"margin": 0.3}, "msml": {"margin": 0.3}, "soft_hard": {"margin": 0.3},
           "quadruplet": {"metric": "euclidean", "alpha": 0.3, "beta": 0.15, "ohnm": True},
           "msml (cosine distance)": {"margin": 0.3, "metric": "cosine"}}

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "datasets" / "cuhk03np-detected" / "bounding_box_train"
 RUNS = ROOT / "runs" / "bench_train"
 OUT = ROOT / "docs" / "benchmarks" / "cuhk03np_train"
-CONFIG = ROOT / "configs" / "cuhk03np_cpu.yaml"
+CONFIG = ROOT / "configs" / "cuhk03np_imagenet.yaml"
 
 
 def run(name: str, overrides: list[str], resume: bool) -> None:

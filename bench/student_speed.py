@@ -1,13 +1,14 @@
 """Issue 25's student against its teacher: inference images/s side by side, and validation accuracy.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/student_speed.py [--teacher runs/best/best.pt]
-        [--student runs/student/best.pt] [--rounds 3]
+        [--student runs/student/best.pt [runs/student256/best.pt ...]] [--rounds 3]
 
 The 1,450 validation images (the 150-identity carve's query + gallery, ../shared's CUHK03-NP training folder) are
-decoded once per model at its own input size (the teacher 256x128, the student 192x96); then each model embeds
-all of them, teacher and student alternating for `--rounds` rounds (so a change of load on the shared box hits
-both), torch with 2 threads, batch 64, no flip. Reported: the median images/s of each and their ratio, the
-validation figures of each run (its summary.json: flip TTA, as trained) and the load average.
+decoded once per model at its own input size (the teacher 256x128, a student 192x96 or 256x128); then each model
+embeds all of them, the teacher and every student in turn for `--rounds` rounds (so a change of load on the shared
+box hits all), torch with 2 threads, batch 64, no flip. Reported: the median images/s of each and each student's
+ratio to the teacher, the validation figures of each run (its summary.json: flip TTA, as trained) and the load
+average. Students are named by their run folder (runs/student256/best.pt -> "student256").
 Writes docs/benchmarks/student.json.
 """
 
@@ -48,14 +49,17 @@ def run_summary(checkpoint: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=ROOT / "runs" / "best" / "best.pt")
-    parser.add_argument("--student", type=Path, default=ROOT / "runs" / "student" / "best.pt")
+    parser.add_argument("--student", type=Path, nargs="+", default=[ROOT / "runs" / "student" / "best.pt"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(2)
     paths = validation_paths()
     models = {}
-    for role, checkpoint in (("teacher", args.teacher), ("student", args.student)):
+    roles = [("teacher", args.teacher)] + [(checkpoint.parent.name, checkpoint) for checkpoint in args.student]
+    if len({role for role, _ in roles}) != len(roles):
+        parser.error(f"--student: each checkpoint needs its own run folder name, got {[str(p) for p in args.student]}")
+    for role, checkpoint in roles:
         extractor = Extractor(checkpoint, device="cpu", batch_size=args.batch_size)
         pixels = load_image_tensor(paths, extractor.input_size, extractor.resize)
         params = sum(p.numel() for p in extractor.model.parameters())
@@ -79,8 +83,9 @@ def main() -> None:
             "seconds": [round(s, 2) for s in seconds[role]],
             "images_per_second": round(len(paths) / statistics.median(seconds[role]), 1),
             "val": summary.get("best")}
-    t, s = (result["models"][r]["images_per_second"] for r in ("teacher", "student"))
-    result["speedup"] = round(s / t, 2)
+    teacher = result["models"]["teacher"]
+    result["speedup"] = {role: round(m["images_per_second"] / teacher["images_per_second"], 2)
+                         for role, m in result["models"].items() if role != "teacher"}
     atomic_write_json(result, OUT)
     print(json.dumps(result, indent=1))
 

@@ -347,7 +347,7 @@ def test_evaluate_local_weight_errors_name_the_problem(aligned_run, tiny_market,
 
 # ----------------------------------------------------------------------------------------------- config
 def test_alignedreid_config_is_the_cuhk03np_recipe_plus_the_local_branch():
-    recipe = yaml.safe_load((CONFIGS / "cuhk03np_cpu.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS / "cuhk03np_imagenet.yaml").read_text())
     aligned = yaml.safe_load((CONFIGS / "alignedreid_cuhk03np_cpu.yaml").read_text())
     assert aligned.pop("val_local_weight") == 1.0 and aligned.pop("select_on") == "val"
     assert aligned["model"].pop("local_dim") == 128 and aligned["model"].pop("local_pool") == "max"

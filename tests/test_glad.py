@@ -226,7 +226,7 @@ def test_training_boxes_are_the_glad_boxes_of_the_cached_keypoints(glad_run):
 
 # ------------------------------------------------------------------------------------------- config
 def test_glad_config_is_the_cuhk03np_recipe_with_another_model():
-    recipe = yaml.safe_load((CONFIGS / "cuhk03np_cpu.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS / "cuhk03np_imagenet.yaml").read_text())
     glad = yaml.safe_load((CONFIGS / "glad_cuhk03np_cpu.yaml").read_text())
     assert glad["model"].pop("name") == "glad" and recipe["model"].pop("name") == "embedding"
     assert glad["model"].pop("params")["alpha"] == 0.04

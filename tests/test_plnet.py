@@ -137,7 +137,7 @@ def test_plnet_config_trains_two_epochs(tmp_path):
 def test_plnet_config_is_the_recipe_with_only_the_model_changed():
     import yaml
 
-    recipe = yaml.safe_load((CONFIGS / "cuhk03np_cpu.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS / "cuhk03np_imagenet.yaml").read_text())
     plnet = yaml.safe_load((CONFIGS / "plnet_cuhk03np_cpu.yaml").read_text())
     assert plnet["model"].pop("name") == "plnet" and recipe["model"].pop("name") == "embedding"
     assert plnet["model"].pop("params") == {"parts": 6, "part_dim": 256, "part_pool": "max", "box_quantile": 0.25}

@@ -136,7 +136,7 @@ def test_extractor_computes_boxes_with_the_real_pose_estimator(spindle_run, tmp_
 
 
 def test_spindle_config_is_the_cuhk03np_recipe_with_another_model():
-    recipe = yaml.safe_load((CONFIGS / "cuhk03np_cpu.yaml").read_text())
+    recipe = yaml.safe_load((CONFIGS / "cuhk03np_imagenet.yaml").read_text())
     spindle = yaml.safe_load((CONFIGS / "spindle_cuhk03np_cpu.yaml").read_text())
     assert spindle["model"].pop("name") == "spindle" and recipe["model"].pop("name") == "embedding"
     assert spindle["model"].pop("params")["region_dim"] == 256
