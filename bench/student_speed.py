@@ -1,7 +1,7 @@
 """Issue 25's student against its teacher: inference images/s side by side, and validation accuracy.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/student_speed.py [--teacher runs/best/best.pt]
-        [--student runs/student/best.pt [runs/student256/best.pt ...]] [--rounds 3]
+        [--student runs/student/best.pt [runs/student256/best.pt ...]] [--rounds 3] [--out FILE]
 
 The 1,450 validation images (the 150-identity carve's query + gallery, ../shared's CUHK03-NP training folder) are
 decoded once per model at its own input size (the teacher 256x128, a student 192x96 or 256x128); then each model
@@ -9,7 +9,7 @@ embeds all of them, the teacher and every student in turn for `--rounds` rounds 
 box hits all), torch with 2 threads, batch 64, no flip. Reported: the median images/s of each and each student's
 ratio to the teacher, the validation figures of each run (its summary.json: flip TTA, as trained) and the load
 average. Students are named by their run folder (runs/student256/best.pt -> "student256").
-Writes docs/benchmarks/student.json.
+Writes docs/benchmarks/student.json (`--out` another file: the 256x128 student's run is student256.json).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--student", type=Path, nargs="+", default=[ROOT / "runs" / "student" / "best.pt"])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=OUT, help="the JSON report (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     paths = validation_paths()
@@ -86,7 +87,7 @@ def main() -> None:
     teacher = result["models"]["teacher"]
     result["speedup"] = {role: round(m["images_per_second"] / teacher["images_per_second"], 2)
                          for role, m in result["models"].items() if role != "teacher"}
-    atomic_write_json(result, OUT)
+    atomic_write_json(result, args.out)
     print(json.dumps(result, indent=1))
 
 
