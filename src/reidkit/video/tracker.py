@@ -319,8 +319,8 @@ class Tracker:
                 app = np.clip(1.0 - track_feats @ features[dets].T, 0.0, 1.0)
                 fused = (1 - w) * cost + w * app
                 cost = np.where(has[:, None], fused, cost)
-                uncertain = iou < self.config.appearance_gate_iou if self.config.appearance_gate_iou < 1.0 \
-                    else np.ones_like(iou, dtype=bool)  # 1.0: the gate always applies
+                gate_iou = self.config.appearance_gate_iou
+                uncertain = (iou < gate_iou) | (gate_iou >= 1.0)  # 1.0: the gate always applies, even at IoU 1
                 gate |= has[:, None] & (app > self.config.max_appearance_distance) & uncertain
         return np.where(gate, INF_COST, cost)
 
