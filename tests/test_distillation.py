@@ -19,6 +19,7 @@ import torch
 from reidkit.checkpoint import load_checkpoint, model_from_checkpoint
 from reidkit.data import load_dataset
 from reidkit.data.images import load_image_tensor
+from reidkit.data.transforms import AugmentConfig
 from reidkit.errors import ConfigError, TrainingError
 from reidkit.losses import DarkRankLoss, FeatureDistillationLoss, SimilarityDistillationLoss, build_loss
 from reidkit.training.config import DataConfig, DistillConfig, LossConfig, ModelConfig, OptimConfig, TrainConfig
@@ -126,12 +127,14 @@ def distill_config(teacher: Path | str, **distill) -> TrainConfig:
     )
 
 
-def _by_hand_teacher_embeddings(checkpoint: Path, paths: list[str]) -> np.ndarray:
+def _by_hand_teacher_embeddings(checkpoint: Path, paths: list[str], views: tuple[bool, ...] = (False, True)
+                                ) -> np.ndarray:
+    """The teacher's unit embeddings of the images, summed over `views` (False: as is, True: mirrored)."""
     model = model_from_checkpoint(checkpoint)[0].eval()
     images = load_image_tensor(paths, tuple(model.input_size), "stretch", False).float() / 255
     x = (images - torch.tensor(model.input_mean).view(1, 3, 1, 1)) / torch.tensor(model.input_std).view(1, 3, 1, 1)
     with torch.no_grad():
-        both = model(x) + model(x.flip(3))
+        both = sum(model(x.flip(3) if mirrored else x) for mirrored in views)
     both = both.numpy().astype(np.float64)
     return both / np.linalg.norm(both, axis=1, keepdims=True)
 
@@ -183,6 +186,67 @@ def test_distillation_trains_end_to_end_and_records_the_teacher(tiny_market, sma
     assert len(epochs) == 3 and all(math.isfinite(r["loss_distill_darkrank"]) for r in epochs)
     extra = load_checkpoint(tmp_path / "run" / "best.pt")["extra"]
     assert extra["distilled_from"] == str(small_checkpoint.resolve())
+
+
+def _record_targets(trainer: EmbeddingTrainer, monkeypatch) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(batch items, online teacher targets) of every step the trainer takes."""
+    task, seen = trainer.task, []
+    original = task._student_loss
+
+    def spy(out, labels, ranking, student=0):
+        seen.append((np.asarray(task.batch_items).copy(), task.batch_targets.numpy().astype(np.float64)))
+        return original(out, labels, ranking, student)
+
+    monkeypatch.setattr(task, "_student_loss", spy)
+    return seen
+
+
+def test_an_online_teacher_embeds_each_augmented_view(tiny_market, small_checkpoint, tmp_path, monkeypatch):
+    """Augmented by mirroring only, each target is the teacher's embedding of the image as it is or mirrored,
+    whichever view the student was given; no un-augmented pass is computed or cached."""
+    monkeypatch.setenv("REIDKIT_CACHE", str(tmp_path / "cache"))
+    cfg = distill_config(small_checkpoint, online=True, similarity_weight=0.5)
+    cfg.augment = AugmentConfig(flip=True, pad=0, color_jitter=0.0, erasing_prob=0.0)
+    trainer = EmbeddingTrainer(cfg, tmp_path / "run", tiny_market, show_progress=False)
+    seen = _record_targets(trainer, monkeypatch)
+    trainer.fit()
+    paths = trainer.task.train_paths
+    as_is = _by_hand_teacher_embeddings(small_checkpoint, paths, (False,))
+    mirrored = _by_hand_teacher_embeddings(small_checkpoint, paths, (True,))
+    matched = []
+    for items, targets in seen:
+        d_as_is = np.abs(targets - as_is[items]).max(axis=1)
+        d_mirrored = np.abs(targets - mirrored[items]).max(axis=1)
+        assert (np.minimum(d_as_is, d_mirrored) < 1e-5).all()
+        matched += list(d_mirrored < d_as_is)
+    assert len(seen) >= 2 and 0 < sum(matched) < len(matched)  # both views occurred
+    assert not (tmp_path / "cache").exists()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss_distill_similarity"]) for r in rows if "epoch_seconds" in r)
+
+
+def test_an_online_teacher_of_another_input_size_sees_the_view_resized(tiny_market, tmp_path, monkeypatch):
+    """A 128x64 teacher of a 64x32 student: each target is, of all training images, nearest to the teacher's
+    embedding of its own image decoded at 128x64 (the file resized by the image loader, not by the trainer)."""
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.models import build_model
+
+    torch.manual_seed(0)
+    model_cfg = {"backbone": "simple_cnn", "pretrained": False, "num_classes": None, "input_size": (128, 64)}
+    teacher = tmp_path / "teacher128.pt"
+    save_checkpoint(teacher, model=build_model("embedding", **model_cfg).eval(), model_name="embedding",
+                    model_cfg=model_cfg, epoch=0)
+    cfg = distill_config(teacher, online=True)
+    cfg.augment = AugmentConfig(flip=False, pad=0, color_jitter=0.0, erasing_prob=0.0)
+    cfg.optim.epochs = 1
+    trainer = EmbeddingTrainer(cfg, tmp_path / "run", tiny_market, show_progress=False)
+    seen = _record_targets(trainer, monkeypatch)
+    trainer.fit()
+    reference = _by_hand_teacher_embeddings(teacher, trainer.task.train_paths, (False,))
+    for items, targets in seen:
+        similarity = targets @ reference.T
+        assert (similarity.argmax(axis=1) == items).all()
+        assert (similarity[np.arange(len(items)), items] > 0.99).all()
 
 
 @pytest.mark.parametrize(("teacher", "changes", "pattern"), [

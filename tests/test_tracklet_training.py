@@ -112,10 +112,10 @@ def test_evaluate_tracklets_cli_with_temporal_and_image_checkpoints(trained, syn
 
 @pytest.mark.slow
 def test_init_from_an_image_checkpoint_loads_the_frame_encoder(trained, synth, tmp_path):
-    from reidkit.training.tasks.tracklet import load_frame_weights
+    from reidkit.checkpoint import init_weights_from
 
     model = build_model("temporal", pretrained=False, input_size=(64, 32), num_classes=3, temporal_pooling="avg")
-    message = load_frame_weights(model, trained / "best.pt", {1: 0, 2: 1, 3: 2})
+    message = init_weights_from(model.frame_model, "embedding", trained / "best.pt", {1: 0, 2: 1, 3: 2})
     saved = torch.load(trained / "best.pt", weights_only=True)["model"]
     assert torch.equal(model.frame_model.backbone.state_dict()[next(iter(model.frame_model.backbone.state_dict()))],
                        saved["frame_model.backbone." + next(iter(model.frame_model.backbone.state_dict()))])

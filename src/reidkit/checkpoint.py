@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import ModelError
+from .errors import ConfigError, ModelError
 from .utils import atomic_torch_save
 
 # What unpickling an older checkpoint's numpy RNG state (an ndarray of uint32) needs, and nothing more; numpy 1.x
@@ -144,6 +144,35 @@ def model_from_checkpoint(path: str | Path, map_location: str | torch.device = "
         raise ModelError(f"checkpoint {path}: its weights do not match its recorded model config ({name!r}, "
                          f"{cfg}): {'; '.join(lines[:3])}{more}") from None
     return model, payload
+
+
+def init_weights_from(model: nn.Module, model_name: str, checkpoint: str | Path, label_map: dict[int, int]) -> str:
+    """Start `model` (registered as `model_name`) from the weights of a checkpoint, the `init_from` option.
+
+    Every tensor but the classifier must fit; the classifier is taken only when the checkpoint was trained on the
+    same identities (its label map). A temporal checkpoint gives an embedding model its frame encoder. Returns a
+    line for the log."""
+    payload = load_checkpoint(checkpoint)
+    require_finite_weights(payload, checkpoint)
+    state, recorded = payload["model"], payload["model_name"]
+    if recorded == "temporal" and model_name == "embedding":
+        state = {k.removeprefix("frame_model."): v for k, v in state.items() if k.startswith("frame_model.")}
+    elif recorded != model_name:
+        raise ConfigError(f"init_from {checkpoint}: a {recorded!r} model; this run trains {model_name!r} models")
+    own = model.state_dict()
+    same_ids = payload.get("extra", {}).get("label_map") == label_map
+    skipped = [k for k in state if k.startswith("classifier.") and not same_ids]
+    state = {k: v for k, v in state.items() if k not in skipped}
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.startswith("classifier.")]
+    if bad or missing:
+        raise ConfigError(f"init_from {checkpoint}: its weights do not fit model {model.__class__.__name__} with "
+                          f"these options (mismatched: {(bad + missing)[:4]}); use the same backbone options")
+    model.load_state_dict(state, strict=False)
+    has_classifier = any(k.startswith("classifier.") for k in payload["model"])
+    classifier = ("kept" if has_classifier and not skipped else "re-initialised: other identities" if skipped
+                  else "new: the checkpoint has none")
+    return f"weights initialised from {checkpoint} ({len(state)} tensors, classifier {classifier})"
 
 
 def update_checkpoint_extra(path: str | Path, key: str, value: Any) -> None:

@@ -117,6 +117,9 @@ class DistillConfig:
     darkrank_list_size: int = 0  # positions of each teacher ranking that count (0 = the whole batch)
     similarity_weight: float = 0.0  # MSE of the two cosine-similarity matrices of the batch
     feature_weight: float = 0.0  # cosine distance of each image's student and teacher embedding (same size)
+    # true: the teacher embeds every augmented training batch (the student's own views, resized to the teacher's
+    # input) instead of the un-augmented images once; pays with an OpenVINO / ONNX export of the teacher
+    online: bool = False
 
 
 @dataclass
@@ -128,6 +131,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     students: int = 1  # 2 = deep mutual learning of two copies of the model, each with its own optimiser
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # A checkpoint whose weights start training instead of model.pretrained: every tensor must fit, the classifier
+    # is kept only when it was trained on the same identities (e.g. a student that starts from its teacher).
+    # The tracklet task starts its frame encoder from an image or temporal checkpoint.
+    init_from: str = ""
     # Exponential moving average of the weights (training/ema.py): validation, best.pt and the final weights use
     # the average; 0 = off, 0.999 is usual (about the last 1,000 steps)
     ema_decay: float = 0.0
@@ -175,9 +182,6 @@ class TrackletTrainConfig(TrainConfig):
 
     model: TrackletModelConfig = field(default_factory=TrackletModelConfig)
     data: TrackletDataConfig = field(default_factory=TrackletDataConfig)
-    # An image (or temporal) checkpoint whose frame-encoder weights start training (the classifier only when it
-    # has the same identities); empty: the backbone's ImageNet weights (model.pretrained).
-    init_from: str = ""
     # Learning rate of the attention head as a multiple of optim.lr: its last layer starts at zero and Adam moves it
     # by about lr per step, so at a fine-tuning lr it stays near uniform for a long time (docs/tracklets.md).
     attention_lr_mult: float = 1.0

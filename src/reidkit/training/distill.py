@@ -1,4 +1,5 @@
-"""Distillation targets: a frozen teacher's embeddings of the training images, computed once and cached.
+"""Distillation targets: a frozen teacher's embeddings of the training images, computed once and cached, or of
+every augmented batch (`distill.online`).
 
 The teacher is any model `reidkit extract` runs (a reidkit checkpoint, ONNX, an OpenVINO IR such as Intel's
 OSNet-AIN), on its own input size and normalisation. Its flip-averaged, L2-normalised embeddings of the
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..inference.backends import build_extractor, file_digest, l2_normalize, model_files
@@ -75,3 +77,27 @@ def teacher_embeddings(cfg: DistillConfig, paths: Sequence[str], device: str = "
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(features, target)
     return torch.from_numpy(features)
+
+
+class OnlineTeacher:
+    """The teacher's embeddings of the student's augmented batch: the student's normalised input is turned back
+    into uint8 RGB pixels (random-erasing noise clipped to 0..255), resized to the teacher's input when the sizes
+    differ, and embedded without flip (the target is this view, not the image)."""
+
+    def __init__(self, cfg: DistillConfig, device: str = "auto"):
+        # the training's thread budget (num_threads), so runs side by side do not oversubscribe the cores
+        self.extractor = build_extractor(check_teacher(cfg), backend=cfg.backend, device=device, flip=False,
+                                         batch_size=256, threads=torch.get_num_threads())
+        print(f"distillation: the teacher {cfg.teacher} ({self.extractor.backend}) embeds every augmented batch",
+              flush=True)
+
+    def __call__(self, x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+        with torch.no_grad():
+            m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+            pixels = (x.float() * s + m).mul_(255.0)
+            size = tuple(self.extractor.input_size)
+            if tuple(pixels.shape[2:]) != size:
+                pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+            pixels = pixels.round_().clamp_(0, 255).to(torch.uint8).cpu().contiguous()
+        return torch.from_numpy(self.extractor.embed_uint8(pixels)).to(x.device)

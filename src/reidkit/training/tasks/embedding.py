@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...checkpoint import init_weights_from
 from ...data.images import load_image_tensor
 from ...data.records import relabel, split_arrays
 from ...data.sampler import PKSampler
@@ -38,7 +39,7 @@ from ...metrics.alignment import aligned_distance_matrix, local_distance_pairs
 from ...models import build_model
 from ...utils import progress
 from ..config import LossConfig, TrainConfig
-from ..distill import check_teacher, distillation_losses, teacher_embeddings
+from ..distill import OnlineTeacher, check_teacher, distillation_losses, teacher_embeddings
 from ..distributed import SYNC_BN_MODES, current, gather_with_grad
 from ..optim import build_optimizer, warmup_then_decay
 from ..plots import plot_training_curves
@@ -111,6 +112,8 @@ class EmbeddingTask(Task):
         if cfg.students < 1:
             raise ConfigError(f"students={cfg.students}: must be >= 1")
         check_local_options(cfg)
+        if cfg.init_from and not Path(cfg.init_from).is_file():
+            raise ConfigError(f"init_from={cfg.init_from}: file not found")
         self.distill_losses = self._check_distillation(cfg)
         super().__init__(cfg, data_root, show_progress)
         self.data_root = data_root or cfg.data.root
@@ -129,7 +132,10 @@ class EmbeddingTask(Task):
         load = (size, cfg.data.resize, self.show_progress)
         self.train_paths = [r.path for r in train]  # in the order of the training images' rows
         self.train_images = self._load_train_images(self.train_paths, "train images")
-        if self.distill_losses:
+        self.online_teacher = None
+        if self.distill_losses and cfg.distill.online:
+            self.online_teacher = OnlineTeacher(cfg.distill, cfg.device)
+        elif self.distill_losses:
             self.teacher_features = teacher_embeddings(cfg.distill, self.train_paths, cfg.device, self.show_progress)
         self.has_val = bool(self.splits.query)
         if self.has_val and current().is_main:  # only rank 0 validates
@@ -144,8 +150,11 @@ class EmbeddingTask(Task):
         self.model_cfg = cfg.model.builder_kwargs()
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.models = [build_model(cfg.model.name, **self.model_cfg).to(self.device, memory_format=self.memory_format)
-                       for _ in range(cfg.students)]
+        self.models = [build_model(cfg.model.name, **self.model_cfg) for _ in range(cfg.students)]
+        if cfg.init_from:
+            messages = [init_weights_from(m, cfg.model.name, cfg.init_from, self.label_map) for m in self.models]
+            print(messages[0], flush=True)
+        self.models = [model.to(self.device, memory_format=self.memory_format) for model in self.models]
         self.mean, self.std = self.models[0].input_mean, self.models[0].input_std
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
         self.augment = BatchAugment(cfg.augment)
@@ -262,7 +271,8 @@ class EmbeddingTask(Task):
         if ranking and losses["local"] is not None:
             parts["local"] = lc.local_weight * losses["local"](out["features"], labels, out["local_features"])
         if self.distill_losses:  # how the frozen teacher relates this batch's images (from the first epoch)
-            targets = self.teacher_features[torch.as_tensor(self.batch_items)].to(out["features"].device)
+            targets = (self.batch_targets if self.online_teacher is not None else
+                       self.teacher_features[torch.as_tensor(self.batch_items)].to(out["features"].device))
             for name, (weight, loss) in self.distill_losses.items():
                 student = out[getattr(loss, "student_output", "features")]
                 parts[f"distill_{name}"] = weight * loss(student, targets)
@@ -345,6 +355,8 @@ class EmbeddingTask(Task):
             self.local_items, self.global_items = idx, global_idx  # all ranks' items: the losses' batch
             x = normalize(pixels.to(self.device), self.mean, self.std)
             x = self.augment(x, frac, generator=gen).contiguous(memory_format=self.memory_format)
+            if self.online_teacher is not None:  # every rank's views, in the global batch's order
+                self.batch_targets = gather_with_grad(self.online_teacher(x, self.mean, self.std))
             labels = torch.as_tensor(self.train_labels[global_idx], device=self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 parts = self._step_losses(x, labels, ranking)

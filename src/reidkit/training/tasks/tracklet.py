@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...checkpoint import load_checkpoint, model_from_checkpoint
+from ...checkpoint import init_weights_from, load_checkpoint, model_from_checkpoint
 from ...data.images import load_image_tensor
 from ...data.records import relabel, split_arrays
 from ...data.sampler import PKSampler
@@ -223,7 +223,8 @@ class TrackletTask(EmbeddingTask):
         if not isinstance(model, TemporalModel):
             raise ConfigError(f"model.name={cfg.model.name!r}: the tracklet task trains temporal models")
         if cfg.init_from:
-            print(load_frame_weights(model, cfg.init_from, self.label_map), flush=True)
+            print("frame encoder: " + init_weights_from(model.frame_model, "embedding", cfg.init_from, self.label_map),
+                  flush=True)
         self.models = [model.to(self.device, memory_format=self.memory_format)]
         self.mean, self.std = model.input_mean, model.input_std
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.optim.accum_steps)
@@ -319,27 +320,3 @@ class TrackletTask(EmbeddingTask):
 def _summary(distmat: np.ndarray, query: TrackletFeatures, gallery: TrackletFeatures) -> dict[str, Any]:
     r = evaluate_rank_full(distmat, query.pids, gallery.pids, query.camids, gallery.camids)
     return summarize(r.cmc, r.mAP, r.mINP)
-
-
-def load_frame_weights(model: TemporalModel, checkpoint: str | Path, label_map: dict[int, int]) -> str:
-    """Start `model`'s frame encoder from an image (or temporal) checkpoint: every backbone / neck tensor must
-    fit; the classifier is taken only when the checkpoint was trained on the same identities (label map)."""
-    payload = load_checkpoint(checkpoint)
-    state = payload["model"]
-    if payload["model_name"] == "temporal":
-        state = {k.removeprefix("frame_model."): v for k, v in state.items() if k.startswith("frame_model.")}
-    elif payload["model_name"] != "embedding":
-        raise ConfigError(f"init_from {checkpoint}: a {payload['model_name']!r} model; expected an embedding or "
-                          "temporal checkpoint")
-    own = model.frame_model.state_dict()
-    same_ids = payload.get("extra", {}).get("label_map") == label_map
-    skipped = [k for k in state if k.startswith("classifier.") and not same_ids]
-    state = {k: v for k, v in state.items() if k not in skipped}
-    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in state and not k.startswith("classifier.")]
-    if bad or missing:
-        raise ConfigError(f"init_from {checkpoint}: its weights do not fit model {model.frame_model.__class__.__name__}"
-                          f" with these options (mismatched: {(bad + missing)[:4]}); use the same backbone options")
-    model.frame_model.load_state_dict(state, strict=False)
-    return (f"frame encoder initialised from {checkpoint} ({len(state)} tensors"
-            + (", classifier re-initialised: other identities)" if skipped else ", classifier kept)"))
