@@ -249,3 +249,20 @@ def test_resume_on_two_processes_continues_a_one_process_run(reference, tiny_mar
     assert proc.returncode == 0, proc.stderr[-2000:]
     _assert_same_losses(_log(out), reference["log"])
     _assert_same_weights(load_checkpoint(out / "last.pt")["model"], reference["weights"][2])
+
+
+@pytest.mark.slow
+def test_two_processes_distil_from_an_online_teacher_like_one(tiny_market, small_checkpoint, tmp_path):
+    """distill.online on 2 processes: each rank embeds its own views and the targets are gathered in the global
+    batch's order, so the distillation losses equal the one-process run's."""
+    config = tmp_path / "online.yaml"
+    config.write_text(CONFIG.replace("epochs: 3", "epochs: 2")
+                      + f"distill: {{teacher: {small_checkpoint}, online: true, similarity_weight: 1.0}}\n")
+    one = train(EmbeddingTask(load_config(TrainConfig, config), tiny_market, show_progress=False), tmp_path / "one")
+    proc = _reidkit(["train", "--nproc", "2", "--config", str(config), "--data", str(tiny_market),
+                     "--out", str(tmp_path / "two"), "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _log(tmp_path / "two")
+    for row, ref in zip(rows, one["log"], strict=True):
+        for key in ("loss_distill_darkrank", "loss_distill_similarity", "loss_id"):
+            assert row[key] == pytest.approx(ref[key], rel=LOSS_RTOL), (row["epoch"], key)
