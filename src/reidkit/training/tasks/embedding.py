@@ -107,6 +107,7 @@ class EmbeddingTask(Task):
     local_outputs: ClassVar[tuple[str, ...]] = ("feature_map",)
     # Distillation targets are per training image; tasks whose batch items are not images (tracklets) opt out.
     supports_distillation: ClassVar[bool] = True
+    online_teacher: OnlineTeacher | None = None  # set by setup() with distill.online; other tasks keep None
 
     def __init__(self, cfg: TrainConfig, data_root: str | Path | None = None, show_progress: bool = True):
         if cfg.students < 1:
@@ -132,7 +133,6 @@ class EmbeddingTask(Task):
         load = (size, cfg.data.resize, self.show_progress)
         self.train_paths = [r.path for r in train]  # in the order of the training images' rows
         self.train_images = self._load_train_images(self.train_paths, "train images")
-        self.online_teacher = None
         if self.distill_losses and cfg.distill.online:
             self.online_teacher = OnlineTeacher(cfg.distill, cfg.device)
         elif self.distill_losses:
