@@ -150,7 +150,9 @@ class EmbeddingTask(Task):
         self.model_cfg = cfg.model.builder_kwargs()
         self.model_cfg.update(num_classes=self.num_classes, input_size=size)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.models = [build_model(cfg.model.name, **self.model_cfg) for _ in range(cfg.students)]
+        # init_from overwrites every pretrained tensor: skip reading the ImageNet / Intel weights first
+        build_kwargs = {**self.model_cfg, "pretrained": False} if cfg.init_from else self.model_cfg
+        self.models = [build_model(cfg.model.name, **build_kwargs) for _ in range(cfg.students)]
         if cfg.init_from:
             messages = [init_weights_from(m, cfg.model.name, cfg.init_from, self.label_map) for m in self.models]
             print(messages[0], flush=True)
