@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -28,17 +29,55 @@ def require_finite_features(features: np.ndarray, source: str) -> np.ndarray:
     return features
 
 
+# On the CPU a forward pass is cut into chunks whose largest layer output stays within this many bytes. glibc maps
+# every block above its mmap threshold (at most 32 MB) afresh and unmaps it on free, so a bigger batch page-faults
+# and zeroes each layer's output again on every pass: OSNet-AIN x1.0 at 256x128 embeds 2-3x more images/s in
+# chunks of 8 than in batches of 64 (docs/benchmarks/cpu_batching.md). Results do not depend on the chunking.
+CPU_ACTIVATION_BYTES = 16 * 2**20
+_PEAK_BYTES_PER_IMAGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cpu_images_per_forward(model: nn.Module, forward: Forward, one_image: torch.Tensor) -> int:
+    """How many images a CPU forward pass takes: the most whose largest module output fits CPU_ACTIVATION_BYTES.
+    The per-image peak is measured once per model and input size, from hooks on one normalised image's pass."""
+    sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
+    key = tuple(one_image.shape[1:])
+    if key not in sizes:
+        peak = [0]
+
+        def record(_module: nn.Module, _inputs: object, output: object) -> None:
+            for out in output if isinstance(output, tuple | list) else (output,):
+                if isinstance(out, torch.Tensor):
+                    peak[0] = max(peak[0], out.numel() * out.element_size())
+
+        hooks = [m.register_forward_hook(record) for m in model.modules()]
+        try:
+            forward(one_image)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        sizes[key] = max(peak[0], 1)
+    return max(1, CPU_ACTIVATION_BYTES // sizes[key])
+
+
 def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, mean: Sequence[float],
                  std: Sequence[float], device: torch.device, batch_size: int, flip: bool, show_progress: bool,
                  desc: str) -> list[tuple[torch.Tensor, ...]]:
-    """Per batch, the float32 CPU outputs of `forward` in eval mode (flip=True: summed with the mirror's)."""
+    """Per batch, the float32 CPU outputs of `forward` in eval mode (flip=True: summed with the mirror's).
+    On the CPU, batches are cut to `cpu_images_per_forward` images."""
     was_training = model.training
     model.eval()
     chunks = []
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        x = normalize(batch.to(device), mean, std)
+        return x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
+
+    if torch.device(device).type == "cpu" and images.shape[0] > 1:
+        batch_size = min(batch_size, cpu_images_per_forward(model, forward, prepare(images[:1])))
     starts = range(0, images.shape[0], batch_size)
     for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
-        x = normalize(images[start:start + batch_size].to(device), mean, std)
-        x = x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
+        x = prepare(images[start:start + batch_size])
         outs = forward(x)
         if flip:
             outs = tuple(a + b for a, b in zip(outs, forward(x.flip(-1)), strict=True))
