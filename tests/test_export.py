@@ -208,3 +208,26 @@ def test_intel_0267_runs_on_onnxruntime_like_openvino(identity_images):
     on_openvino = OpenVinoExtractor(INTEL_0267, batch_size=24, precision="f32").embed(paths)
     assert np.abs(features - on_openvino).max() < 1e-3
     assert _cosine_gap(features, pids) > 0.2
+
+
+def test_osnet_ain_at_a_smaller_input_exports_with_its_resampled_pooling_kernel(tmp_path):
+    # OSNet-AIN's learned global pooling is a 16x8 depthwise kernel; at 192x96 (issue 25's student) the map is 12x6
+    # and the kernel is resampled in forward. Before session 19 the exporter refused it ("kernel of unknown shape").
+    from reidkit.checkpoint import save_checkpoint
+    from reidkit.export import export_model
+    from reidkit.models import build_model
+
+    torch.manual_seed(0)
+    cfg = {"backbone": "osnet_ain_x0_5", "pretrained": False, "num_classes": None, "input_size": (192, 96),
+           "pooling": "avg"}
+    path = tmp_path / "student.pt"
+    save_checkpoint(path, model=build_model("embedding", **cfg).eval(), model_name="embedding", model_cfg=cfg,
+                    epoch=0)
+    out = tmp_path / "student.onnx"
+    export_model(path, "onnx", out=out, num_verify=4)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (192, 96, 3), dtype=np.uint8) for _ in range(5)]
+    reference = TorchExtractor(path, device="cpu").embed(images)
+    exported = OnnxExtractor(out, batch_size=3).embed(images)
+    assert exported.shape == reference.shape == (5, 256)
+    assert np.abs(exported - reference).max() <= 1e-4

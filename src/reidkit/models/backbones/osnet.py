@@ -141,7 +141,7 @@ class GlobalDepthwiseConv(nn.Conv2d):
         super().__init__(channels, channels, map_size, groups=channels, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = tuple(x.shape[-2:])
+        size = tuple(int(side) for side in x.shape[-2:])  # plain ints: an exported graph gets a fixed-shape kernel
         if size == tuple(self.kernel_size):
             return super().forward(x)
         area = self.kernel_size[0] * self.kernel_size[1] / (size[0] * size[1])
