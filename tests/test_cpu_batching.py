@@ -40,7 +40,7 @@ def test_a_large_cpu_batch_runs_in_chunks_and_gives_each_image_its_own_embedding
     images = torch.randint(0, 256, (20, 3, HEIGHT, WIDTH), dtype=torch.uint8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     features = embed_tensor(model, images, mean=mean, std=std, device=torch.device("cpu"), batch_size=128)
-    assert model.batch_sizes == [1, 8, 8, 4]  # the one-image measurement, then ceil(20 / 8) chunks
+    assert model.batch_sizes == [1, 8, 8, 3]  # the first image alone (measured, kept), then 19 in chunks of 8
 
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     with torch.no_grad():
@@ -53,4 +53,6 @@ def test_a_small_batch_size_is_kept():
     model = CountingForward(conv_model())
     images = torch.zeros(5, 3, HEIGHT, WIDTH, dtype=torch.uint8)
     embed_tensor(model, images, mean=(0, 0, 0), std=(1, 1, 1), device=torch.device("cpu"), batch_size=2)
-    assert model.batch_sizes == [1, 2, 2, 1]
+    assert model.batch_sizes == [1, 2, 2]  # the measured first image, then batches of 2
+    embed_tensor(model, images, mean=(0, 0, 0), std=(1, 1, 1), device=torch.device("cpu"), batch_size=2)
+    assert model.batch_sizes[3:] == [2, 2, 1]  # measured once per model and input size

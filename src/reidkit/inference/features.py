@@ -37,26 +37,31 @@ CPU_ACTIVATION_BYTES = 16 * 2**20
 _PEAK_BYTES_PER_IMAGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _largest_output_bytes(model: nn.Module, call: Callable[[], object]) -> tuple[int, object]:
+    """(bytes of the largest tensor any module of `model` outputs during `call()`, what `call()` returned)."""
+    peak = [1]
+
+    def record(_module: nn.Module, _inputs: object, output: object) -> None:
+        for out in output if isinstance(output, tuple | list) else (output,):
+            if isinstance(out, torch.Tensor):
+                peak[0] = max(peak[0], out.numel() * out.element_size())
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()]
+    try:
+        result = call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return peak[0], result
+
+
 def cpu_images_per_forward(model: nn.Module, forward: Forward, one_image: torch.Tensor) -> int:
     """How many images a CPU forward pass takes: the most whose largest module output fits CPU_ACTIVATION_BYTES.
     The per-image peak is measured once per model and input size, from hooks on one normalised image's pass."""
     sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
     key = tuple(one_image.shape[1:])
     if key not in sizes:
-        peak = [0]
-
-        def record(_module: nn.Module, _inputs: object, output: object) -> None:
-            for out in output if isinstance(output, tuple | list) else (output,):
-                if isinstance(out, torch.Tensor):
-                    peak[0] = max(peak[0], out.numel() * out.element_size())
-
-        hooks = [m.register_forward_hook(record) for m in model.modules()]
-        try:
-            forward(one_image)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        sizes[key] = max(peak[0], 1)
+        sizes[key] = _largest_output_bytes(model, lambda: forward(one_image))[0]
     return max(1, CPU_ACTIVATION_BYTES // sizes[key])
 
 
@@ -64,24 +69,30 @@ def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, me
                  std: Sequence[float], device: torch.device, batch_size: int, flip: bool, show_progress: bool,
                  desc: str) -> list[tuple[torch.Tensor, ...]]:
     """Per batch, the float32 CPU outputs of `forward` in eval mode (flip=True: summed with the mirror's).
-    On the CPU, batches are cut to `cpu_images_per_forward` images."""
+    On the CPU, batches are cut to `cpu_images_per_forward` images; the first time a model sees an input size,
+    its first image runs alone to measure that (its outputs are kept, so no image runs twice)."""
     was_training = model.training
     model.eval()
-    chunks = []
 
-    def prepare(batch: torch.Tensor) -> torch.Tensor:
+    def run(batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = normalize(batch.to(device), mean, std)
-        return x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
-
-    if torch.device(device).type == "cpu" and images.shape[0] > 1:
-        batch_size = min(batch_size, cpu_images_per_forward(model, forward, prepare(images[:1])))
-    starts = range(0, images.shape[0], batch_size)
-    for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
-        x = prepare(images[start:start + batch_size])
+        x = x.contiguous(memory_format=torch.channels_last)  # fastest layout on CPU; a no-op cost on CUDA
         outs = forward(x)
         if flip:
             outs = tuple(a + b for a, b in zip(outs, forward(x.flip(-1)), strict=True))
-        chunks.append(tuple(o.float().cpu() for o in outs))
+        return tuple(o.float().cpu() for o in outs)
+
+    chunks: list[tuple[torch.Tensor, ...]] = []
+    if torch.device(device).type == "cpu" and images.shape[0] > 1:
+        sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
+        key = tuple(images.shape[1:])
+        if key not in sizes:
+            sizes[key], first = _largest_output_bytes(model, lambda: run(images[:1]))
+            chunks.append(first)
+        batch_size = min(batch_size, max(1, CPU_ACTIVATION_BYTES // sizes[key]))
+    starts = range(len(chunks), images.shape[0], batch_size)
+    for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
+        chunks.append(run(images[start:start + batch_size]))
     model.train(was_training)
     return chunks
 
