@@ -69,8 +69,8 @@ def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, me
                  std: Sequence[float], device: torch.device, batch_size: int, flip: bool, show_progress: bool,
                  desc: str) -> list[tuple[torch.Tensor, ...]]:
     """Per batch, the float32 CPU outputs of `forward` in eval mode (flip=True: summed with the mirror's).
-    On the CPU, batches are cut to `cpu_images_per_forward` images; the first time a model sees an input size,
-    its first image runs alone to measure that (its outputs are kept, so no image runs twice)."""
+    On the CPU, batches are cut to `cpu_images_per_forward` images after the first image, which runs alone (and
+    measures that size the first time a model sees an input size; its outputs are kept, so no image runs twice)."""
     was_training = model.training
     model.eval()
 
@@ -84,11 +84,15 @@ def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, me
 
     chunks: list[tuple[torch.Tensor, ...]] = []
     if torch.device(device).type == "cpu" and images.shape[0] > 1:
+        # The first image runs alone on every call, measured the first time: the chunks, and so the float results,
+        # are then the same whether or not this model was measured before.
         sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
         key = tuple(images.shape[1:])
         if key not in sizes:
             sizes[key], first = _largest_output_bytes(model, lambda: run(images[:1]))
-            chunks.append(first)
+        else:
+            first = run(images[:1])
+        chunks.append(first)
         batch_size = min(batch_size, max(1, CPU_ACTIVATION_BYTES // sizes[key]))
     starts = range(len(chunks), images.shape[0], batch_size)
     for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
