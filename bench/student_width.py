@@ -26,7 +26,7 @@ from reidkit.utils import atomic_write_json  # noqa: E402
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks" / "student_width.json"
 WIDTHS = {"x1_0": (64, 256, 384, 512), "x0_75": (48, 192, 320, 384), "x0_5": (32, 128, 192, 256)}
 CASES = [("x1_0", (256, 128)), ("x0_75", (256, 128)), ("x0_75", (192, 96)), ("x0_75", (176, 88)),
-         ("x0_5", (192, 96))]
+         ("x0_5", (256, 128)), ("x0_5", (192, 96))]
 
 
 def main() -> None:
