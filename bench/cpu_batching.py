@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from reidkit.data.transforms import normalize  # noqa: E402
 from reidkit.inference import features  # noqa: E402
 from reidkit.models import build_model  # noqa: E402
 from reidkit.utils import atomic_write_json, atomic_write_text  # noqa: E402
@@ -47,12 +46,6 @@ def images_per_second(model: torch.nn.Module, images: torch.Tensor, batch_size: 
         return len(images) / (time.perf_counter() - start)
     finally:
         features.CPU_ACTIVATION_BYTES = budget
-
-
-def chunk_size(model: torch.nn.Module, size: tuple[int, int]) -> int:
-    one = normalize(torch.zeros(1, 3, *size, dtype=torch.uint8), model.input_mean, model.input_std)
-    with torch.no_grad():
-        return features.cpu_images_per_forward(model.eval(), lambda x: (model(x),), one)
 
 
 def write_table(result: dict) -> None:
@@ -95,7 +88,8 @@ def main() -> None:
               "load_avg_1min_before": round(load_before, 2), "load_avg_1min_after": round(os.getloadavg()[0], 2),
               "torch": torch.__version__, "models": {}}
     for name, (model, size) in models.items():
-        result["models"][name] = {"input": f"{size[0]}x{size[1]}", "chunk": chunk_size(model, size),
+        result["models"][name] = {"input": f"{size[0]}x{size[1]}", "chunk": features.cpu_images_per_forward(
+                                      model, size, model.input_mean, model.input_std),
                                   "images_per_second": {c: round(statistics.median(t), 1)
                                                         for c, t in timings[name].items()}}
     atomic_write_json(result, OUT / "cpu_batching.json")

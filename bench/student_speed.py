@@ -34,7 +34,6 @@ import torch  # noqa: E402
 from reidkit.data.images import load_image_tensor  # noqa: E402
 from reidkit.data.market import scan_image_folder  # noqa: E402
 from reidkit.data.split import carve_validation_records  # noqa: E402
-from reidkit.data.transforms import normalize  # noqa: E402
 from reidkit.inference.backends import build_extractor  # noqa: E402
 from reidkit.inference.extractor import Extractor  # noqa: E402
 from reidkit.inference.features import cpu_images_per_forward  # noqa: E402
@@ -56,9 +55,7 @@ def run_summary(checkpoint: Path) -> dict:
 
 
 def images_per_forward(extractor: Extractor) -> int:
-    one = normalize(torch.zeros(1, 3, *extractor.input_size, dtype=torch.uint8), extractor.mean, extractor.std)
-    with torch.no_grad():
-        chunk = cpu_images_per_forward(extractor.model, lambda x: (extractor.model(x),), one)
+    chunk = cpu_images_per_forward(extractor.model, extractor.input_size, extractor.mean, extractor.std)
     return min(extractor.batch_size, chunk)
 
 

@@ -55,14 +55,30 @@ def _largest_output_bytes(model: nn.Module, call: Callable[[], object]) -> tuple
     return peak[0], result
 
 
-def cpu_images_per_forward(model: nn.Module, forward: Forward, one_image: torch.Tensor) -> int:
-    """How many images a CPU forward pass takes: the most whose largest module output fits CPU_ACTIVATION_BYTES.
-    The per-image peak is measured once per model and input size, from hooks on one normalised image's pass."""
+def _chunk_and_run(model: nn.Module, key: tuple[int, ...], call: Callable[[], object]) -> tuple[int, object]:
+    """(images per CPU forward pass for inputs of shape `key`, `call()`); the first time `model` sees `key`, the
+    call is hooked to measure its largest module output."""
     sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
-    key = tuple(one_image.shape[1:])
-    if key not in sizes:
-        sizes[key] = _largest_output_bytes(model, lambda: forward(one_image))[0]
-    return max(1, CPU_ACTIVATION_BYTES // sizes[key])
+    if key in sizes:
+        result = call()
+    else:
+        sizes[key], result = _largest_output_bytes(model, call)
+    return max(1, CPU_ACTIVATION_BYTES // sizes[key]), result
+
+
+@torch.no_grad()
+def cpu_images_per_forward(model: nn.Module, input_size: Sequence[int], mean: Sequence[float],
+                           std: Sequence[float]) -> int:
+    """How many images a CPU forward pass of `model` takes (as embed_tensor cuts them): the most whose largest module
+    output fits CPU_ACTIVATION_BYTES; measured with one blank image unless already known."""
+    key = (3, *input_size)
+    if key in _PEAK_BYTES_PER_IMAGE.get(model, {}):
+        return max(1, CPU_ACTIVATION_BYTES // _PEAK_BYTES_PER_IMAGE[model][key])
+    one = normalize(torch.zeros(1, *key, dtype=torch.uint8), mean, std).contiguous(memory_format=torch.channels_last)
+    was_training = model.training
+    chunk, _ = _chunk_and_run(model.eval(), key, lambda: model(one))
+    model.train(was_training)
+    return chunk
 
 
 def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, mean: Sequence[float],
@@ -86,14 +102,9 @@ def _run_batches(model: nn.Module, forward: Forward, images: torch.Tensor, *, me
     if torch.device(device).type == "cpu" and images.shape[0] > 1:
         # The first image runs alone on every call, measured the first time: the chunks, and so the float results,
         # are then the same whether or not this model was measured before.
-        sizes = _PEAK_BYTES_PER_IMAGE.setdefault(model, {})
-        key = tuple(images.shape[1:])
-        if key not in sizes:
-            sizes[key], first = _largest_output_bytes(model, lambda: run(images[:1]))
-        else:
-            first = run(images[:1])
+        chunk, first = _chunk_and_run(model, tuple(images.shape[1:]), lambda: run(images[:1]))
         chunks.append(first)
-        batch_size = min(batch_size, max(1, CPU_ACTIVATION_BYTES // sizes[key]))
+        batch_size = min(batch_size, chunk)
     starts = range(len(chunks), images.shape[0], batch_size)
     for start in progress(starts, desc=desc, enabled=show_progress, leave=False):
         chunks.append(run(images[start:start + batch_size]))
